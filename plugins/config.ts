@@ -1,0 +1,29 @@
+import fp from 'fastify-plugin'
+import fastifyEnv from '@fastify/env'
+import { ConfigError, EnvSchema, describeConfigErrors, selectEnvironment, type Config, type Environment } from '../src/config.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    config: Config
+  }
+}
+
+export interface ConfigPluginOptions {
+  /** The environment to read: process.env in the server, a plain object in tests. */
+  env: Environment
+}
+
+/** Validates the environment once, at registration, and decorates `fastify.config`. */
+export default fp(
+  async function config(fastify, opts: ConfigPluginOptions) {
+    const data = selectEnvironment(opts.env)
+    try {
+      // env: false so that only opts.env is read (tests never depend on the process environment)
+      await fastify.register(fastifyEnv, { schema: EnvSchema, data, env: false, dotenv: false })
+    } catch (err) {
+      const errors = (err as { errors?: Parameters<typeof describeConfigErrors>[0] }).errors
+      throw errors ? new ConfigError(describeConfigErrors(errors, data)) : err
+    }
+  },
+  { name: 'config' }
+)

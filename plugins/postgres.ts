@@ -1,0 +1,77 @@
+import fp from 'fastify-plugin'
+import fastifyPostgres from '@fastify/postgres'
+import { startEmbeddedPostgres, type EmbeddedDatabase } from '../src/db/embedded-postgres.js'
+import { latestMigrationVersion, runMigrations } from '../src/db/migrate.js'
+
+export interface MigrationState {
+  /** 'ok' when the database schema is at the version this build ships. */
+  status: 'ok' | 'pending'
+  version: number
+  expected: number
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    migrations: MigrationState
+    /** Where the service's PostgreSQL lives: an external server or the embedded one. */
+    databaseKind: 'external' | 'embedded'
+  }
+}
+
+/** "postgres://user@host:5432/db" without the password, for messages and logs. */
+function describeTarget(connectionString: string): string {
+  try {
+    const url = new URL(connectionString)
+    return `${url.hostname}:${url.port || 5432}${url.pathname}`
+  } catch {
+    return 'the configured server'
+  }
+}
+
+/**
+ * The pg pool (@fastify/postgres) on DATABASE_URL, or on an embedded PostgreSQL when it is unset.
+ * The connection is proved and the schema migrated before the plugin finishes, so a wrong URL fails
+ * start-up with a clear message instead of failing the first request.
+ */
+export default fp(
+  async function postgres(fastify) {
+    const config = fastify.config
+    let embedded: EmbeddedDatabase | undefined
+    let connectionString = config.DATABASE_URL
+    if (!connectionString) {
+      embedded = await startEmbeddedPostgres(config.DATA_DIR, fastify.log)
+      connectionString = embedded.connectionString
+    }
+    // Registered before @fastify/postgres so that it runs after the pool has ended.
+    fastify.addHook('onClose', async () => {
+      await embedded?.stop()
+    })
+    await fastify.register(fastifyPostgres, {
+      connectionString,
+      max: config.DB_POOL_MAX,
+      connectionTimeoutMillis: config.DB_CONNECT_TIMEOUT_MS,
+      query_timeout: config.DB_QUERY_TIMEOUT_MS,
+      idleTimeoutMillis: 30_000,
+      application_name: 'smalltalk-server'
+    })
+    // An idle client that loses its server (restart, network) emits 'error' on the pool; without a
+    // listener that would crash the process. The pool replaces the client by itself.
+    fastify.pg.pool.on('error', (err) => fastify.log.warn({ err }, 'idle PostgreSQL connection lost'))
+
+    const target = describeTarget(connectionString)
+    try {
+      await fastify.pg.query('SELECT 1')
+    } catch (err) {
+      throw new Error(`PostgreSQL is unreachable at ${target}: ${(err as Error).message}`, { cause: err })
+    }
+    fastify.decorate('databaseKind', embedded ? 'embedded' : 'external')
+
+    if (config.MIGRATE_ON_START) await runMigrations(fastify.pg.pool, fastify.log)
+    const { expected, current } = await latestMigrationVersion(fastify.pg.pool)
+    if (current < expected) {
+      fastify.log.warn({ current, expected }, 'database schema is behind this build: run npm run db:migrate')
+    }
+    fastify.decorate<MigrationState>('migrations', { status: current >= expected ? 'ok' : 'pending', version: current, expected })
+  },
+  { name: 'postgres', dependencies: ['config'] }
+)

@@ -1,0 +1,104 @@
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import sensible from '@fastify/sensible'
+import underPressure from '@fastify/under-pressure'
+import swagger from '@fastify/swagger'
+import swaggerUi from '@fastify/swagger-ui'
+import type { Logger } from 'pino'
+import { Registry } from 'prom-client'
+import config from '../plugins/config.js'
+import postgres from '../plugins/postgres.js'
+import redis from '../plugins/redis.js'
+import metrics from '../plugins/metrics.js'
+import rootRoutes from '../routes/root/index.js'
+import type { Environment } from './config.js'
+import { AccessLog } from './access-log.js'
+import { installErrorHandlers } from './errors.js'
+import { Lifecycle } from './lifecycle.js'
+import { createLogger } from './logger.js'
+import { SERVICE_VERSION } from './paths.js'
+
+export interface BuildOptions {
+  /** The environment to configure from: process.env in the server, a plain object in tests. */
+  env: Environment
+  /** A shared pino logger, or false for silence (tests). Default: a new logger at LOG_LEVEL. */
+  logger?: Logger | false
+  /** The registry the ops instance serves. Default: a fresh one (so two apps never collide). */
+  registry?: Registry
+  /** Shared with the ops instance of the same process. */
+  lifecycle?: Lifecycle
+}
+
+// Applied to both instances: one process logger, request ids taken from X-Request-Id when present.
+export function commonServerOptions(logger: Logger | false | undefined, env: Environment) {
+  return {
+    ...(logger === false ? { logger: false } : { loggerInstance: (logger ?? createLogger(env.LOG_LEVEL)) as FastifyBaseLogger }),
+    requestIdHeader: 'x-request-id',
+    return503OnClosing: true
+  }
+}
+
+/**
+ * The public API instance: one factory for the server, the tests and the benchmarks. Registration
+ * order is spelled out: config, sensible, postgres, redis, under-pressure, metrics, docs, routes.
+ */
+export async function buildApp(opts: BuildOptions): Promise<FastifyInstance> {
+  const lifecycle = opts.lifecycle ?? new Lifecycle()
+  const registry = opts.registry ?? new Registry()
+  const bodyLimit = Number(opts.env.BODY_LIMIT) > 0 ? Number(opts.env.BODY_LIMIT) : undefined
+  const app = Fastify({
+    ...commonServerOptions(opts.logger, opts.env),
+    logController: new AccessLog(opts.env.ACCESS_LOG !== 'false'),
+    bodyLimit,
+    trustProxy: opts.env.TRUST_PROXY === 'true',
+    ajv: { customOptions: { allErrors: false, coerceTypes: 'array', removeAdditional: false } }
+  }).withTypeProvider<TypeBoxTypeProvider>()
+
+  await app.register(config, { env: opts.env })
+  installErrorHandlers(app)
+  await app.register(sensible)
+  await app.register(postgres)
+  await app.register(redis)
+
+  const cfg = app.config
+  await app.register(underPressure, {
+    maxEventLoopDelay: cfg.MAX_EVENT_LOOP_DELAY_MS,
+    maxEventLoopUtilization: cfg.MAX_EVENT_LOOP_UTILIZATION,
+    maxHeapUsedBytes: cfg.MAX_HEAP_USED_BYTES,
+    maxRssBytes: cfg.MAX_RSS_BYTES,
+    retryAfter: cfg.RETRY_AFTER_SECONDS,
+    pressureHandler: (_request, reply, type, value) => {
+      reply
+        .code(503)
+        .header('retry-after', String(cfg.RETRY_AFTER_SECONDS))
+        .send({
+          statusCode: 503,
+          error: 'Service Unavailable',
+          message: `The server is overloaded (${type} at ${typeof value === 'number' ? Math.round(value * 100) / 100 : value}); retry after ${cfg.RETRY_AFTER_SECONDS} s`,
+          code: 'OVERLOADED'
+        })
+    }
+  })
+
+  await app.register(metrics, { registry, lifecycle })
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: {
+        title: 'SmallTalk Server API',
+        description: 'Multi-agent LLM conversations: agents, sessions, messages (JSON or Server-Sent Events) and the event log.',
+        version: SERVICE_VERSION
+      },
+      components: { securitySchemes: { bearerAuth: { type: 'http', scheme: 'bearer' } } }
+    }
+  })
+  await app.register(swaggerUi, { routePrefix: '/docs' })
+
+  await app.register(rootRoutes)
+
+  app.addHook('onReady', async () => {
+    lifecycle.attach({ pool: app.pg.pool, cache: app.cache, migrations: app.migrations, databaseKind: app.databaseKind })
+  })
+  return app
+}

@@ -1,0 +1,51 @@
+import { basename } from 'node:path'
+import Postgrator from 'postgrator'
+import type pg from 'pg'
+import type { FastifyBaseLogger as Logger } from 'fastify'
+import { MIGRATIONS_DIR } from '../paths.js'
+
+// One fixed key for every replica: pg_advisory_lock makes concurrent start-ups migrate one at a time,
+// the later ones finding nothing left to do.
+const MIGRATION_LOCK_KEY = 7_365_120_001
+
+export interface MigrationResult {
+  version: number
+  applied: string[]
+}
+
+/** Applies every pending migration in db/migrations, under a session-level advisory lock. */
+export async function runMigrations(pool: pg.Pool, log: Logger): Promise<MigrationResult> {
+  const client = await pool.connect()
+  try {
+    await client.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK_KEY])
+    try {
+      const postgrator = new Postgrator({
+        driver: 'pg',
+        migrationPattern: `${MIGRATIONS_DIR}/*.sql`,
+        schemaTable: 'schema_migrations',
+        validateChecksums: true,
+        execQuery: (query) => client.query(query)
+      })
+      const applied = await postgrator.migrate()
+      const version = await postgrator.getDatabaseVersion()
+      for (const migration of applied) log.info({ migration: basename(migration.filename) }, 'migration applied')
+      return { version, applied: applied.map((m) => basename(m.filename)) }
+    } finally {
+      await client.query('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK_KEY])
+    }
+  } finally {
+    client.release()
+  }
+}
+
+/** The newest migration version shipped with this build, to compare with the database's. */
+export async function latestMigrationVersion(pool: pg.Pool): Promise<{ expected: number; current: number }> {
+  const postgrator = new Postgrator({
+    driver: 'pg',
+    migrationPattern: `${MIGRATIONS_DIR}/*.sql`,
+    schemaTable: 'schema_migrations',
+    execQuery: (query) => pool.query(query)
+  })
+  const [expected, current] = await Promise.all([postgrator.getMaxVersion(), postgrator.getDatabaseVersion()])
+  return { expected, current }
+}

@@ -1,0 +1,35 @@
+import type pg from 'pg'
+import type { Cache } from './cache/cache.js'
+
+export type Phase = 'starting' | 'ready' | 'stopping'
+
+/** What the api instance lends the ops instance once its plugins are up. */
+export interface ServiceDependencies {
+  pool: pg.Pool
+  cache: Cache
+  migrations: { status: 'ok' | 'pending'; version: number; expected: number }
+  databaseKind: 'external' | 'embedded'
+}
+
+/**
+ * The state shared by the two Fastify instances of one process. The ops instance starts first (so
+ * liveness answers during a long migration) and reads the api instance's clients from here.
+ */
+export class Lifecycle {
+  phase: Phase = 'starting'
+  dependencies: ServiceDependencies | undefined
+  readonly startedAt = Date.now()
+
+  attach(dependencies: ServiceDependencies): void {
+    this.dependencies = dependencies
+  }
+
+  markReady(): void {
+    if (this.phase === 'starting') this.phase = 'ready'
+  }
+
+  /** From this moment /ready answers 503, so load balancers stop sending new traffic. */
+  beginShutdown(): void {
+    this.phase = 'stopping'
+  }
+}
