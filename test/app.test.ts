@@ -1,0 +1,127 @@
+import t from 'tap'
+import { readFileSync } from 'node:fs'
+import { buildService, buildTestApp, eventually, testEnv } from './helper.js'
+
+const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
+
+t.test('GET / identifies the service', async (t) => {
+  const app = await buildTestApp(t, await testEnv(t, { NODE_ENV: 'staging' }))
+  const res = await app.inject({ method: 'GET', url: '/' })
+  t.equal(res.statusCode, 200)
+  const body = res.json()
+  t.same(Object.keys(body).sort(), ['environment', 'name', 'status', 'timestamp', 'version'])
+  t.equal(body.name, 'SmallTalk Server')
+  t.equal(body.version, pkg.version, 'version comes from package.json')
+  t.equal(body.status, 'running')
+  t.equal(body.environment, 'staging')
+  t.ok(Math.abs(Date.parse(body.timestamp) - Date.now()) < 60_000, 'timestamp is now')
+})
+
+t.test('the two ports serve disjoint routes', async (t) => {
+  const { app, ops } = await buildService(t, await testEnv(t))
+  for (const url of ['/healthz', '/ready', '/health', '/metrics']) {
+    const onApi = await app.inject({ method: 'GET', url })
+    t.equal(onApi.statusCode, 404, `api port: ${url} is not served`)
+    t.equal(onApi.json().error, 'Not Found')
+    const onOps = await ops.inject({ method: 'GET', url })
+    t.not(onOps.statusCode, 404, `ops port: ${url} is served`)
+  }
+  for (const url of ['/', '/docs', '/docs/json']) {
+    t.equal((await ops.inject({ method: 'GET', url })).statusCode, 404, `ops port: ${url} is not served`)
+    t.not((await app.inject({ method: 'GET', url })).statusCode, 404, `api port: ${url} is served`)
+  }
+})
+
+t.test('unknown routes answer a JSON 404', async (t) => {
+  const app = await buildTestApp(t, await testEnv(t))
+  const res = await app.inject({ method: 'GET', url: '/v1/nothing-here?x=1' })
+  t.equal(res.statusCode, 404)
+  t.match(res.headers['content-type'], /application\/json/)
+  t.same(res.json(), { statusCode: 404, error: 'Not Found', message: 'Route GET /v1/nothing-here not found' })
+})
+
+t.test('error handler: 4xx keep their message, 5xx are generic and carry no internals', async (t) => {
+  const app = await buildTestApp(t, await testEnv(t))
+  app.get('/boom', async () => {
+    throw new Error('relation "secret_table" does not exist at /srv/app/x.js:12')
+  })
+  app.get('/teapot', async () => {
+    throw app.httpErrors.conflict('Session is busy')
+  })
+  app.get('/gateway', async () => {
+    throw app.httpErrors.createError(504, 'Agent "writer" did not answer within 60000 ms', { expose: true, code: 'LLM_TIMEOUT' })
+  })
+  app.post('/echo', { schema: { body: { type: 'object', required: ['content'], properties: { content: { type: 'string', minLength: 1 } } } } }, async (req) => req.body)
+
+  const boom = await app.inject({ method: 'GET', url: '/boom' })
+  t.equal(boom.statusCode, 500)
+  t.same(boom.json(), { statusCode: 500, error: 'Internal Server Error', message: 'Something went wrong on our side; it has been logged.' })
+  t.notMatch(boom.body, /secret_table|x\.js|stack/)
+
+  const conflict = await app.inject({ method: 'GET', url: '/teapot' })
+  t.equal(conflict.statusCode, 409)
+  t.equal(conflict.json().message, 'Session is busy')
+
+  const gateway = await app.inject({ method: 'GET', url: '/gateway' })
+  t.equal(gateway.statusCode, 504)
+  t.same(gateway.json(), { statusCode: 504, error: 'Gateway Timeout', message: 'Agent "writer" did not answer within 60000 ms', code: 'LLM_TIMEOUT' })
+
+  const invalid = await app.inject({ method: 'POST', url: '/echo', payload: { content: '' } })
+  t.equal(invalid.statusCode, 400)
+  t.match(invalid.json(), { statusCode: 400, error: 'Bad Request', code: 'FST_ERR_VALIDATION', details: [{ field: '/content' }] })
+  t.match(invalid.json().message, /content/)
+
+  const malformed = await app.inject({ method: 'POST', url: '/echo', headers: { 'content-type': 'application/json' }, payload: '{"content": ' })
+  t.equal(malformed.statusCode, 400)
+  t.match(malformed.json().message, /JSON/i)
+
+  const media = await app.inject({ method: 'POST', url: '/echo', headers: { 'content-type': 'text/csv' }, payload: 'a,b' })
+  t.equal(media.statusCode, 415)
+  t.equal(media.json().error, 'Unsupported Media Type')
+})
+
+t.test('bodies over BODY_LIMIT are refused with 413', async (t) => {
+  const app = await buildTestApp(t, await testEnv(t, { BODY_LIMIT: '1024' }))
+  app.post('/echo', async (req) => req.body)
+  const ok = await app.inject({ method: 'POST', url: '/echo', payload: { content: 'x'.repeat(900) } })
+  t.equal(ok.statusCode, 200)
+  const tooLarge = await app.inject({ method: 'POST', url: '/echo', payload: { content: 'x'.repeat(2000) } })
+  t.equal(tooLarge.statusCode, 413)
+  t.equal(tooLarge.json().error, 'Payload Too Large')
+})
+
+t.test('under pressure the api sheds load with 503 and Retry-After', async (t) => {
+  // A heap limit of one byte is exceeded from under-pressure's first sample on: deterministic.
+  const app = await buildTestApp(t, await testEnv(t, { MAX_HEAP_USED_BYTES: '1', RETRY_AFTER_SECONDS: '7' }))
+  await app.ready()
+  let res = await app.inject({ method: 'GET', url: '/' })
+  await eventually(async () => {
+    res = await app.inject({ method: 'GET', url: '/' })
+    return res.statusCode === 503
+  }, 5000)
+  t.equal(res.statusCode, 503)
+  t.equal(res.headers['retry-after'], '7')
+  t.match(res.json(), { statusCode: 503, error: 'Service Unavailable', code: 'OVERLOADED' })
+  t.match(res.json().message, /overloaded \(heapUsedBytes at \d+\); retry after 7 s/)
+})
+
+t.test('the OpenAPI document describes the routes', async (t) => {
+  const app = await buildTestApp(t, await testEnv(t))
+  const res = await app.inject({ method: 'GET', url: '/docs/json' })
+  t.equal(res.statusCode, 200)
+  const doc = res.json()
+  t.equal(doc.openapi, '3.1.0')
+  t.equal(doc.info.version, pkg.version)
+  t.ok(doc.paths['/'], 'GET / is documented')
+  t.ok(doc.paths['/'].get.responses['200'], 'with its response schema')
+  const ui = await app.inject({ method: 'GET', url: '/docs/' })
+  t.equal(ui.statusCode, 200)
+  t.match(ui.headers['content-type'], /text\/html/)
+})
+
+t.test('request ids are taken from X-Request-Id', async (t) => {
+  const app = await buildTestApp(t, await testEnv(t))
+  app.get('/id', async (req) => ({ id: req.id }))
+  const res = await app.inject({ method: 'GET', url: '/id', headers: { 'x-request-id': 'abc-123' } })
+  t.equal(res.json().id, 'abc-123')
+})

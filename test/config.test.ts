@@ -1,0 +1,91 @@
+import { spawn } from 'node:child_process'
+import t from 'tap'
+import { Registry } from 'prom-client'
+import { ConfigError, EnvSchema, selectEnvironment } from '../src/config.js'
+import { Lifecycle } from '../src/lifecycle.js'
+import { buildOps } from '../src/ops.js'
+
+// The config plugin is the first thing either instance registers, so a bad value stops start-up
+// before anything is opened. buildOps is the cheapest instance to build for that.
+async function configError(env: Record<string, string>): Promise<ConfigError> {
+  try {
+    const ops = await buildOps({ env, logger: false, registry: new Registry(), lifecycle: new Lifecycle() })
+    await ops.close()
+  } catch (err) {
+    return err as ConfigError
+  }
+  throw new Error('the configuration was accepted')
+}
+
+t.test('defaults apply when nothing is set', async (t) => {
+  const ops = await buildOps({ env: {}, logger: false, registry: new Registry(), lifecycle: new Lifecycle() })
+  t.teardown(() => ops.close())
+  t.equal(ops.config.PORT, 3000)
+  t.equal(ops.config.HEALTH_PORT, 3001)
+  t.equal(ops.config.HOST, '0.0.0.0')
+  t.equal(ops.config.LOG_LEVEL, 'info')
+  t.equal(ops.config.BODY_LIMIT, 1_048_576)
+  t.equal(ops.config.MAX_MESSAGE_CHARS, 32_000)
+  t.equal(ops.config.MIGRATE_ON_START, true)
+  t.equal(ops.config.DATABASE_URL, undefined)
+})
+
+t.test('values are coerced from strings, and empty values count as unset', async (t) => {
+  const ops = await buildOps({
+    env: { PORT: '8080', MIGRATE_ON_START: 'false', DATABASE_URL: '', LOG_LEVEL: 'debug' },
+    logger: false,
+    registry: new Registry(),
+    lifecycle: new Lifecycle()
+  })
+  t.teardown(() => ops.close())
+  t.equal(ops.config.PORT, 8080)
+  t.equal(ops.config.MIGRATE_ON_START, false)
+  t.equal(ops.config.DATABASE_URL, undefined)
+  t.equal(ops.config.LOG_LEVEL, 'debug')
+})
+
+t.test('bad values are rejected with the variable named', async (t) => {
+  const cases: [Record<string, string>, RegExp][] = [
+    [{ PORT: 'abc' }, /PORT must be integer \(got "abc"\)/],
+    [{ PORT: '70000' }, /PORT must be <= 65535/],
+    [{ LOG_LEVEL: 'loud' }, /LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent \(got "loud"\)/],
+    [{ DATABASE_URL: 'mysql://db:3306/x' }, /DATABASE_URL must look like postgres:\/\/user:pass@host:port\/db/],
+    [{ REDIS_URL: 'localhost:6379' }, /REDIS_URL must look like redis:\/\/host:port\/db/],
+    [{ MIGRATE_ON_START: 'maybe' }, /MIGRATE_ON_START must be boolean/],
+    [{ SHUTDOWN_TIMEOUT_MS: '0' }, /SHUTDOWN_TIMEOUT_MS must be >= 1/]
+  ]
+  for (const [env, expected] of cases) {
+    const err = await configError(env)
+    t.ok(err instanceof ConfigError, `${Object.keys(env)[0]} raises a ConfigError`)
+    t.match(err.message, expected)
+  }
+})
+
+t.test('several bad values are all reported, and secrets are never echoed', async (t) => {
+  const err = await configError({ PORT: 'x', DATABASE_URL: 'mysql://admin:hunter2@db/x' })
+  t.match(err.message, /PORT/)
+  t.match(err.message, /DATABASE_URL .*\(value hidden\)/)
+  t.notMatch(err.message, /hunter2/)
+})
+
+t.test('only the schema variables are read from the environment', async (t) => {
+  const selected = selectEnvironment({ PORT: '1', PATH: '/usr/bin', HOME: '/root', OPENAI_API_KEY: ' ' })
+  t.same(selected, { PORT: '1' })
+  t.ok(Object.keys(EnvSchema.properties).includes('SHUTDOWN_TIMEOUT_MS'))
+})
+
+t.test('the server process exits 1 with one log line naming the variable', async (t) => {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
+    env: { PATH: process.env.PATH, PORT: 'abc', LOG_LEVEL: 'loud' },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  let stdout = ''
+  child.stdout.on('data', (chunk) => (stdout += chunk))
+  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
+  t.equal(code, 1)
+  const lines = stdout.trim().split('\n').filter(Boolean)
+  t.equal(lines.length, 1, 'exactly one log line')
+  const line = JSON.parse(lines[0] ?? '{}') as { level: number; msg: string }
+  t.equal(line.level, 60, 'logged at fatal')
+  t.match(line.msg, /Invalid configuration: PORT must be integer \(got "abc"\); LOG_LEVEL must be one of/)
+})

@@ -1,0 +1,86 @@
+import { spawn } from 'node:child_process'
+import t from 'tap'
+import pg from 'pg'
+import pino from 'pino'
+import { runMigrations } from '../../src/db/migrate.js'
+import { createTestDatabase } from '../helper.js'
+
+const silent = pino({ level: 'silent' })
+const EXPECTED_TABLES = ['agent_states', 'chat_messages', 'event_logs', 'health_checks', 'schema_migrations', 'sessions']
+
+async function tables(pool: pg.Pool): Promise<string[]> {
+  const { rows } = await pool.query<{ table_name: string }>(
+    "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name"
+  )
+  return rows.map((row) => row.table_name)
+}
+
+function migrateInChild(databaseUrl: string): Promise<{ code: number | null; output: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'src/db/migrate-cli.ts'], {
+      env: { PATH: process.env.PATH, DATABASE_URL: databaseUrl, LOG_LEVEL: 'info' },
+      stdio: ['ignore', 'pipe', 'pipe']
+    })
+    let output = ''
+    child.stdout.on('data', (chunk) => (output += chunk))
+    child.stderr.on('data', (chunk) => (output += chunk))
+    child.on('exit', (code) => resolve({ code, output }))
+  })
+}
+
+t.test('the seed schema is created and a second run changes nothing', async (t) => {
+  const pool = new pg.Pool({ connectionString: await createTestDatabase(t), max: 2 })
+  t.teardown(() => pool.end())
+  const first = await runMigrations(pool, silent)
+  t.same(first.applied, ['001.do.initial-schema.sql'])
+  t.equal(first.version, 1)
+  t.same(await tables(pool), EXPECTED_TABLES)
+
+  const second = await runMigrations(pool, silent)
+  t.same(second.applied, [], 'nothing left to apply')
+  t.equal(second.version, 1)
+  const { rows } = await pool.query('SELECT version FROM schema_migrations WHERE version > 0 ORDER BY version')
+  t.same(rows.map((r) => Number(r.version)), [1])
+})
+
+t.test('the schema works as intended: uuids, updated_at trigger, cascades', async (t) => {
+  const pool = new pg.Pool({ connectionString: await createTestDatabase(t), max: 2 })
+  t.teardown(() => pool.end())
+  await runMigrations(pool, silent)
+  const { rows: [session] } = await pool.query("INSERT INTO sessions (tenant, agents) VALUES ('acme', ARRAY['a']) RETURNING id, updated_at")
+  t.match(session.id, /^[0-9a-f-]{36}$/)
+  await new Promise((resolve) => setTimeout(resolve, 20))
+  const { rows: [updated] } = await pool.query('UPDATE sessions SET version = version + 1 WHERE id = $1 RETURNING updated_at', [session.id])
+  t.ok(updated.updated_at > session.updated_at, 'updated_at moves on update')
+  await pool.query("INSERT INTO chat_messages (session_id, seq, role, content) VALUES ($1, 1, 'user', 'hi')", [session.id])
+  await t.rejects(pool.query("INSERT INTO chat_messages (session_id, seq, role, content) VALUES ($1, 1, 'user', 'again')", [session.id]), /duplicate key/, 'seq is unique per session')
+  await t.rejects(pool.query("UPDATE sessions SET status = 'weird' WHERE id = $1", [session.id]), /check constraint/)
+  await pool.query('DELETE FROM sessions WHERE id = $1', [session.id])
+  const { rows: left } = await pool.query('SELECT count(*)::int AS n FROM chat_messages')
+  t.equal(left[0].n, 0, 'messages go with their session')
+})
+
+t.test('two processes migrating the same database at once: both succeed, each migration applied once', async (t) => {
+  const url = await createTestDatabase(t)
+  const [a, b] = await Promise.all([migrateInChild(url), migrateInChild(url)])
+  t.equal(a.code, 0, a.output)
+  t.equal(b.code, 0, b.output)
+  const appliedBy = [a.output, b.output].filter((output) => output.includes('"migration":"001.do.initial-schema.sql"'))
+  t.equal(appliedBy.length, 1, 'exactly one process applied the migration, the other found it done')
+  const pool = new pg.Pool({ connectionString: url, max: 1 })
+  t.teardown(() => pool.end())
+  const { rows } = await pool.query('SELECT version FROM schema_migrations WHERE version > 0')
+  t.equal(rows.length, 1)
+  t.same(await tables(pool), EXPECTED_TABLES)
+})
+
+t.test('npm run db:migrate exits non-zero when it cannot migrate', async (t) => {
+  const url = await createTestDatabase(t)
+  const missing = new URL(url)
+  missing.pathname = '/st_does_not_exist'
+  const result = await migrateInChild(missing.toString())
+  t.equal(result.code, 1)
+  const line = JSON.parse(result.output.trim().split('\n').at(-1) ?? '{}') as { level: number; msg: string }
+  t.equal(line.level, 60)
+  t.equal(line.msg, 'migration failed: database "st_does_not_exist" does not exist')
+})

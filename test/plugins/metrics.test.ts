@@ -1,0 +1,45 @@
+import t from 'tap'
+import { buildService, testEnv } from '../helper.js'
+
+function sample(text: string, name: string, labels = ''): number | undefined {
+  const line = text.split('\n').find((l) => l.startsWith(name + (labels ? `{${labels}}` : ' ')) || (labels && l.startsWith(`${name}{`) && l.includes(labels)))
+  return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : undefined
+}
+
+t.test('/metrics on the ops port: process, route and service metrics in Prometheus text format', async (t) => {
+  const { app, ops } = await buildService(t, await testEnv(t, { DB_POOL_MAX: '7' }))
+  for (let i = 0; i < 3; i++) t.equal((await app.inject('/')).statusCode, 200)
+  await app.inject('/no/such/route/123')
+  await ops.inject('/ready')
+  await ops.inject('/healthz')
+
+  const res = await ops.inject('/metrics')
+  t.equal(res.statusCode, 200)
+  t.match(res.headers['content-type'], /text\/plain; version=0\.0\.4/)
+  const text = res.body
+
+  t.equal(sample(text, 'smalltalk_requests_total'), 4, 'api requests counted (ops probes are not)')
+  t.ok((sample(text, 'smalltalk_uptime_seconds') ?? 0) > 0)
+  t.ok((sample(text, 'smalltalk_memory_usage_bytes') ?? 0) > 1_000_000)
+  t.equal(sample(text, 'smalltalk_ready'), 1)
+  t.equal(sample(text, 'smalltalk_db_pool_max'), 7)
+  t.ok((sample(text, 'smalltalk_db_pool_connections', 'state="total"') ?? -1) >= 1, 'pool usage')
+  t.equal(sample(text, 'smalltalk_db_pool_connections', 'state="waiting"'), 0)
+  t.equal(sample(text, 'smalltalk_db_migration_version'), 1)
+  t.equal(sample(text, 'smalltalk_cache_up', 'backend="memory"'), 1)
+  t.match(text, /process_resident_memory_bytes \d+/)
+  t.match(text, /nodejs_eventloop_lag_p99_seconds \d/)
+
+  t.equal(sample(text, 'http_request_duration_seconds_count', 'method="GET",route="/",status_code="200"'), 3, 'route template label')
+  t.match(text, /http_request_duration_seconds_count\{method="GET",route="__unknown__",status_code="404"\} 1/, 'unknown routes share one label')
+  t.notMatch(text, /no\/such\/route/, 'never a raw URL')
+  t.notMatch(text, /route="\/(ready|healthz|metrics)"/, 'ops routes are not timed into the api metrics')
+  t.notMatch(text, /http_request_summary_seconds/, 'no per-route summary')
+})
+
+t.test('gauges follow the lifecycle', async (t) => {
+  const { ops, lifecycle } = await buildService(t, await testEnv(t))
+  lifecycle.beginShutdown()
+  const text = (await ops.inject('/metrics')).body
+  t.equal(sample(text, 'smalltalk_ready'), 0)
+})

@@ -1,0 +1,83 @@
+import { request } from 'node:http'
+import { setTimeout as sleep } from 'node:timers/promises'
+import t from 'tap'
+import { createTestDatabase } from './helper.js'
+import { startServerProcess } from './support/server-process.js'
+
+interface SlowUpload {
+  finish(): void
+  response: Promise<{ status: number; body: string }>
+}
+
+/** A request that stays in flight for as long as the test likes: the body is sent in two parts. */
+function slowUpload(baseUrl: string): SlowUpload {
+  const body = JSON.stringify({ content: 'x'.repeat(64) })
+  const req = request(`${baseUrl}/`, { method: 'POST', headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } })
+  const response = new Promise<{ status: number; body: string }>((resolve, reject) => {
+    req.on('response', (res) => {
+      let text = ''
+      res.on('data', (chunk) => (text += chunk))
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }))
+    })
+    req.on('error', reject)
+  })
+  req.write(body.slice(0, 10))
+  return { finish: () => req.end(body.slice(10)), response }
+}
+
+const readyStatus = (opsUrl: string) => fetch(`${opsUrl}/ready`).then((res) => res.status, () => 'refused' as const)
+
+t.test('SIGTERM: readiness turns 503 at once, the in-flight request completes, exit code 0', async (t) => {
+  const server = await startServerProcess({ DATABASE_URL: await createTestDatabase(t), LOG_LEVEL: 'info' })
+  t.teardown(() => server.child.kill('SIGKILL'))
+  t.equal(await readyStatus(server.opsUrl), 200)
+
+  const upload = slowUpload(server.apiUrl)
+  await sleep(200)
+  server.child.kill('SIGTERM')
+  await sleep(200)
+
+  t.equal(await readyStatus(server.opsUrl), 503, 'readiness is 503 while draining')
+  t.equal((await fetch(`${server.opsUrl}/healthz`)).status, 200, 'liveness still answers while draining')
+  const newConnection = await fetch(`${server.apiUrl}/`).then((res) => res.status, () => 'refused')
+  t.equal(newConnection, 'refused', 'the api port accepts no new connections')
+
+  upload.finish()
+  const answer = await upload.response
+  t.equal(answer.status, 404, 'the in-flight request got its complete answer (POST / has no route)')
+  t.match(JSON.parse(answer.body), { statusCode: 404, message: 'Route POST / not found' })
+
+  t.equal(await server.exited, 0, 'clean exit')
+  t.match(server.output(), /shutting down: readiness is now 503/)
+  t.match(server.output(), /shutdown complete/)
+})
+
+t.test('a shutdown that outlives SHUTDOWN_TIMEOUT_MS is forced, with exit code 1', async (t) => {
+  const server = await startServerProcess({ DATABASE_URL: await createTestDatabase(t), SHUTDOWN_TIMEOUT_MS: '700' })
+  t.teardown(() => server.child.kill('SIGKILL'))
+  const upload = slowUpload(server.apiUrl)
+  upload.response.catch(() => undefined)
+  await sleep(200)
+  const started = Date.now()
+  server.child.kill('SIGTERM')
+  t.equal(await server.exited, 1)
+  const elapsed = Date.now() - started
+  t.ok(elapsed >= 600 && elapsed < 5000, `forced after the timeout (${elapsed} ms)`)
+  t.match(server.output(), /graceful shutdown timed out/)
+})
+
+t.test('a second signal exits at once', async (t) => {
+  const server = await startServerProcess({ DATABASE_URL: await createTestDatabase(t), SHUTDOWN_TIMEOUT_MS: '30000' })
+  t.teardown(() => server.child.kill('SIGKILL'))
+  const upload = slowUpload(server.apiUrl)
+  upload.response.catch(() => undefined)
+  await sleep(200)
+  server.child.kill('SIGTERM')
+  await sleep(300)
+  t.equal(server.child.exitCode, null, 'still draining after the first signal')
+  const started = Date.now()
+  server.child.kill('SIGINT')
+  t.equal(await server.exited, 1)
+  t.ok(Date.now() - started < 2000, 'exited without waiting for the drain')
+  t.match(server.output(), /second signal: exiting at once/)
+})
