@@ -89,3 +89,10 @@ t.test('the server process exits 1 with one log line naming the variable', async
   t.equal(line.level, 60, 'logged at fatal')
   t.match(line.msg, /Invalid configuration: PORT must be integer \(got "abc"\); LOG_LEVEL must be one of/)
 })
+
+t.test('.env.example documents every variable of the schema', async (t) => {
+  const { readFileSync } = await import('node:fs')
+  const example = readFileSync(new URL('../.env.example', import.meta.url), 'utf8')
+  const documented = new Set([...example.matchAll(/^([A-Z][A-Z0-9_]*)=/gm)].map((match) => match[1]))
+  for (const name of Object.keys(EnvSchema.properties)) t.ok(documented.has(name), `${name} is in .env.example`)
+})
