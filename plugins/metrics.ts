@@ -70,6 +70,14 @@ export default fp(
         this.set(lifecycle.phase === 'ready' ? 1 : 0)
       }
     })
+    new promClient.Gauge({
+      name: 'smalltalk_shutdown_duration_seconds',
+      help: 'Seconds the graceful shutdown has been draining (0 while serving)',
+      registers: [registry],
+      collect() {
+        this.set(lifecycle.shutdownSeconds())
+      }
+    })
     const pool = fastify.pg.pool
     new promClient.Gauge({
       name: 'smalltalk_db_pool_connections',

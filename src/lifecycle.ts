@@ -18,7 +18,7 @@ export interface ServiceDependencies {
 export class Lifecycle {
   phase: Phase = 'starting'
   dependencies: ServiceDependencies | undefined
-  readonly startedAt = Date.now()
+  shutdownStartedAt: number | undefined
 
   attach(dependencies: ServiceDependencies): void {
     this.dependencies = dependencies
@@ -31,5 +31,11 @@ export class Lifecycle {
   /** From this moment /ready answers 503, so load balancers stop sending new traffic. */
   beginShutdown(): void {
     this.phase = 'stopping'
+    this.shutdownStartedAt ??= Date.now()
+  }
+
+  /** Seconds since shutdown began (0 before): how long the drain has been running. */
+  shutdownSeconds(): number {
+    return this.shutdownStartedAt === undefined ? 0 : (Date.now() - this.shutdownStartedAt) / 1000
   }
 }

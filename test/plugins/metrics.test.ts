@@ -39,7 +39,10 @@ t.test('/metrics on the ops port: process, route and service metrics in Promethe
 
 t.test('gauges follow the lifecycle', async (t) => {
   const { ops, lifecycle } = await buildService(t, await testEnv(t))
+  t.equal(sample((await ops.inject('/metrics')).body, 'smalltalk_shutdown_duration_seconds'), 0)
   lifecycle.beginShutdown()
+  await new Promise((resolve) => setTimeout(resolve, 50))
   const text = (await ops.inject('/metrics')).body
   t.equal(sample(text, 'smalltalk_ready'), 0)
+  t.ok((sample(text, 'smalltalk_shutdown_duration_seconds') ?? 0) >= 0.04, 'the drain is timed')
 })
