@@ -58,6 +58,7 @@ export const EnvSchema = Type.Object({
 
   // Agents and LLM providers
   AGENTS_FILE: Type.String({ default: 'agents/default.yaml' }),
+  ECHO_TOKEN_DELAY_MS: NonNegative(0),
   CONTEXT_MESSAGES: Positive(20),
   LLM_TIMEOUT_MS: Positive(60_000),
   ROUTER: Type.Enum(['scoring', 'llm'], { default: 'scoring' }),

@@ -1,0 +1,25 @@
+/** One agent of the manifest (AGENTS_FILE), after validation. */
+export interface AgentDefinition {
+  id: string
+  name: string
+  description: string
+  provider: 'openai' | 'anthropic' | 'gemini' | 'openai-compatible' | 'echo'
+  model: string
+  systemPrompt: string
+  temperature: number
+  maxTokens: number
+  expertise: string[]
+  fallback?: string
+  baseUrl?: string
+}
+
+export type AgentStatus = 'healthy' | 'degraded' | 'down'
+
+/** Why an agent answers a message: shown in the SSE `agent` event and the agent.selected event. */
+export interface AgentSelection {
+  agent: AgentDefinition
+  reason: 'requested' | 'expertise' | 'default' | 'fallback'
+  /** Expertise keywords of the agent found in the message, when reason is 'expertise'. */
+  matched: string[]
+  score: number
+}
