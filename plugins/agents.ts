@@ -1,0 +1,51 @@
+import { existsSync } from 'node:fs'
+import { isAbsolute, join, resolve } from 'node:path'
+import fp from 'fastify-plugin'
+import { EnvSchema } from '../src/config.js'
+import { loadManifest } from '../src/agents/manifest.js'
+import { AgentRegistry } from '../src/agents/registry.js'
+import { PROJECT_ROOT } from '../src/paths.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    agents: AgentRegistry
+  }
+}
+
+const DEFAULT_AGENTS_FILE = (EnvSchema.properties.AGENTS_FILE as { default?: string }).default
+
+/**
+ * Where AGENTS_FILE points: an absolute path as is; a relative one from the working directory, except
+ * that the default manifest is also found beside package.json when the service is started elsewhere.
+ */
+export function resolveAgentsFile(value: string, cwd = process.cwd()): string {
+  if (isAbsolute(value)) return value
+  const fromCwd = resolve(cwd, value)
+  if (value === DEFAULT_AGENTS_FILE && !existsSync(fromCwd)) return join(PROJECT_ROOT, value)
+  return fromCwd
+}
+
+/**
+ * Loads and validates the agents manifest (a bad one stops start-up with a message naming the file,
+ * the agent and the field) and decorates `fastify.agents` with the registry.
+ */
+export default fp(
+  async function agents(fastify) {
+    const config = fastify.config
+    const file = resolveAgentsFile(config.AGENTS_FILE)
+    const definitions = await loadManifest(file, { env: config })
+    const registry = new AgentRegistry(definitions, config)
+    fastify.decorate('agents', registry)
+
+    fastify.log.info({ file, agents: registry.defaultAgentIds() }, `loaded ${definitions.length} agents`)
+    const onEcho = registry.echoSubstitutions()
+    if (onEcho.length > 0) {
+      const list = onEcho.map((agent) => `${agent.id} (${agent.configuredProvider}: ${agent.reason})`).join(', ')
+      fastify.log.warn(
+        { agents: onEcho },
+        `agents answering with the built-in echo provider instead of a real model: ${list}`
+      )
+    }
+  },
+  { name: 'agents', dependencies: ['config'] }
+)
