@@ -1,7 +1,7 @@
 import fp from 'fastify-plugin'
 import { Type } from 'typebox'
 import type { Lifecycle } from '../src/lifecycle.js'
-import { EventLoopMonitor, checkCache, checkMemory, checkPostgres, type CheckResult } from '../src/health/checks.js'
+import { EventLoopMonitor, checkAgents, checkCache, checkMemory, checkPostgres, type CheckResult } from '../src/health/checks.js'
 import { SERVICE_VERSION } from '../src/paths.js'
 
 export interface HealthPluginOptions {
@@ -40,6 +40,14 @@ export default fp(
     const config = fastify.config
     const eventLoop = new EventLoopMonitor()
     fastify.addHook('onClose', async () => eventLoop.stop())
+    let sampledSinceReady = false
+    const sinceReady = () => {
+      if (!sampledSinceReady && lifecycle.phase === 'ready') {
+        eventLoop.reset()
+        sampledSinceReady = true
+      }
+      return eventLoop
+    }
     const probeOptions = { logLevel: 'warn' as const }
 
     fastify.get(
@@ -88,8 +96,8 @@ export default fp(
           postgres,
           redis,
           memory: checkMemory(config.HEALTH_HEAP_WARN_RATIO),
-          eventLoop: eventLoop.check(config.HEALTH_EVENT_LOOP_DELAY_WARN_MS),
-          agents: { status: 'disabled', message: 'no agent registry in this build' } satisfies CheckResult
+          eventLoop: sinceReady().check(config.HEALTH_EVENT_LOOP_DELAY_WARN_MS),
+          agents: deps ? checkAgents(deps.agents) : starting
         }
         const unhealthy = !deps || lifecycle.phase === 'stopping' || postgres.status === 'down'
         const degraded = Object.values(services).some((service) => service.status === 'degraded')

@@ -3,6 +3,13 @@ import fastifyMetrics from 'fastify-metrics'
 import promClient, { type Registry } from 'prom-client'
 import type { Lifecycle } from '../src/lifecycle.js'
 
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** The registry the ops instance serves: domain plugins register their metrics in it. */
+    metricsRegistry: Registry
+  }
+}
+
 export interface MetricsPluginOptions {
   registry: Registry
   lifecycle: Lifecycle
@@ -21,6 +28,7 @@ const HTTP_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 export default fp(
   async function metrics(fastify, opts: MetricsPluginOptions) {
     const { registry, lifecycle } = opts
+    fastify.decorate('metricsRegistry', registry)
     // fastify-metrics is CommonJS with exports.default; under NodeNext the plugin is its .default.
     await fastify.register(fastifyMetrics.default, {
       endpoint: null,

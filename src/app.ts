@@ -10,7 +10,14 @@ import config from '../plugins/config.js'
 import postgres from '../plugins/postgres.js'
 import redis from '../plugins/redis.js'
 import metrics from '../plugins/metrics.js'
+import auth from '../plugins/auth.js'
+import agents from '../plugins/agents.js'
+import conversations from '../plugins/conversations.js'
 import rootRoutes from '../routes/root/index.js'
+import agentRoutes from '../routes/agents/index.js'
+import sessionRoutes from '../routes/sessions/index.js'
+import messageRoutes from '../routes/messages/index.js'
+import eventRoutes from '../routes/events/index.js'
 import type { Environment } from './config.js'
 import { AccessLog } from './access-log.js'
 import { installErrorHandlers } from './errors.js'
@@ -40,7 +47,8 @@ export function commonServerOptions(logger: Logger | false | undefined, env: Env
 
 /**
  * The public API instance: one factory for the server, the tests and the benchmarks. Registration
- * order is spelled out: config, sensible, postgres, redis, under-pressure, metrics, docs, routes.
+ * order is spelled out: config, sensible, postgres, redis, under-pressure, metrics, domain (auth,
+ * agents, conversations), docs, routes.
  */
 export async function buildApp(opts: BuildOptions): Promise<FastifyInstance> {
   const lifecycle = opts.lifecycle ?? new Lifecycle()
@@ -81,6 +89,9 @@ export async function buildApp(opts: BuildOptions): Promise<FastifyInstance> {
   })
 
   await app.register(metrics, { registry, lifecycle })
+  await app.register(auth)
+  await app.register(agents)
+  await app.register(conversations, { lifecycle })
 
   await app.register(swagger, {
     openapi: {
@@ -96,9 +107,20 @@ export async function buildApp(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(swaggerUi, { routePrefix: '/docs' })
 
   await app.register(rootRoutes)
+  // Everything under /v1 needs a valid API key when API_KEYS is set.
+  await app.register(
+    async function v1(api) {
+      api.addHook('onRequest', api.authenticate)
+      await api.register(agentRoutes, { prefix: '/agents' })
+      await api.register(sessionRoutes, { prefix: '/sessions' })
+      await api.register(messageRoutes, { prefix: '/sessions' })
+      await api.register(eventRoutes, { prefix: '/events' })
+    },
+    { prefix: '/v1' }
+  )
 
   app.addHook('onReady', async () => {
-    lifecycle.attach({ pool: app.pg.pool, cache: app.cache, migrations: app.migrations, databaseKind: app.databaseKind })
+    lifecycle.attach({ pool: app.pg.pool, cache: app.cache, migrations: app.migrations, databaseKind: app.databaseKind, agents: app.agents })
   })
   return app
 }

@@ -54,6 +54,7 @@ export const EnvSchema = Type.Object({
   // Sessions
   SESSION_TTL: Positive(86_400),
   SESSION_CLEANUP_INTERVAL: Positive(300),
+  SESSION_PURGE_AFTER: Positive(86_400),
   EVENT_RETENTION_DAYS: Positive(30),
 
   // Agents and LLM providers

@@ -1,4 +1,5 @@
 import type { FastifyError, FastifyInstance } from 'fastify'
+import { databaseUnavailable, isDatabaseUnavailable } from './db/errors.js'
 
 /** The error body of every non-2xx answer (DESIGN section 3). */
 export interface ErrorBody {
@@ -26,13 +27,20 @@ export function reasonPhrase(statusCode: number): string {
  * raised on purpose with a message meant for the client (`expose: true`, e.g. a provider timeout).
  */
 export function installErrorHandlers(fastify: FastifyInstance): void {
-  fastify.setErrorHandler(function errorHandler(error: FastifyError & { expose?: boolean; details?: unknown; headers?: Record<string, string> }, request, reply) {
+  fastify.setErrorHandler(function errorHandler(raised: FastifyError & { expose?: boolean; details?: unknown; headers?: Record<string, string> }, request, reply) {
+    // A database outage is the client's 503 (retry later), not our 500.
+    const error = !raised.statusCode && isDatabaseUnavailable(raised) ? (databaseUnavailable() as unknown as typeof raised) : raised
+    if (error !== raised) request.log.warn({ err: { message: raised.message, code: raised.code } }, 'database unavailable')
     const statusCode = error.statusCode && error.statusCode >= 400 && error.statusCode < 600 ? error.statusCode : 500
     const body: ErrorBody = { statusCode, error: reasonPhrase(statusCode), message: error.message }
-    if (statusCode >= 500) {
+    if (statusCode >= 500 && error.expose !== true) {
       request.log.error({ err: error }, 'request failed')
-      if (error.expose !== true) body.message = 'Something went wrong on our side; it has been logged.'
-      else if (error.code) body.code = error.code
+      body.message = 'Something went wrong on our side; it has been logged.'
+    } else if (statusCode >= 500) {
+      // Raised on purpose with a message for the client (a provider timeout, an outage): not a bug.
+      request.log.warn({ err: { message: error.message, code: error.code } }, 'request failed')
+      if (error.code) body.code = error.code
+      if (error.details !== undefined) body.details = error.details
     } else {
       request.log.info({ err: { message: error.message, code: error.code } }, 'request rejected')
       if (error.code) body.code = error.code

@@ -1,4 +1,5 @@
 import type pg from 'pg'
+import type { AgentRegistry } from './agents/registry.js'
 import type { Cache } from './cache/cache.js'
 
 export type Phase = 'starting' | 'ready' | 'stopping'
@@ -9,6 +10,7 @@ export interface ServiceDependencies {
   cache: Cache
   migrations: { status: 'ok' | 'pending'; version: number; expected: number }
   databaseKind: 'external' | 'embedded'
+  agents: AgentRegistry
 }
 
 /**
@@ -19,6 +21,9 @@ export class Lifecycle {
   phase: Phase = 'starting'
   dependencies: ServiceDependencies | undefined
   shutdownStartedAt: number | undefined
+  /** Aborted at the shutdown deadline: replies still running end with an error instead of being cut. */
+  private readonly replies = new AbortController()
+  readonly replySignal = this.replies.signal
 
   attach(dependencies: ServiceDependencies): void {
     this.dependencies = dependencies
@@ -32,6 +37,10 @@ export class Lifecycle {
   beginShutdown(): void {
     this.phase = 'stopping'
     this.shutdownStartedAt ??= Date.now()
+  }
+
+  abortReplies(): void {
+    this.replies.abort(new Error('shutting down'))
   }
 
   /** Seconds since shutdown began (0 before): how long the drain has been running. */

@@ -2,6 +2,7 @@ import closeWithGrace from 'close-with-grace'
 import type { FastifyInstance } from 'fastify'
 import { Registry } from 'prom-client'
 import { buildApp } from './app.js'
+import { ManifestError } from './agents/manifest.js'
 import { ConfigError, type Environment } from './config.js'
 import { Lifecycle } from './lifecycle.js'
 import { createLogger } from './logger.js'
@@ -28,7 +29,8 @@ let app: FastifyInstance | undefined
 let ops: FastifyInstance | undefined
 
 function failStartup(err: unknown): never {
-  if (err instanceof ConfigError) log.fatal(err.message)
+  // A bad variable or manifest is the operator's to fix: the message alone says what, no stack.
+  if (err instanceof ConfigError || err instanceof ManifestError) log.fatal(err.message)
   else log.fatal({ err }, `start-up failed: ${(err as Error).message}`)
   log.flush()
   process.exit(1)

@@ -20,9 +20,18 @@ export class RedisCache implements Cache {
   readonly client: Redis
   private readonly log: Logger
   private lastError: string | undefined
+  /**
+   * Keys whose set or delete could not reach Redis: after an outage their cached values may be
+   * stale, so they are deleted first thing on reconnection. Past the bound, the whole prefix goes.
+   */
+  private readonly unsynced = new Set<string>()
+  private unsyncedOverflow = false
+  private static readonly MAX_UNSYNCED = 10_000
+  private readonly keyPrefix: string
 
   constructor(options: RedisCacheOptions) {
     this.log = options.log.child({ component: 'redis' })
+    this.keyPrefix = options.keyPrefix
     this.client = new Redis(options.url, {
       keyPrefix: options.keyPrefix,
       lazyConnect: true,
@@ -41,6 +50,7 @@ export class RedisCache implements Cache {
     this.client.on('ready', () => {
       if (this.lastError !== undefined) this.log.info('Redis connection restored')
       this.lastError = undefined
+      void this.resync()
     })
   }
 
@@ -68,20 +78,59 @@ export class RedisCache implements Cache {
   }
 
   async set(key: string, value: string, ttlSeconds: number): Promise<void> {
-    if (this.client.status !== 'ready') return
+    if (this.client.status !== 'ready') return this.markUnsynced([key])
     try {
       await this.client.set(key, value, 'EX', ttlSeconds)
     } catch (err) {
       this.noteFailure('set', err)
+      this.markUnsynced([key])
     }
   }
 
   async delete(...keys: string[]): Promise<void> {
-    if (keys.length === 0 || this.client.status !== 'ready') return
+    if (keys.length === 0) return
+    if (this.client.status !== 'ready') return this.markUnsynced(keys)
     try {
       await this.client.del(...keys)
     } catch (err) {
       this.noteFailure('delete', err)
+      this.markUnsynced(keys)
+    }
+  }
+
+  private markUnsynced(keys: string[]): void {
+    for (const key of keys) {
+      if (this.unsynced.size >= RedisCache.MAX_UNSYNCED) {
+        this.unsyncedOverflow = true
+        return
+      }
+      this.unsynced.add(key)
+    }
+  }
+
+  /** Drops what may have gone stale while Redis was out of reach. */
+  private async resync(): Promise<void> {
+    const keys = [...this.unsynced]
+    const overflow = this.unsyncedOverflow
+    this.unsynced.clear()
+    this.unsyncedOverflow = false
+    try {
+      for (let i = 0; i < keys.length; i += 500) await this.client.del(...keys.slice(i, i + 500))
+      if (overflow) {
+        // Too many to track: forget everything under our prefix (SCAN sees raw key names).
+        let cursor = '0'
+        do {
+          const [next, found] = await this.client.scan(cursor, 'MATCH', `${this.keyPrefix}*`, 'COUNT', 1000)
+          cursor = next
+          const unprefixed = found.map((key) => key.slice(this.keyPrefix.length))
+          if (unprefixed.length > 0) await this.client.del(...unprefixed)
+        } while (cursor !== '0')
+      }
+      if (keys.length > 0 || overflow) this.log.info({ keys: keys.length, overflow }, 'dropped cache entries written while Redis was unreachable')
+    } catch (err) {
+      this.noteFailure('resync', err)
+      this.markUnsynced(keys)
+      this.unsyncedOverflow ||= overflow
     }
   }
 

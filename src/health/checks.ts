@@ -1,6 +1,7 @@
 import { getHeapStatistics } from 'node:v8'
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks'
 import type pg from 'pg'
+import type { AgentRegistry } from '../agents/registry.js'
 import type { Cache } from '../cache/cache.js'
 
 export type ServiceStatus = 'up' | 'degraded' | 'down' | 'disabled'
@@ -60,6 +61,11 @@ export class EventLoopMonitor {
     this.resetTimer.unref()
   }
 
+  /** Forgets what was sampled so far: start-up (loading and compiling) is not service latency. */
+  reset(): void {
+    this.histogram.reset()
+  }
+
   check(warnMs: number): CheckResult {
     const p99 = this.histogram.count > 0 ? this.histogram.percentile(99) / 1e6 : 0
     return {
@@ -73,4 +79,15 @@ export class EventLoopMonitor {
     clearInterval(this.resetTimer)
     this.histogram.disable()
   }
+}
+
+/** Up when every agent is healthy; degraded when some are not; down when none can answer. */
+export function checkAgents(agents: AgentRegistry): CheckResult {
+  const list = agents.list()
+  const count = (status: string) => list.filter((agent) => agent.status === status).length
+  const [healthy, degraded, down] = [count('healthy'), count('degraded'), count('down')]
+  const onEcho = list.filter((agent) => agent.effectiveProvider === 'echo').length
+  const message = `${list.length} agents: ${healthy} healthy, ${degraded} degraded, ${down} down${onEcho ? ` (${onEcho} on the offline echo provider)` : ''}`
+  const status = down === list.length ? 'down' : healthy === list.length ? 'up' : 'degraded'
+  return { status, message }
 }

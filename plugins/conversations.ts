@@ -1,0 +1,76 @@
+import fp from 'fastify-plugin'
+import type { Lifecycle } from '../src/lifecycle.js'
+import { ConversationService } from '../src/messages/conversation.js'
+import { IdempotencyKeys } from '../src/messages/idempotency.js'
+import { MessageHistory } from '../src/messages/message-store.js'
+import { ConversationMetrics } from '../src/metrics/conversation-metrics.js'
+import { CleanupJob } from '../src/sessions/cleanup.js'
+import { SessionStore } from '../src/sessions/session-store.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    sessions: SessionStore
+    history: MessageHistory
+    conversations: ConversationService
+    /** The expired-session cleanup (it also runs by itself every SESSION_CLEANUP_INTERVAL). */
+    cleanup: CleanupJob
+  }
+}
+
+export interface ConversationsPluginOptions {
+  lifecycle: Lifecycle
+}
+
+/** The conversation domain (sessions, history, replies) wired to the pool, the cache and the agents. */
+export default fp(
+  async function conversations(fastify, opts: ConversationsPluginOptions) {
+    const config = fastify.config
+    const pool = fastify.pg.pool
+    const agents = fastify.agents
+    let sessions: SessionStore | undefined
+    const metrics = new ConversationMetrics(fastify.metricsRegistry, () => (sessions ? sessions.countActive() : Promise.resolve(0)))
+    sessions = new SessionStore({
+      pool,
+      cache: fastify.cache,
+      metrics,
+      defaultTtlSeconds: config.SESSION_TTL,
+      unknownAgents: (ids) => ids.filter((id) => !agents.has(id)),
+      defaultAgents: () => agents.defaultAgentIds()
+    })
+    const history = new MessageHistory({ cache: fastify.cache, metrics, cacheSize: Math.max(config.CONTEXT_MESSAGES, 100) })
+    const idempotency = new IdempotencyKeys(pool, config.LLM_TIMEOUT_MS + 10_000)
+    const conversations = new ConversationService({
+      pool,
+      sessions,
+      history,
+      idempotency,
+      agents,
+      metrics,
+      log: fastify.log,
+      llmTimeoutMs: config.LLM_TIMEOUT_MS,
+      contextMessages: config.CONTEXT_MESSAGES,
+      shutdownSignal: opts.lifecycle.replySignal
+    })
+    fastify.decorate('sessions', sessions)
+    fastify.decorate('history', history)
+    fastify.decorate('conversations', conversations)
+
+    const cleanup = new CleanupJob(
+      {
+        pool,
+        sessions,
+        history,
+        idempotency,
+        metrics,
+        log: fastify.log,
+        purgeAfterSeconds: config.SESSION_PURGE_AFTER,
+        eventRetentionDays: config.EVENT_RETENTION_DAYS
+      },
+      config.SESSION_CLEANUP_INTERVAL
+    )
+    fastify.decorate('cleanup', cleanup)
+    fastify.addHook('onReady', async () => cleanup.start())
+    fastify.addHook('onClose', async () => cleanup.stop())
+  },
+  { name: 'conversations', dependencies: ['config', 'postgres', 'redis', 'metrics', 'agents'] }
+)

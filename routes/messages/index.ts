@@ -1,0 +1,190 @@
+import { PassThrough } from 'node:stream'
+import { once } from 'node:events'
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { FastifyReply } from 'fastify'
+import { Type } from 'typebox'
+import { DomainError } from '../../src/domain-errors.js'
+import { reasonPhrase, type ErrorBody } from '../../src/errors.js'
+import type { PostResult, ReplySink } from '../../src/messages/conversation.js'
+import type { Message } from '../../src/messages/message-store.js'
+import { Metadata, MessageList, MessagesQuery, PostMessageHeaders, PostReply, SessionParams, errorResponses } from '../sessions/schemas.js'
+
+const security = [{ bearerAuth: [] }]
+const tags = ['messages']
+
+type Negotiated = 'json' | 'sse'
+
+/** `Accept: text/event-stream` streams the reply; JSON otherwise (and for a missing or wildcard Accept). */
+function negotiate(accept: string | undefined): Negotiated {
+  if (!accept) return 'json'
+  const types = accept.split(',').map((part) => part.split(';')[0]?.trim().toLowerCase())
+  if (types.includes('text/event-stream')) return 'sse'
+  if (types.some((type) => type === 'application/json' || type === '*/*' || type === 'application/*')) return 'json'
+  throw new DomainError('not_acceptable', 'Accept must be application/json or text/event-stream', { code: 'NOT_ACCEPTABLE' })
+}
+
+/**
+ * One Server-Sent Events reply. It opens only once the user message is stored, so every error
+ * before that is an ordinary HTTP error. Writes wait for the socket to drain (back-pressure), and a
+ * client that went away turns writes into no-ops: the reply still completes and is stored.
+ */
+class SseStream {
+  private readonly stream = new PassThrough()
+  private opened = false
+  private closed = false
+  private counter = 0
+
+  constructor(private readonly reply: FastifyReply, private readonly idPrefix: () => string) {
+    // The response's 'close' (not the request's, which fires once its body is read): the client is gone.
+    reply.raw.once('close', () => this.markClosed())
+  }
+
+  get isOpen(): boolean {
+    return this.opened
+  }
+
+  open(): void {
+    if (this.opened) return
+    this.opened = true
+    this.reply
+      .code(200)
+      .header('content-type', 'text/event-stream; charset=utf-8')
+      .header('cache-control', 'no-cache, no-transform')
+      .header('x-accel-buffering', 'no')
+      .send(this.stream)
+  }
+
+  async send(event: string, data: unknown): Promise<void> {
+    this.open()
+    if (this.closed) return
+    this.counter += 1
+    const frame = `id: ${this.idPrefix()}-${this.counter}\nevent: ${event}\ndata: ${JSON.stringify(data)}\n\n`
+    if (!this.stream.write(frame)) await Promise.race([once(this.stream, 'drain'), once(this.stream, 'close')])
+  }
+
+  end(): void {
+    if (!this.stream.writableEnded) this.stream.end()
+  }
+
+  private markClosed(): void {
+    this.closed = true
+    this.stream.emit('drain')
+  }
+}
+
+function errorBody(err: unknown): ErrorBody {
+  if (err instanceof DomainError) {
+    return { statusCode: err.statusCode, error: reasonPhrase(err.statusCode), message: err.message, code: err.code, details: err.details }
+  }
+  return { statusCode: 500, error: reasonPhrase(500), message: 'Something went wrong on our side; it has been logged.' }
+}
+
+const messages: FastifyPluginAsyncTypebox = async (fastify) => {
+  const maxChars = fastify.config.MAX_MESSAGE_CHARS
+  const PostMessageBody = Type.Object(
+    {
+      content: Type.String({ minLength: 1, maxLength: maxChars, description: `The user message, 1 to ${maxChars} characters, stored exactly as sent` }),
+      agent: Type.Optional(Type.String({ minLength: 1, maxLength: 64, description: 'The agent to answer; default: chosen by expertise among the session\'s agents' })),
+      metadata: Type.Optional(Metadata)
+    },
+    { additionalProperties: false }
+  )
+
+  fastify.post(
+    '/:id/messages',
+    {
+      schema: {
+        summary: 'Post a message and get the reply, as JSON or streamed as Server-Sent Events',
+        description:
+          'With `Accept: text/event-stream` the answer is an SSE stream of events `message` (the stored user message), `agent` (who answers and why), `delta` (`{ text }`, many), then `done` (the stored reply) or `error` (an error body). Every event has an id.',
+        tags,
+        security,
+        params: SessionParams,
+        headers: PostMessageHeaders,
+        body: PostMessageBody,
+        response: {
+          201: PostReply,
+          200: { description: 'text/event-stream (SSE), when asked for with Accept', type: 'string' },
+          ...errorResponses(400, 401, 404, 406, 409, 410, 413, 415, 502, 503, 504)
+        }
+      }
+    },
+    async (request, reply) => {
+      const mode = negotiate(request.headers.accept)
+      const key = request.headers['idempotency-key']
+      if (mode === 'json') {
+        const outcome = await fastify.conversations.post(request.tenant, request.params.id, request.body, NO_SINK, key)
+        if (!outcome.replayed) return reply.code(201).send(outcome.result)
+        reply.header('idempotent-replayed', 'true')
+        // The stored outcome was validated by the response schema when it was first sent.
+        return (reply as FastifyReply).code(outcome.outcome.statusCode).send(outcome.outcome.body)
+      }
+
+      let seq = 0
+      const sse = new SseStream(reply, () => String(seq))
+      const sink: ReplySink = {
+        message: (message: Message) => {
+          seq = message.seq
+          return sse.send('message', message)
+        },
+        agent: (selection) => sse.send('agent', selection),
+        delta: (text) => sse.send('delta', { text })
+      }
+      try {
+        const outcome = await fastify.conversations.post(request.tenant, request.params.id, request.body, sink, key)
+        if (outcome.replayed) {
+          reply.header('idempotent-replayed', 'true')
+          await replay(sse, outcome.outcome.statusCode, outcome.outcome.body, (s) => (seq = s))
+        } else {
+          await sse.send('done', outcome.result.reply)
+        }
+      } catch (err) {
+        if (!sse.isOpen) throw err
+        if (!(err instanceof DomainError)) request.log.error({ err }, 'reply failed mid-stream')
+        await sse.send('error', errorBody(err))
+      }
+      sse.end()
+      return reply
+    }
+  )
+
+  fastify.get(
+    '/:id/messages',
+    {
+      schema: {
+        summary: 'Read a session\'s messages in seq order',
+        tags,
+        security,
+        params: SessionParams,
+        querystring: MessagesQuery,
+        response: { 200: MessageList, ...errorResponses(400, 401, 404, 410, 503) }
+      }
+    },
+    async (request) => {
+      const session = await fastify.sessions.getActive(request.tenant, request.params.id)
+      const { after, limit } = request.query
+      const page = await fastify.history.page(fastify.pg.pool, session.id, session.lastSeq, after, limit)
+      const last = page[page.length - 1]
+      return { messages: page, nextCursor: last && page.length === limit && last.seq < session.lastSeq ? last.seq : null }
+    }
+  )
+}
+
+/** The JSON route needs no streaming: the result comes back whole. */
+const NO_SINK: ReplySink = { message: () => undefined, agent: () => undefined, delta: () => undefined }
+
+/** An idempotent retry over SSE: the first outcome, replayed as the same sequence of events. */
+async function replay(sse: SseStream, statusCode: number, body: unknown, setSeq: (seq: number) => void): Promise<void> {
+  if (statusCode >= 400) {
+    await sse.send('error', body)
+    return
+  }
+  const { message, reply } = body as PostResult
+  setSeq(message.seq)
+  await sse.send('message', message)
+  await sse.send('agent', { agent: reply.agent, reason: 'replayed', provider: reply.provider, model: reply.model })
+  await sse.send('delta', { text: reply.content })
+  await sse.send('done', reply)
+}
+
+export default messages

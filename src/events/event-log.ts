@@ -1,0 +1,111 @@
+import type pg from 'pg'
+import type { Queryable } from '../db/transaction.js'
+
+export type EventType =
+  | 'session.created'
+  | 'session.updated'
+  | 'session.invalidated'
+  | 'session.expired'
+  | 'message.created'
+  | 'agent.selected'
+  | 'agent.failed'
+  | 'agent.recovered'
+  | 'agent.status_changed'
+
+export interface NewEvent {
+  type: EventType
+  /** null for events that belong to no tenant (agent health): every tenant sees those. */
+  tenant: string | null
+  sessionId?: string
+  agentId?: string
+  data?: Record<string, unknown>
+}
+
+export interface StoredEvent {
+  id: string
+  type: string
+  sessionId: string | null
+  agentId: string | null
+  data: Record<string, unknown>
+  createdAt: string
+}
+
+/** The channel on which committed events are announced (LISTEN/NOTIFY, delivered on commit). */
+export const EVENTS_CHANNEL = 'smalltalk_events'
+
+/**
+ * Writes events with the caller's client, so that inside a transaction they commit or vanish with
+ * the change they describe: the event log never disagrees with the data. One round trip for all.
+ */
+export async function recordEvents(db: Queryable, events: NewEvent[]): Promise<void> {
+  if (events.length === 0) return
+  await db.query(
+    `WITH inserted AS (
+       INSERT INTO event_logs (type, tenant, session_id, agent_id, data)
+       SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::jsonb[])
+       RETURNING id
+     )
+     SELECT pg_notify($6, max(id)::text) FROM inserted`,
+    [
+      events.map((e) => e.type),
+      events.map((e) => e.tenant),
+      events.map((e) => e.sessionId ?? null),
+      events.map((e) => e.agentId ?? null),
+      events.map((e) => JSON.stringify(e.data ?? {})),
+      EVENTS_CHANNEL
+    ]
+  )
+}
+
+export interface EventQuery {
+  tenant: string
+  /** Exact type, or a prefix wildcard such as `session.*`. */
+  type?: string
+  sessionId?: string
+  /** Only events with a larger id (the previous page's nextCursor, or an SSE Last-Event-ID). */
+  after?: string
+  limit: number
+}
+
+/** Turns `session.*` into a LIKE pattern and an exact type into itself. */
+export function typePattern(type: string): string {
+  const escaped = type.replace(/[\\%_]/g, (c) => '\\' + c)
+  return escaped.endsWith('.*') ? escaped.slice(0, -1) + '%' : escaped === '*' ? '%' : escaped
+}
+
+export async function listEvents(db: Queryable, query: EventQuery): Promise<{ events: StoredEvent[]; nextCursor: string | null }> {
+  const { rows } = await db.query<{ id: string; type: string; session_id: string | null; agent_id: string | null; data: Record<string, unknown>; created_at: Date }>(
+    `SELECT id, type, session_id, agent_id, data, created_at
+       FROM event_logs
+      WHERE (tenant = $1 OR tenant IS NULL)
+        AND id > $2
+        AND ($3::text IS NULL OR type LIKE $3)
+        AND ($4::uuid IS NULL OR session_id = $4)
+      ORDER BY id
+      LIMIT $5`,
+    [query.tenant, query.after ?? '0', query.type ? typePattern(query.type) : null, query.sessionId ?? null, query.limit + 1]
+  )
+  const page = rows.slice(0, query.limit)
+  return {
+    events: page.map(toStoredEvent),
+    nextCursor: rows.length > query.limit && page.length > 0 ? String(page[page.length - 1]?.id) : null
+  }
+}
+
+function toStoredEvent(row: { id: string; type: string; session_id: string | null; agent_id: string | null; data: Record<string, unknown>; created_at: Date }): StoredEvent {
+  return { id: String(row.id), type: row.type, sessionId: row.session_id, agentId: row.agent_id, data: row.data, createdAt: row.created_at.toISOString() }
+}
+
+/** Retention: events older than `days` go, in bounded batches so a big backlog never locks for long. */
+export async function purgeOldEvents(pool: pg.Pool, days: number, batch = 5000): Promise<number> {
+  let total = 0
+  for (;;) {
+    const { rowCount } = await pool.query(
+      `DELETE FROM event_logs WHERE id IN (
+         SELECT id FROM event_logs WHERE created_at < now() - make_interval(days => $1) ORDER BY id LIMIT $2)`,
+      [days, batch]
+    )
+    total += rowCount ?? 0
+    if ((rowCount ?? 0) < batch) return total
+  }
+}

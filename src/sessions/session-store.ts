@@ -1,0 +1,266 @@
+import type pg from 'pg'
+import type { Cache } from '../cache/cache.js'
+import { withTransaction, type Queryable } from '../db/transaction.js'
+import { DomainError, assertStorable } from '../domain-errors.js'
+import { recordEvents } from '../events/event-log.js'
+import type { ConversationMetrics } from '../metrics/conversation-metrics.js'
+
+/** A session as the API shows it. */
+export interface Session {
+  id: string
+  status: 'active' | 'invalidated' | 'expired'
+  agents: string[]
+  metadata: Record<string, unknown>
+  createdAt: string
+  updatedAt: string
+  expiresAt: string | null
+  version: number
+  messageCount: number
+}
+
+/** The row as stored (and cached): the API shape plus what only the service needs. */
+export interface SessionRecord extends Session {
+  tenant: string
+  lastSeq: number
+}
+
+export interface SessionRow {
+  id: string
+  tenant: string
+  status: Session['status']
+  agents: string[]
+  metadata: Record<string, unknown>
+  created_at: Date
+  updated_at: Date
+  expires_at: Date | null
+  version: number
+  message_count: number
+  last_seq: string | number
+}
+
+export const SESSION_COLUMNS = 'id, tenant, status, agents, metadata, created_at, updated_at, expires_at, version, message_count, last_seq'
+
+export function toRecord(row: SessionRow): SessionRecord {
+  return {
+    id: row.id,
+    tenant: row.tenant,
+    status: row.status,
+    agents: row.agents,
+    metadata: row.metadata,
+    createdAt: row.created_at.toISOString(),
+    updatedAt: row.updated_at.toISOString(),
+    expiresAt: row.expires_at ? row.expires_at.toISOString() : null,
+    version: row.version,
+    messageCount: row.message_count,
+    lastSeq: Number(row.last_seq)
+  }
+}
+
+export function toSession(record: SessionRecord): Session {
+  const { tenant: _tenant, lastSeq: _lastSeq, ...session } = record
+  return session
+}
+
+export interface SessionStoreOptions {
+  pool: pg.Pool
+  cache: Cache
+  metrics: ConversationMetrics
+  defaultTtlSeconds: number
+  /** Validates agent ids against the manifest; returns the unknown ones. */
+  unknownAgents: (ids: string[]) => string[]
+  defaultAgents: () => string[]
+  now?: () => number
+}
+
+export interface SessionChanges {
+  metadata?: Record<string, unknown>
+  agents?: string[]
+  ttlSeconds?: number
+}
+
+const CACHE_TTL_SECONDS = 300
+const sessionKey = (id: string) => `session:${id}`
+
+/**
+ * Sessions in PostgreSQL (the truth) with their records cached in Redis (write-through, TTL'd,
+ * dropped on every change). Every state change writes its event in the same transaction.
+ */
+export class SessionStore {
+  private readonly now: () => number
+
+  constructor(private readonly options: SessionStoreOptions) {
+    this.now = options.now ?? Date.now
+  }
+
+  async create(tenant: string, input: { agents?: string[]; metadata?: Record<string, unknown>; ttlSeconds?: number }): Promise<Session> {
+    const agents = input.agents ?? this.options.defaultAgents()
+    this.assertAgents(agents)
+    assertStorable('metadata', input.metadata)
+    const ttl = input.ttlSeconds ?? this.options.defaultTtlSeconds
+    const record = await withTransaction(this.options.pool, async (client) => {
+      const { rows } = await client.query<SessionRow>(
+        `INSERT INTO sessions (tenant, agents, metadata, expires_at)
+         VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+         RETURNING ${SESSION_COLUMNS}`,
+        [tenant, agents, input.metadata ?? {}, ttl]
+      )
+      const created = toRecord(rows[0] as SessionRow)
+      await recordEvents(client, [{ type: 'session.created', tenant, sessionId: created.id, data: { agents, ttlSeconds: ttl } }])
+      return created
+    })
+    this.options.metrics.sessionsCreated.inc()
+    await this.cacheRecord(record)
+    return toSession(record)
+  }
+
+  /** The live record of an active session of this tenant: 404 for others' and unknown, 410 if ended. */
+  async getActive(tenant: string, id: string): Promise<SessionRecord> {
+    const record = await this.find(id)
+    if (!record || record.tenant !== tenant) throw notFound()
+    assertActive(record, this.now())
+    return record
+  }
+
+  /** Reads through the cache; PostgreSQL on a miss (or with Redis down). */
+  async find(id: string): Promise<SessionRecord | undefined> {
+    const cached = await this.options.cache.get(sessionKey(id))
+    this.options.metrics.cacheLookups.inc({ cache: 'session', result: cached ? 'hit' : 'miss' })
+    if (cached) return JSON.parse(cached) as SessionRecord
+    const record = await this.load(this.options.pool, id)
+    if (record) await this.cacheRecord(record)
+    return record
+  }
+
+  async load(db: Queryable, id: string): Promise<SessionRecord | undefined> {
+    const { rows } = await db.query<SessionRow>(`SELECT ${SESSION_COLUMNS} FROM sessions WHERE id = $1`, [id])
+    return rows[0] ? toRecord(rows[0]) : undefined
+  }
+
+  /** Newest first, keyset-paginated: the cursor is opaque to clients. */
+  async list(tenant: string, limit: number, cursor?: string): Promise<{ sessions: Session[]; nextCursor: string | null }> {
+    const position = cursor ? decodeCursor(cursor) : undefined
+    const { rows } = await this.options.pool.query<SessionRow & { created_us: string }>(
+      `SELECT ${SESSION_COLUMNS}, (extract(epoch FROM created_at) * 1000000)::bigint AS created_us
+         FROM sessions
+        WHERE tenant = $1
+          AND ($2::bigint IS NULL OR (created_at, id) < (timestamptz 'epoch' + $2::bigint * interval '1 microsecond', $3::uuid))
+        ORDER BY created_at DESC, id DESC
+        LIMIT $4`,
+      [tenant, position?.createdUs ?? null, position?.id ?? null, limit + 1]
+    )
+    const page = rows.slice(0, limit)
+    const last = page[page.length - 1]
+    return {
+      sessions: page.map((row) => toSession(withLiveStatus(toRecord(row), this.now()))),
+      nextCursor: rows.length > limit && last ? encodeCursor(last.created_us, last.id) : null
+    }
+  }
+
+  /** Optimistic locking: applies only if `expectedVersion` is still the stored version. */
+  async update(tenant: string, id: string, expectedVersion: number, changes: SessionChanges): Promise<Session> {
+    if (changes.agents) this.assertAgents(changes.agents)
+    assertStorable('metadata', changes.metadata)
+    const record = await withTransaction(this.options.pool, async (client) => {
+      const { rows } = await client.query<SessionRow>(
+        `UPDATE sessions
+            SET metadata = COALESCE($4::jsonb, metadata),
+                agents = COALESCE($5::text[], agents),
+                expires_at = CASE WHEN $6::int IS NULL THEN expires_at ELSE now() + make_interval(secs => $6::int) END,
+                version = version + 1
+          WHERE id = $1 AND tenant = $2 AND version = $3
+            AND status = 'active' AND (expires_at IS NULL OR expires_at > now())
+          RETURNING ${SESSION_COLUMNS}`,
+        [id, tenant, expectedVersion, changes.metadata ?? null, changes.agents ?? null, changes.ttlSeconds ?? null]
+      )
+      if (rows[0]) {
+        const updated = toRecord(rows[0])
+        await recordEvents(client, [{ type: 'session.updated', tenant, sessionId: id, data: { version: updated.version, fields: Object.keys(changes) } }])
+        return updated
+      }
+      // Nothing matched: say why, from the row itself.
+      const current = await this.load(client, id)
+      if (!current || current.tenant !== tenant) throw notFound()
+      assertActive(current, this.now())
+      this.options.metrics.lockConflicts.inc({ kind: 'version' })
+      throw new DomainError('precondition_failed', `Session version is ${current.version}, not ${expectedVersion}: reload it and retry`, {
+        code: 'VERSION_MISMATCH',
+        details: { currentVersion: current.version }
+      })
+    })
+    await this.cacheRecord(record)
+    return toSession(record)
+  }
+
+  /** DELETE: the session answers 410 from now on; its rows go with the cleanup job's purge. */
+  async invalidate(tenant: string, id: string): Promise<void> {
+    await withTransaction(this.options.pool, async (client) => {
+      const { rows } = await client.query<{ id: string }>(
+        `UPDATE sessions SET status = 'invalidated', invalidated_at = now(), reply_lease_until = NULL
+          WHERE id = $1 AND tenant = $2 AND status = 'active'
+          RETURNING id`,
+        [id, tenant]
+      )
+      if (rows.length === 0) {
+        const current = await this.load(client, id)
+        if (!current || current.tenant !== tenant) throw notFound()
+        assertActive(current, this.now())
+      }
+      await recordEvents(client, [{ type: 'session.invalidated', tenant, sessionId: id }])
+    })
+    this.options.metrics.sessionsInvalidated.inc()
+    await this.forget(id)
+  }
+
+  async forget(...ids: string[]): Promise<void> {
+    await this.options.cache.delete(...ids.map(sessionKey))
+  }
+
+  async cacheRecord(record: SessionRecord): Promise<void> {
+    const untilExpiry = record.expiresAt ? Math.floor((Date.parse(record.expiresAt) - this.now()) / 1000) : CACHE_TTL_SECONDS
+    if (untilExpiry <= 0) return
+    await this.options.cache.set(sessionKey(record.id), JSON.stringify(record), Math.min(CACHE_TTL_SECONDS, untilExpiry))
+  }
+
+  async countActive(): Promise<number> {
+    const { rows } = await this.options.pool.query<{ n: number }>(
+      "SELECT count(*)::int AS n FROM sessions WHERE status = 'active' AND (expires_at IS NULL OR expires_at > now())"
+    )
+    return rows[0]?.n ?? 0
+  }
+
+  private assertAgents(agents: string[]): void {
+    if (agents.length === 0) throw new DomainError('invalid', 'A session needs at least one agent', { code: 'NO_AGENTS' })
+    const unknown = this.options.unknownAgents(agents)
+    if (unknown.length > 0) {
+      throw new DomainError('invalid', `Unknown agent${unknown.length > 1 ? 's' : ''}: ${unknown.join(', ')}`, { code: 'UNKNOWN_AGENT', details: { unknown } })
+    }
+  }
+}
+
+export function notFound(): DomainError {
+  return new DomainError('not_found', 'Session not found', { code: 'SESSION_NOT_FOUND' })
+}
+
+/** An active session whose expiry has passed is expired, whether or not the cleanup job ran yet. */
+export function withLiveStatus(record: SessionRecord, now: number): SessionRecord {
+  if (record.status === 'active' && record.expiresAt && Date.parse(record.expiresAt) <= now) return { ...record, status: 'expired' }
+  return record
+}
+
+export function assertActive(record: SessionRecord, now: number): void {
+  const status = withLiveStatus(record, now).status
+  if (status === 'invalidated') throw new DomainError('gone', 'Session invalidated', { code: 'SESSION_INVALIDATED' })
+  if (status === 'expired') throw new DomainError('gone', 'Session expired', { code: 'SESSION_EXPIRED' })
+}
+
+function encodeCursor(createdUs: string, id: string): string {
+  return Buffer.from(`${createdUs}.${id}`).toString('base64url')
+}
+
+function decodeCursor(cursor: string): { createdUs: string; id: string } {
+  const [createdUs, id] = Buffer.from(cursor, 'base64url').toString().split('.')
+  if (!createdUs || !/^\d{1,20}$/.test(createdUs) || !id || !/^[0-9a-f-]{36}$/.test(id)) {
+    throw new DomainError('invalid', 'Invalid cursor: pass the nextCursor of the previous page', { code: 'INVALID_CURSOR' })
+  }
+  return { createdUs, id }
+}
