@@ -1,7 +1,6 @@
 import fp from 'fastify-plugin'
 import fastifyMetrics from 'fastify-metrics'
 import promClient, { type Registry } from 'prom-client'
-import type { Lifecycle } from '../src/lifecycle.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -12,7 +11,6 @@ declare module 'fastify' {
 
 export interface MetricsPluginOptions {
   registry: Registry
-  lifecycle: Lifecycle
 }
 
 // Latency buckets for an API whose fast paths answer in about a millisecond and whose LLM replies
@@ -27,7 +25,7 @@ const HTTP_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
  */
 export default fp(
   async function metrics(fastify, opts: MetricsPluginOptions) {
-    const { registry, lifecycle } = opts
+    const { registry } = opts
     fastify.decorate('metricsRegistry', registry)
     // fastify-metrics is CommonJS with exports.default; under NodeNext the plugin is its .default.
     await fastify.register(fastifyMetrics.default, {
@@ -55,35 +53,11 @@ export default fp(
     })
 
     new promClient.Gauge({
-      name: 'smalltalk_uptime_seconds',
-      help: 'Seconds since the process started',
-      registers: [registry],
-      collect() {
-        this.set(process.uptime())
-      }
-    })
-    new promClient.Gauge({
       name: 'smalltalk_memory_usage_bytes',
       help: 'V8 heap in use (process_resident_memory_bytes has the RSS)',
       registers: [registry],
       collect() {
         this.set(process.memoryUsage().heapUsed)
-      }
-    })
-    new promClient.Gauge({
-      name: 'smalltalk_ready',
-      help: '1 while the service has finished starting and is not shutting down',
-      registers: [registry],
-      collect() {
-        this.set(lifecycle.phase === 'ready' ? 1 : 0)
-      }
-    })
-    new promClient.Gauge({
-      name: 'smalltalk_shutdown_duration_seconds',
-      help: 'Seconds the graceful shutdown has been draining (0 while serving)',
-      registers: [registry],
-      collect() {
-        this.set(lifecycle.shutdownSeconds())
       }
     })
     const pool = fastify.pg.pool

