@@ -81,3 +81,64 @@ t.test('a second signal exits at once', async (t) => {
   t.ok(Date.now() - started < 2000, 'exited without waiting for the drain')
   t.match(server.output(), /second signal: exiting at once/)
 })
+
+/** Posts a message over SSE and collects the raw stream until it ends. */
+async function streamReply(apiUrl: string, content: string) {
+  const session = await (await fetch(`${apiUrl}/v1/sessions`, { method: 'POST' })).json()
+  const response = await fetch(`${apiUrl}/v1/sessions/${session.id}/messages`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
+    body: JSON.stringify({ content })
+  })
+  const reader = (response.body as ReadableStream<Uint8Array>).getReader()
+  const decoder = new TextDecoder()
+  let text = ''
+  let firstDelta: () => void = () => undefined
+  const started = new Promise<void>((resolve) => (firstDelta = resolve))
+  const done = (async () => {
+    for (;;) {
+      const { value, done } = await reader.read()
+      if (done) return text
+      text += decoder.decode(value, { stream: true })
+      if (text.includes('event: delta')) firstDelta()
+    }
+  })()
+  return { session, started, done }
+}
+
+t.test('SIGTERM during an SSE reply that finishes within the drain: it completes with done', async (t) => {
+  const server = await startServerProcess({ DATABASE_URL: await createTestDatabase(t), ECHO_TOKEN_DELAY_MS: '50', SHUTDOWN_TIMEOUT_MS: '10000' })
+  t.teardown(() => server.child.kill('SIGKILL'))
+  const reply = await streamReply(server.apiUrl, 'one two three four five six seven eight nine ten')
+  await reply.started
+  server.child.kill('SIGTERM')
+  const text = await reply.done
+  t.match(text, /event: done/)
+  t.notMatch(text, /event: error/)
+  t.equal(await server.exited, 0, server.output())
+})
+
+t.test('SIGTERM during an SSE reply that outlives the drain: it ends with an error event, exit 0', async (t) => {
+  const database = await createTestDatabase(t)
+  const server = await startServerProcess({ DATABASE_URL: database, ECHO_TOKEN_DELAY_MS: '200', SHUTDOWN_TIMEOUT_MS: '2000' })
+  t.teardown(() => server.child.kill('SIGKILL'))
+  const words = Array.from({ length: 60 }, (_, i) => `word${i}`).join(' ')
+  const reply = await streamReply(server.apiUrl, words)
+  await reply.started
+  const started = Date.now()
+  server.child.kill('SIGTERM')
+  const text = await reply.done
+  t.ok(Date.now() - started < 2000, 'ended before the forced-exit deadline')
+  t.match(text, /event: error\ndata: \{[^\n]*"code":"SHUTTING_DOWN"/)
+  t.notMatch(text, /event: done/)
+  t.equal(await server.exited, 0, 'nothing acknowledged was lost')
+
+  const { default: pg } = await import('pg')
+  const client = new pg.Client({ connectionString: database })
+  await client.connect()
+  t.teardown(() => client.end())
+  const { rows } = await client.query('SELECT role, content FROM chat_messages WHERE session_id = $1 ORDER BY seq', [reply.session.id])
+  t.same(rows, [{ role: 'user', content: words }], 'the user message is stored; no partial reply is')
+  const { rows: events } = await client.query("SELECT data FROM event_logs WHERE session_id = $1 AND type = 'agent.failed'", [reply.session.id])
+  t.match(events, [{ data: { code: 'SHUTTING_DOWN' } }])
+})
