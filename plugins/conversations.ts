@@ -1,5 +1,6 @@
 import fp from 'fastify-plugin'
 import type { Lifecycle } from '../src/lifecycle.js'
+import { EventFeed } from '../src/events/event-feed.js'
 import { ConversationService } from '../src/messages/conversation.js'
 import { IdempotencyKeys } from '../src/messages/idempotency.js'
 import { MessageHistory } from '../src/messages/message-store.js'
@@ -14,6 +15,8 @@ declare module 'fastify' {
     conversations: ConversationService
     /** The expired-session cleanup (it also runs by itself every SESSION_CLEANUP_INTERVAL). */
     cleanup: CleanupJob
+    /** Committed events, live, for the SSE event stream. */
+    eventFeed: EventFeed
   }
 }
 
@@ -71,6 +74,12 @@ export default fp(
     fastify.decorate('cleanup', cleanup)
     fastify.addHook('onReady', async () => cleanup.start())
     fastify.addHook('onClose', async () => cleanup.stop())
+
+    const eventFeed = new EventFeed(fastify.databaseUrl, pool, fastify.log)
+    await eventFeed.start()
+    fastify.decorate('eventFeed', eventFeed)
+    // onClose hooks run in reverse order of registration: this one before the pool closes.
+    fastify.addHook('onClose', async () => eventFeed.stop())
   },
   { name: 'conversations', dependencies: ['config', 'postgres', 'redis', 'metrics', 'agents'] }
 )

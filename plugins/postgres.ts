@@ -15,6 +15,8 @@ declare module 'fastify' {
     migrations: MigrationState
     /** Where the service's PostgreSQL lives: an external server or the embedded one. */
     databaseKind: 'external' | 'embedded'
+    /** For the few dedicated connections outside the pool (LISTEN). Contains the password: never log it. */
+    databaseUrl: string
   }
 }
 
@@ -65,6 +67,7 @@ export default fp(
       throw new Error(`PostgreSQL is unreachable at ${target}: ${(err as Error).message}`, { cause: err })
     }
     fastify.decorate('databaseKind', embedded ? 'embedded' : 'external')
+    fastify.decorate('databaseUrl', connectionString)
 
     if (config.MIGRATE_ON_START) await runMigrations(fastify.pg.pool, fastify.log)
     const { expected, current } = await latestMigrationVersion(fastify.pg.pool)

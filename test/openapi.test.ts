@@ -20,7 +20,8 @@ t.test('/docs/json describes every public route, with parameters and responses',
     ['delete', '/v1/sessions/{id}'],
     ['post', '/v1/sessions/{id}/messages'],
     ['get', '/v1/sessions/{id}/messages'],
-    ['get', '/v1/events/']
+    ['get', '/v1/events/'],
+    ['get', '/v1/events/stream']
   ]
   for (const [method, path] of expected) {
     const operation = doc.paths[path as string]?.[method as string]

@@ -1,7 +1,14 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
-import { listEvents } from '../../src/events/event-log.js'
+import { typeMatcher } from '../../src/events/event-feed.js'
+import { listEvents, type StoredEvent } from '../../src/events/event-log.js'
 import { errorResponses } from '../sessions/schemas.js'
+import { SseStream } from '../sse.js'
+
+// A subscriber this far behind (bytes the socket has not taken) is dropped: it resumes with Last-Event-ID.
+const MAX_BACKLOG_BYTES = 1_048_576
+const HEARTBEAT_MS = 15_000
+const RESUME_LIMIT = 10_000
 
 const Event = Type.Object({
   id: Type.String({ description: 'Increasing; pass as `after` (or Last-Event-ID) to read on from it' }),
@@ -33,6 +40,74 @@ const events: FastifyPluginAsyncTypebox = async (fastify) => {
       }
     },
     async (request) => listEvents(fastify.pg.pool, { tenant: request.tenant, ...request.query })
+  )
+
+  const open = new Set<SseStream>()
+  // Event streams never end by themselves: close them when the server closes, so the drain can end.
+  fastify.addHook('preClose', async () => {
+    for (const stream of open) stream.end()
+  })
+
+  fastify.get(
+    '/stream',
+    {
+      schema: {
+        summary: 'Follow the event log live (Server-Sent Events)',
+        description:
+          'Each event is sent as an SSE event named after its type, with the event log id as its id and the event as data. Reconnect with `Last-Event-ID` to receive what was missed (up to 10,000 events). A comment line every 15 s keeps proxies from closing an idle stream.',
+        tags: ['events'],
+        security: [{ bearerAuth: [] }],
+        querystring: Type.Object({ type: EventsQuery.properties.type }),
+        headers: Type.Object({ 'last-event-id': Type.Optional(Type.String({ pattern: '^\\d{1,19}$' })) }),
+        response: { 200: { description: 'text/event-stream', type: 'string' }, ...errorResponses(400, 401, 503) }
+      }
+    },
+    async (request, reply) => {
+      const { tenant } = request
+      const type = request.query.type
+      const matches = typeMatcher(type)
+      const sse = new SseStream(reply)
+      const frame = (event: StoredEvent) => `id: ${event.id}\nevent: ${event.type}\ndata: ${JSON.stringify(event)}\n\n`
+      let lastSent = request.headers['last-event-id'] ?? null
+      const queued: StoredEvent[] = []
+      let live = false
+
+      const deliver = (event: StoredEvent) => {
+        if (!live) {
+          queued.push(event)
+          return
+        }
+        sse.write(frame(event))
+        lastSent = event.id
+        if (sse.backlogBytes > MAX_BACKLOG_BYTES) {
+          request.log.warn('event stream client too slow: closing it (it can resume with Last-Event-ID)')
+          sse.end()
+        }
+      }
+      const unsubscribe = fastify.eventFeed.subscribe({ tenant, matches, deliver })
+      open.add(sse)
+      const heartbeat = setInterval(() => sse.comment('keep-alive'), HEARTBEAT_MS)
+      reply.raw.once('close', () => {
+        unsubscribe()
+        clearInterval(heartbeat)
+        open.delete(sse)
+      })
+
+      sse.write('retry: 3000\n\n')
+      // Resume: what was committed after the client's last event, then everything live.
+      let sent = 0
+      while (lastSent !== null && sent < RESUME_LIMIT && !sse.isClosed) {
+        const page = await fastify.eventFeed.backlog(tenant, lastSent, type, 200)
+        for (const event of page.events) await sse.send(event.type, event.id, event)
+        if (page.events.length > 0) lastSent = page.events[page.events.length - 1]?.id ?? lastSent
+        sent += page.events.length
+        if (!page.nextCursor) break
+      }
+      for (const event of queued) if (lastSent === null || BigInt(event.id) > BigInt(lastSent)) sse.write(frame(event))
+      queued.length = 0
+      live = true
+      return reply
+    }
   )
 }
 

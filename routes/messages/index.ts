@@ -1,5 +1,3 @@
-import { PassThrough } from 'node:stream'
-import { once } from 'node:events'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyReply } from 'fastify'
 import { Type } from 'typebox'
@@ -7,6 +5,7 @@ import { DomainError } from '../../src/domain-errors.js'
 import { reasonPhrase, type ErrorBody } from '../../src/errors.js'
 import type { PostResult, ReplySink } from '../../src/messages/conversation.js'
 import type { Message } from '../../src/messages/message-store.js'
+import { SseStream } from '../sse.js'
 import { Metadata, MessageList, MessagesQuery, PostMessageHeaders, PostReply, SessionParams, errorResponses } from '../sessions/schemas.js'
 
 const security = [{ bearerAuth: [] }]
@@ -21,55 +20,6 @@ function negotiate(accept: string | undefined): Negotiated {
   if (types.includes('text/event-stream')) return 'sse'
   if (types.some((type) => type === 'application/json' || type === '*/*' || type === 'application/*')) return 'json'
   throw new DomainError('not_acceptable', 'Accept must be application/json or text/event-stream', { code: 'NOT_ACCEPTABLE' })
-}
-
-/**
- * One Server-Sent Events reply. It opens only once the user message is stored, so every error
- * before that is an ordinary HTTP error. Writes wait for the socket to drain (back-pressure), and a
- * client that went away turns writes into no-ops: the reply still completes and is stored.
- */
-class SseStream {
-  private readonly stream = new PassThrough()
-  private opened = false
-  private closed = false
-  private counter = 0
-
-  constructor(private readonly reply: FastifyReply, private readonly idPrefix: () => string) {
-    // The response's 'close' (not the request's, which fires once its body is read): the client is gone.
-    reply.raw.once('close', () => this.markClosed())
-  }
-
-  get isOpen(): boolean {
-    return this.opened
-  }
-
-  open(): void {
-    if (this.opened) return
-    this.opened = true
-    this.reply
-      .code(200)
-      .header('content-type', 'text/event-stream; charset=utf-8')
-      .header('cache-control', 'no-cache, no-transform')
-      .header('x-accel-buffering', 'no')
-      .send(this.stream)
-  }
-
-  async send(event: string, data: unknown): Promise<void> {
-    this.open()
-    if (this.closed) return
-    this.counter += 1
-    const frame = `id: ${this.idPrefix()}-${this.counter}\nevent: ${event}\ndata: ${JSON.stringify(data)}\n\n`
-    if (!this.stream.write(frame)) await Promise.race([once(this.stream, 'drain'), once(this.stream, 'close')])
-  }
-
-  end(): void {
-    if (!this.stream.writableEnded) this.stream.end()
-  }
-
-  private markClosed(): void {
-    this.closed = true
-    this.stream.emit('drain')
-  }
 }
 
 function errorBody(err: unknown): ErrorBody {
@@ -120,28 +70,31 @@ const messages: FastifyPluginAsyncTypebox = async (fastify) => {
         return (reply as FastifyReply).code(outcome.outcome.statusCode).send(outcome.outcome.body)
       }
 
+      // Event ids: "<seq of the user message>-<n>", unique within the session.
       let seq = 0
-      const sse = new SseStream(reply, () => String(seq))
+      let counter = 0
+      const sse = new SseStream(reply)
+      const send = (event: string, data: unknown) => sse.send(event, `${seq}-${++counter}`, data)
       const sink: ReplySink = {
         message: (message: Message) => {
           seq = message.seq
-          return sse.send('message', message)
+          return send('message', message)
         },
-        agent: (selection) => sse.send('agent', selection),
-        delta: (text) => sse.send('delta', { text })
+        agent: (selection) => send('agent', selection),
+        delta: (text) => send('delta', { text })
       }
       try {
         const outcome = await fastify.conversations.post(request.tenant, request.params.id, request.body, sink, key)
         if (outcome.replayed) {
           reply.header('idempotent-replayed', 'true')
-          await replay(sse, outcome.outcome.statusCode, outcome.outcome.body, (s) => (seq = s))
+          await replay(send, outcome.outcome.statusCode, outcome.outcome.body, (s) => (seq = s))
         } else {
-          await sse.send('done', outcome.result.reply)
+          await send('done', outcome.result.reply)
         }
       } catch (err) {
         if (!sse.isOpen) throw err
         if (!(err instanceof DomainError)) request.log.error({ err }, 'reply failed mid-stream')
-        await sse.send('error', errorBody(err))
+        await send('error', errorBody(err))
       }
       sse.end()
       return reply
@@ -174,17 +127,17 @@ const messages: FastifyPluginAsyncTypebox = async (fastify) => {
 const NO_SINK: ReplySink = { message: () => undefined, agent: () => undefined, delta: () => undefined }
 
 /** An idempotent retry over SSE: the first outcome, replayed as the same sequence of events. */
-async function replay(sse: SseStream, statusCode: number, body: unknown, setSeq: (seq: number) => void): Promise<void> {
+async function replay(send: (event: string, data: unknown) => Promise<void>, statusCode: number, body: unknown, setSeq: (seq: number) => void): Promise<void> {
   if (statusCode >= 400) {
-    await sse.send('error', body)
+    await send('error', body)
     return
   }
   const { message, reply } = body as PostResult
   setSeq(message.seq)
-  await sse.send('message', message)
-  await sse.send('agent', { agent: reply.agent, reason: 'replayed', provider: reply.provider, model: reply.model })
-  await sse.send('delta', { text: reply.content })
-  await sse.send('done', reply)
+  await send('message', message)
+  await send('agent', { agent: reply.agent, reason: 'replayed', provider: reply.provider, model: reply.model })
+  await send('delta', { text: reply.content })
+  await send('done', reply)
 }
 
 export default messages
