@@ -162,7 +162,31 @@ export class ConversationService {
 
     // 3. Store the reply, release the lease, record the outcome for the idempotency key: one commit.
     const latencyMs = Math.round(performance.now() - started)
-    const result = await withTransaction(pool, async (client) => {
+    const result = await this.storeReply(tenant, session, chosen, provider.name, text, usage, latencyMs, message, idempotencyKey).catch(async (err) => {
+      // The database went away after the model answered: free the session now rather than at the
+      // lease's expiry (best effort: the database may still be down).
+      await pool.query('UPDATE sessions SET reply_lease_until = NULL WHERE id = $1', [session.id]).catch(() => undefined)
+      throw err
+    })
+    metrics.messages.inc({ role: 'assistant' })
+    metrics.replyLatency.observe({ agent: chosen.id, outcome: 'ok' }, latencyMs / 1000)
+    await this.options.sessions.cacheRecord(result.updated)
+    await this.options.history.append(session.id, result.result.reply)
+    return result.result
+  }
+
+  private storeReply(
+    tenant: string,
+    session: SessionRecord,
+    chosen: AgentDefinition,
+    providerName: string,
+    text: string,
+    usage: { inputTokens: number; outputTokens: number },
+    latencyMs: number,
+    message: Message,
+    idempotencyKey: string | undefined
+  ): Promise<{ result: PostResult; updated: SessionRecord }> {
+    return withTransaction(this.options.pool, async (client) => {
       const { rows } = await client.query<SessionRow>(
         `UPDATE sessions SET last_seq = last_seq + 1, message_count = message_count + 1, reply_lease_until = NULL
           WHERE id = $1 RETURNING ${SESSION_COLUMNS}`,
@@ -175,7 +199,7 @@ export class ConversationService {
         role: 'assistant',
         content: text,
         agent: chosen.id,
-        provider: provider.name,
+        provider: providerName,
         model: chosen.model,
         inputTokens: usage.inputTokens,
         outputTokens: usage.outputTokens,
@@ -198,11 +222,6 @@ export class ConversationService {
       if (idempotencyKey) await this.options.idempotency.complete(client, tenant, idempotencyKey, { statusCode: 201, body: result })
       return { result, updated }
     })
-    metrics.messages.inc({ role: 'assistant' })
-    metrics.replyLatency.observe({ agent: chosen.id, outcome: 'ok' }, latencyMs / 1000)
-    await this.options.sessions.cacheRecord(result.updated)
-    await this.options.history.append(session.id, result.result.reply)
-    return result.result
   }
 
   /** Why the lease could not be taken: unknown, ended, or a reply already running. */
