@@ -82,10 +82,10 @@ t.test('template variables instance and job', async (t) => {
   for (const variable of [job, instance]) t.equal(variable?.datasource?.uid, prometheusSource?.uid, `${variable?.name}: the provisioned datasource`)
 })
 
-t.test('the panels an operator wants, and rows prepared for the conversation metrics', async (t) => {
+t.test('the panels an operator wants, and rows prepared for the metrics still to come', async (t) => {
   const rows = dashboard.panels.filter((p) => p.type === 'row')
   const rowTitles = rows.map((r) => r.title)
-  for (const wanted of ['Traffic, errors and latency', 'Readiness and dependencies', 'Node.js runtime', 'PostgreSQL pool']) {
+  for (const wanted of ['Traffic, errors and latency', 'Readiness and dependencies', 'Node.js runtime', 'PostgreSQL pool', 'Conversations', 'Cache hit ratio']) {
     t.ok(rowTitles.includes(wanted), `row: ${wanted}`)
   }
   const exprs = queryPanels.flatMap((p) => (p.targets ?? []).map((target) => target.expr ?? ''))
@@ -94,20 +94,84 @@ t.test('the panels an operator wants, and rows prepared for the conversation met
   uses(/status_code=~"5\.\."/, '5xx errors')
   for (const q of ['0.50', '0.90', '0.99']) uses(new RegExp(`histogram_quantile\\(${q}, sum by \\(le, route\\)`), `latency p${Number(q) * 100} by route`)
   uses(/smalltalk_ready/, 'readiness')
-  uses(/smalltalk_cache_up/, 'cache state')
+  uses(/smalltalk_dependency_up/, 'PostgreSQL and Redis checks')
+  uses(/smalltalk_cache_up/, 'cache backend')
   uses(/nodejs_eventloop_lag_p99_seconds/, 'event-loop delay')
   uses(/nodejs_heap_size_used_bytes/, 'heap')
   uses(/process_resident_memory_bytes/, 'RSS')
   uses(/smalltalk_db_pool_connections/, 'PostgreSQL pool')
 
+  // Conversations
+  uses(/^max\(smalltalk_active_sessions\{/, 'active sessions (a count in the shared database: the max over replicas, not the sum)')
+  for (const counter of ['created', 'invalidated', 'expired']) uses(new RegExp(`rate\\(smalltalk_sessions_${counter}_total\\{`), `sessions ${counter} per second`)
+  uses(/sum by \(role\) \(rate\(smalltalk_messages_total\{/, 'messages per second by role')
+  for (const q of ['0.50', '0.95', '0.99']) {
+    uses(new RegExp(`histogram_quantile\\(${q}, sum by \\(le, agent\\) \\(rate\\(smalltalk_reply_duration_seconds_bucket\\{`), `reply latency p${Number(q) * 100} by agent`)
+  }
+  uses(/smalltalk_reply_duration_seconds_count\{[^}]*outcome!="ok"[^}]*\}.*\/ ignoring \(outcome\) group_left sum by \(agent\)/, 'reply error ratio by agent and outcome')
+  uses(/sum by \(kind\) \(rate\(smalltalk_conflicts_total\{/, 'conflicts by kind (busy, version)')
+  uses(/rate\(smalltalk_idempotent_replays_total\{/, 'idempotent replays')
+  // Cache
+  uses(/sum by \(cache\) \(rate\(smalltalk_cache_lookups_total\{[^}]*result="hit"[^}]*\}.*\/ sum by \(cache\) \(rate\(smalltalk_cache_lookups_total\{/, 'cache hit ratio by cache')
+
+  // Rows whose metrics exist are real: expanded, with query panels and no placeholder note.
+  const rowPanels = (title: string): Panel[] => {
+    const index = dashboard.panels.findIndex((p) => p.type === 'row' && p.title === title)
+    if (index < 0) return []
+    const row = dashboard.panels[index]!
+    if (row.collapsed) return row.panels ?? []
+    const next = dashboard.panels.findIndex((p, i) => i > index && p.type === 'row')
+    return dashboard.panels.slice(index + 1, next < 0 ? undefined : next)
+  }
+  for (const title of ['Conversations', 'Cache hit ratio']) {
+    const row = rows.find((r) => r.title === title)
+    t.notOk(row?.collapsed, `${title}: an expanded row`)
+    const inside = rowPanels(title)
+    t.ok(inside.length > 0 && inside.every((p) => p.type !== 'text' && (p.targets ?? []).length > 0), `${title}: query panels only, no placeholder`)
+  }
+
+  // Rows for metrics that do not exist yet: collapsed, a text panel naming them, no query.
   const prepared = rows.filter((r) => r.collapsed)
-  for (const topic of ['Conversations', 'LLM providers', 'Agents']) {
+  const future: Record<string, string[]> = {
+    'LLM providers': ['smalltalk_llm_requests_total', 'smalltalk_llm_request_duration_seconds', 'smalltalk_llm_tokens_total'],
+    Agents: ['smalltalk_agent_health_state']
+  }
+  t.same(prepared.map((r) => r.title.replace(/ \(pending metrics\)$/, '')).sort(), Object.keys(future).sort(), 'collapsed placeholder rows: LLM providers and agents only')
+  for (const [topic, metrics] of Object.entries(future)) {
     const row = prepared.find((r) => r.title.startsWith(topic))
     t.ok(row, `a collapsed row for ${topic}`)
     const texts = (row?.panels ?? []).filter((p: Panel) => p.type === 'text')
-    t.ok(texts.length > 0 && texts.every((p) => /`smalltalk_[a-z_]+`/.test(p.options?.content ?? '')), `${topic}: a text panel naming the metrics that will fill it`)
+    const content = texts.map((p) => p.options?.content ?? '').join('\n')
+    t.ok(texts.length > 0, `${topic}: a text panel`)
+    for (const metric of metrics) t.ok(content.includes(`\`${metric}\``), `${topic}: names ${metric}, which will fill it`)
     t.ok((row?.panels ?? []).every((p) => p.type === 'text'), `${topic}: no queries yet (the metrics do not exist)`)
   }
+})
+
+t.test('the layout: no two panels overlap', async (t) => {
+  // Top-level panels as Grafana lays them out (collapsed rows' panels are not shown), then each
+  // collapsed row's panels among themselves (placed below the row when it is expanded).
+  const overlaps = (list: Panel[]) => {
+    const found: string[] = []
+    list.forEach((a, i) =>
+      list.slice(i + 1).forEach((b) => {
+        const apart =
+          a.gridPos.x + a.gridPos.w <= b.gridPos.x ||
+          b.gridPos.x + b.gridPos.w <= a.gridPos.x ||
+          a.gridPos.y + a.gridPos.h <= b.gridPos.y ||
+          b.gridPos.y + b.gridPos.h <= a.gridPos.y
+        if (!apart) found.push(`${a.title} / ${b.title}`)
+      })
+    )
+    return found
+  }
+  t.same(overlaps(dashboard.panels), [], 'the dashboard')
+  for (const row of dashboard.panels.filter((p) => p.type === 'row' && p.collapsed)) {
+    t.same(overlaps(row.panels ?? []), [], `inside ${row.title}`)
+    t.ok((row.panels ?? []).every((p) => p.gridPos.y > row.gridPos.y), `${row.title}: its panels below it`)
+  }
+  const ys = dashboard.panels.map((p) => p.gridPos.y)
+  t.same(ys, [...ys].sort((a, b) => a - b), 'panels listed top to bottom (the order Grafana reads them in)')
 })
 
 t.test('every dashboard query is valid PromQL (promtool)', async (t) => {

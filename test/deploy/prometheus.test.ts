@@ -22,6 +22,7 @@ const REQUIRED_ALERTS = [
   'SmallTalkHighErrorRatio',
   'SmallTalkHighLatencyP99',
   'SmallTalkEventLoopDelayHigh',
+  'SmallTalkPostgresDown',
   'SmallTalkPostgresPoolSaturated',
   'SmallTalkRedisDegraded'
 ]
@@ -45,16 +46,36 @@ t.test('promtool test rules', async (t) => {
   const result = await run('promtool', ['test', 'rules', 'monitoring/alerts.test.yml'])
   t.equal(result.code, 0, 'every rule unit test passes', { output: result.stdout + result.stderr })
 
-  // The tests are not vacuous: loosening one threshold makes them fail.
+  // The tests are not vacuous: each of these changes to the rules makes them fail.
   const dir = await mkdtemp(join(tmpdir(), 'smalltalk-rules-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   await cp(repoPath('monitoring', 'alerts.test.yml'), join(dir, 'alerts.test.yml'))
   const rules = await readFile(repoPath('monitoring', 'alerts.yml'), 'utf8')
-  const mutated = rules.replace('nodejs_eventloop_lag_p99_seconds{job="smalltalk"} > 0.2', 'nodejs_eventloop_lag_p99_seconds{job="smalltalk"} > 0.6')
-  t.not(mutated, rules, 'the mutation applies')
-  await writeFile(join(dir, 'alerts.yml'), mutated)
-  const broken = await run('promtool', ['test', 'rules', join(dir, 'alerts.test.yml')])
-  t.not(broken.code, 0, 'a 0.6 s event-loop threshold fails the unit tests')
+  const mutations: Array<{ what: string; from: RegExp | string; to: string }> = [
+    {
+      what: 'a 0.6 s event-loop threshold',
+      from: 'nodejs_eventloop_lag_p99_seconds{job="smalltalk"} > 0.2',
+      to: 'nodejs_eventloop_lag_p99_seconds{job="smalltalk"} > 0.6'
+    },
+    {
+      // postgres is 0 while an instance starts (nothing checked yet) and while it shuts down
+      what: 'SmallTalkPostgresDown without its readiness guard (pages for every slow start)',
+      from: /\s*and on \(job, instance\)\s*smalltalk_ready\{job="smalltalk"\} == 1/,
+      to: ''
+    },
+    {
+      what: 'SmallTalkRedisDegraded on smalltalk_cache_up (misses a Redis that hangs with its connection open)',
+      from: 'smalltalk_dependency_up{job="smalltalk", dependency="redis"} == 0',
+      to: 'smalltalk_cache_up{job="smalltalk", backend="redis"} == 0'
+    }
+  ]
+  for (const { what, from, to } of mutations) {
+    const mutated = rules.replace(from, to)
+    t.not(mutated, rules, `${what}: the mutation applies`)
+    await writeFile(join(dir, 'alerts.yml'), mutated)
+    const broken = await run('promtool', ['test', 'rules', join(dir, 'alerts.test.yml')])
+    t.not(broken.code, 0, `${what}: fails the unit tests`)
+  }
 })
 
 t.test('every alert: the agreed set, a severity, annotations, a runbook, a test each way', async (t) => {

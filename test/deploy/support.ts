@@ -234,8 +234,8 @@ function tokenize(expr: string): Token[] {
 export interface PromqlReferences {
   /** Metric names used as selectors. */
   metrics: Set<string>
-  /** Label names used in a selector's matchers, per metric. */
-  matcherLabels: Array<{ metric: string; label: string }>
+  /** The matchers of each selector: label name, operator (=, !=, =~, !~) and value, per metric. */
+  matcherLabels: Array<{ metric: string; label: string; op: string; value: string }>
   /** Label names of by/without/on/ignoring/group_left/group_right clauses. */
   groupingLabels: Set<string>
 }
@@ -272,9 +272,12 @@ export function promqlReferences(expr: string): PromqlReferences {
       while (i < tokens.length && tokens[i]!.text !== '}') {
         const label = tokens[i]!
         if (label.kind === 'ident') {
-          refs.matcherLabels.push({ metric: token.text, label: label.text })
-          // skip the operator and the value
-          while (i < tokens.length && tokens[i]!.kind !== 'string' && tokens[i]!.text !== '}') i++
+          // the operator, then the value
+          let op = ''
+          i++
+          while (i < tokens.length && tokens[i]!.kind === 'punct' && tokens[i]!.text !== '}') op += tokens[i++]!.text
+          const value = tokens[i]?.kind === 'string' ? tokens[i]!.text : ''
+          refs.matcherLabels.push({ metric: token.text, label: label.text, op, value })
         }
         if (tokens[i]?.text !== '}') i++
       }
@@ -288,16 +291,35 @@ export function promqlReferences(expr: string): PromqlReferences {
 
 /** Sample name → the label names seen on its samples. */
 export function parseExposition(text: string): Map<string, Set<string>> {
-  const samples = new Map<string, Set<string>>()
+  return new Map([...parseExpositionValues(text)].map(([name, labels]) => [name, new Set(labels.keys())]))
+}
+
+/** Sample name → label name → the values seen on its samples (escapes resolved). */
+export function parseExpositionValues(text: string): Map<string, Map<string, Set<string>>> {
+  const samples = new Map<string, Map<string, Set<string>>>()
   for (const line of text.split('\n')) {
     if (line === '' || line.startsWith('#')) continue
     const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s/.exec(line)
     if (!match) throw new Error(`unreadable sample line: ${line}`)
-    const labels = samples.get(match[1]!) ?? new Set<string>()
-    for (const label of (match[3] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="(?:[^"\\]|\\.)*"/g)) labels.add(label[1]!)
+    const labels = samples.get(match[1]!) ?? new Map<string, Set<string>>()
+    for (const label of (match[3] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) {
+      const value = label[2]!.replace(/\\(.)/g, (_, ch: string) => (ch === 'n' ? '\n' : ch))
+      const values = labels.get(label[1]!) ?? new Set<string>()
+      values.add(value)
+      labels.set(label[1]!, values)
+    }
     samples.set(match[1]!, labels)
   }
   return samples
+}
+
+/** The value of the first sample of `name` that carries every label given (exactly), or undefined. */
+export function sampleValue(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
+  const wanted = Object.entries(labels).map(([label, value]) => `${label}="${value}"`)
+  const line = text
+    .split('\n')
+    .find((l) => (l.startsWith(name + '{') || l.startsWith(name + ' ')) && wanted.every((w) => l.includes(w)))
+  return line === undefined ? undefined : Number(line.slice(line.lastIndexOf(' ') + 1))
 }
 
 // ---------------------------------------------------------------------------------------------
