@@ -31,7 +31,11 @@ export default fp(
     const pool = fastify.pg.pool
     const agents = fastify.agents
     let sessions: SessionStore | undefined
-    const metrics = new ConversationMetrics(fastify.metricsRegistry, () => (sessions ? sessions.countActive() : Promise.resolve(0)))
+    const metrics = new ConversationMetrics(
+      fastify.metricsRegistry,
+      () => (sessions ? sessions.countActive() : Promise.resolve(0)),
+      config.HEALTH_CHECK_TIMEOUT_MS
+    )
     sessions = new SessionStore({
       pool,
       cache: fastify.cache,

@@ -14,7 +14,8 @@ export class ConversationMetrics {
   readonly lockConflicts: promClient.Counter<'kind'>
   readonly cacheLookups: promClient.Counter<'cache' | 'result'>
 
-  constructor(registry: Registry, activeSessions: () => Promise<number>) {
+  /** `activeSessions` is asked at most every 15 s, and a scrape never waits more than `timeoutMs` for it. */
+  constructor(registry: Registry, activeSessions: () => Promise<number>, timeoutMs: number) {
     const registers = [registry]
     this.sessionsCreated = new promClient.Counter({ name: 'smalltalk_sessions_created_total', help: 'Sessions created', registers })
     this.sessionsInvalidated = new promClient.Counter({ name: 'smalltalk_sessions_invalidated_total', help: 'Sessions deleted by their client', registers })
@@ -52,7 +53,11 @@ export class ConversationMetrics {
       registers,
       async collect() {
         if (Date.now() - cached.at > 15_000) {
-          cached = { value: await activeSessions().catch(() => cached.value), at: Date.now() }
+          let timer: NodeJS.Timeout | undefined
+          const deadline = new Promise<number>((resolve) => (timer = setTimeout(() => resolve(cached.value), timeoutMs)))
+          const value = await Promise.race([activeSessions().catch(() => cached.value), deadline])
+          clearTimeout(timer)
+          cached = { value, at: Date.now() }
         }
         this.set(cached.value)
       }
