@@ -21,6 +21,7 @@ import eventRoutes from '../routes/events/index.js'
 import type { Environment } from './config.js'
 import { AccessLog } from './access-log.js'
 import { installErrorHandlers } from './errors.js'
+import { validatorCompiler } from './validation.js'
 import { Lifecycle } from './lifecycle.js'
 import { createLogger } from './logger.js'
 import { SERVICE_VERSION } from './paths.js'
@@ -58,9 +59,11 @@ export async function buildApp(opts: BuildOptions): Promise<FastifyInstance> {
     ...commonServerOptions(opts.logger, opts.env),
     logController: new AccessLog(opts.env.ACCESS_LOG !== 'false'),
     bodyLimit,
-    trustProxy: opts.env.TRUST_PROXY === 'true',
-    ajv: { customOptions: { allErrors: false, coerceTypes: 'array', removeAdditional: false } }
+    trustProxy: opts.env.TRUST_PROXY === 'true'
   }).withTypeProvider<TypeBoxTypeProvider>()
+  app.setValidatorCompiler(validatorCompiler)
+  // JSON only: a text/plain body is an unsupported media type (415), not a string to coerce.
+  app.removeContentTypeParser('text/plain')
 
   await app.register(config, { env: opts.env })
   installErrorHandlers(app)
@@ -72,6 +75,9 @@ export async function buildApp(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(underPressure, {
     maxEventLoopDelay: cfg.MAX_EVENT_LOOP_DELAY_MS,
     maxEventLoopUtilization: cfg.MAX_EVENT_LOOP_UTILIZATION,
+    // Utilisation over the last sample, not the average since start-up (which sheds right after a
+    // busy boot and barely moves under a real overload after a long uptime).
+    eventLoopUtilizationMode: 'interval',
     maxHeapUsedBytes: cfg.MAX_HEAP_USED_BYTES,
     maxRssBytes: cfg.MAX_RSS_BYTES,
     retryAfter: cfg.RETRY_AFTER_SECONDS,

@@ -62,14 +62,19 @@ export class DomainError extends Error {
  * insert. Everything else is stored exactly as sent.
  */
 export function assertStorable(field: string, value: unknown): void {
-  if (containsNul(value)) {
+  if (someString(value, (text) => text.includes('\u0000'))) {
     throw new DomainError('invalid', `${field} contains a NUL character (U+0000), which cannot be stored`, { code: 'NUL_CHARACTER', details: [{ field: `/${field}` }] })
+  }
+  // A lone surrogate (half of a UTF-16 pair) is not text: it would be stored as U+FFFD, not as sent.
+  if (someString(value, (text) => !(text as unknown as { isWellFormed(): boolean }).isWellFormed())) {
+    throw new DomainError('invalid', `${field} contains a lone surrogate (invalid Unicode), which cannot be stored as sent`, { code: 'INVALID_UNICODE', details: [{ field: `/${field}` }] })
   }
 }
 
-function containsNul(value: unknown): boolean {
-  if (typeof value === 'string') return value.includes('\u0000')
-  if (Array.isArray(value)) return value.some(containsNul)
-  if (value && typeof value === 'object') return Object.entries(value).some(([key, inner]) => key.includes('\u0000') || containsNul(inner))
+/** Whether any string in the value (object keys included) satisfies the test. */
+function someString(value: unknown, test: (text: string) => boolean): boolean {
+  if (typeof value === 'string') return test(value)
+  if (Array.isArray(value)) return value.some((item) => someString(item, test))
+  if (value && typeof value === 'object') return Object.entries(value).some(([key, inner]) => test(key) || someString(inner, test))
   return false
 }

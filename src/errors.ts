@@ -44,7 +44,7 @@ export function installErrorHandlers(fastify: FastifyInstance): void {
     } else {
       request.log.info({ err: { message: error.message, code: error.code } }, 'request rejected')
       if (error.code) body.code = error.code
-      if (error.validation) body.details = error.validation.map((v) => ({ field: v.instancePath || v.params?.missingProperty, message: v.message }))
+      if (error.validation) body.details = error.validation.map((v) => ({ field: fieldOf(v), message: v.message }))
       else if (error.details !== undefined) body.details = error.details
     }
     if (error.headers) reply.headers(error.headers)
@@ -55,4 +55,11 @@ export function installErrorHandlers(fastify: FastifyInstance): void {
     const body: ErrorBody = { statusCode: 404, error: 'Not Found', message: `Route ${request.method} ${request.url.split('?')[0]} not found` }
     return reply.code(404).send(body)
   })
+}
+
+/** The field a validation error is about, as a JSON pointer: `/content`, `/metadata/x`, `/colour`. */
+function fieldOf(v: { instancePath: string; params?: Record<string, unknown> }): string {
+  const extra = v.params?.additionalProperty ?? v.params?.missingProperty
+  if (typeof extra === 'string') return `${v.instancePath}/${extra}`
+  return v.instancePath || '/'
 }

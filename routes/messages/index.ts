@@ -1,6 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyReply } from 'fastify'
 import { Type } from 'typebox'
+import { databaseUnavailable, isDatabaseUnavailable } from '../../src/db/errors.js'
 import { DomainError } from '../../src/domain-errors.js'
 import { reasonPhrase, type ErrorBody } from '../../src/errors.js'
 import type { PostResult, ReplySink } from '../../src/messages/conversation.js'
@@ -22,7 +23,9 @@ function negotiate(accept: string | undefined): Negotiated {
   throw new DomainError('not_acceptable', 'Accept must be application/json or text/event-stream', { code: 'NOT_ACCEPTABLE' })
 }
 
-function errorBody(err: unknown): ErrorBody {
+function errorBody(raised: unknown): ErrorBody {
+  // The same mapping as the error handler's: an outage is a 503 the client can retry.
+  const err = isDatabaseUnavailable(raised) && !(raised instanceof DomainError) ? databaseUnavailable() : raised
   if (err instanceof DomainError) {
     return { statusCode: err.statusCode, error: reasonPhrase(err.statusCode), message: err.message, code: err.code, details: err.details }
   }
