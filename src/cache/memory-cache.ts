@@ -1,4 +1,4 @@
-import type { Cache, CacheState } from './cache.js'
+import { decodeRanked, encodeRanked, isNewer, type Cache, type CacheState } from './cache.js'
 
 interface Entry {
   value: string
@@ -38,6 +38,16 @@ export class MemoryCache implements Cache {
       const oldest = this.entries.keys().next().value as string
       this.entries.delete(oldest)
     }
+  }
+
+  async setRanked(key: string, value: string, ttlSeconds: number, rank: readonly [number, number]): Promise<void> {
+    const current = decodeRanked(await this.get(key))
+    if (current && isNewer(current.rank, rank)) return
+    await this.set(key, encodeRanked(value, rank), ttlSeconds)
+  }
+
+  async getRanked(key: string): Promise<string | undefined> {
+    return decodeRanked(await this.get(key))?.value
   }
 
   async delete(...keys: string[]): Promise<void> {

@@ -1,6 +1,22 @@
 import { Redis } from 'ioredis'
 import type { FastifyBaseLogger as Logger } from 'fastify'
-import type { Cache, CacheState } from './cache.js'
+import { decodeRanked, encodeRanked, type Cache, type CacheState } from './cache.js'
+
+// Compare-and-set of a ranked value ("<a>.<b>|<value>"): keeps the cached one when its rank is newer.
+const SET_RANKED_SCRIPT = `
+local current = redis.call('GET', KEYS[1])
+if current then
+  local a, b = string.match(current, '^(%d+)%.(%d+)|')
+  if a then
+    local na, nb = tonumber(ARGV[2]), tonumber(ARGV[3])
+    a, b = tonumber(a), tonumber(b)
+    if a > na or (a == na and b > nb) then return 0 end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
+return 1`
+
+type RankedClient = Redis & { setRanked(key: string, value: string, a: number, b: number, ttl: number): Promise<number> }
 
 export interface RedisCacheOptions {
   url: string
@@ -42,6 +58,7 @@ export class RedisCache implements Cache {
       retryStrategy: (attempt) => Math.min(100 * 2 ** Math.min(attempt, 5), 2000),
       connectionName: 'smalltalk-server'
     })
+    this.client.defineCommand('setRanked', { numberOfKeys: 1, lua: SET_RANKED_SCRIPT })
     this.client.on('error', (err: Error) => {
       // ioredis emits an error per failed reconnection attempt: log the first of a series only.
       if (this.lastError !== err.message) this.log.warn({ err: { message: err.message } }, 'Redis error')
@@ -85,6 +102,20 @@ export class RedisCache implements Cache {
       this.noteFailure('set', err)
       this.markUnsynced([key])
     }
+  }
+
+  async setRanked(key: string, value: string, ttlSeconds: number, rank: readonly [number, number]): Promise<void> {
+    if (this.client.status !== 'ready') return this.markUnsynced([key])
+    try {
+      await (this.client as RankedClient).setRanked(key, encodeRanked(value, rank), rank[0], rank[1], ttlSeconds)
+    } catch (err) {
+      this.noteFailure('setRanked', err)
+      this.markUnsynced([key])
+    }
+  }
+
+  async getRanked(key: string): Promise<string | undefined> {
+    return decodeRanked(await this.get(key))?.value
   }
 
   async delete(...keys: string[]): Promise<void> {

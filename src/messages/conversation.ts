@@ -83,7 +83,8 @@ export class ConversationService {
       return { replayed: false, result: await this.reply(tenant, session, input, sink, idempotencyKey) }
     } catch (err) {
       if (err instanceof ReplyFailed) throw err.cause
-      // Nothing was stored under the key: release it so that a retry can try again.
+      // Nothing was stored under the key: release it so that a retry can try again. (Once the user
+      // message is stored the key is never released: the claim is linked to the message.)
       if (claimed) await this.options.idempotency.release(tenant, idempotencyKey as string).catch(() => undefined)
       throw err
     }
@@ -94,6 +95,8 @@ export class ConversationService {
     const { pool, agents, metrics } = this.options
     let selection: AgentSelection | undefined
     const leaseMs = this.options.llmTimeoutMs + 5000
+    // Identifies this request's lease (the exact timestamp), so only this request can release it.
+    let leaseToken = ''
 
     // 1. Take the session's reply lease and store the user message, with its events, at once.
     const { session, message } = await withTransaction(pool, async (client) => {
@@ -103,18 +106,24 @@ export class ConversationService {
                 reply_lease_until = now() + make_interval(secs => $3 / 1000.0)
           WHERE id = $1 AND tenant = $2 AND status = 'active' AND (expires_at IS NULL OR expires_at > now())
             AND (reply_lease_until IS NULL OR reply_lease_until < now())
-          RETURNING ${SESSION_COLUMNS}, reply_lease_until`,
+          RETURNING ${SESSION_COLUMNS}, reply_lease_until::text AS lease_token`,
         [cached.id, tenant, leaseMs]
       )
       if (!rows[0]) await this.refuse(client, tenant, cached.id)
       const session = toRecord(rows[0] as SessionRow)
+      leaseToken = (rows[0] as SessionRow & { lease_token: string }).lease_token
       selection = this.select(session, input)
       const message = await insertMessage(client, { sessionId: session.id, seq: session.lastSeq, role: 'user', content: input.content, metadata: input.metadata })
+      if (idempotencyKey) await this.options.idempotency.attachMessage(client, tenant, idempotencyKey, message.id)
       await recordEvents(client, [
         { type: 'message.created', tenant, sessionId: session.id, data: { messageId: message.id, seq: message.seq, role: 'user' } },
         { type: 'agent.selected', tenant, sessionId: session.id, agentId: selection.agent.id, data: { reason: selection.reason, matched: selection.matched, score: selection.score } }
       ])
       return { session, message }
+    }).catch(async (err) => {
+      // The cached record said active; the row says otherwise: drop the stale record.
+      if (err instanceof DomainError && (err.kind === 'gone' || err.kind === 'not_found')) await this.options.sessions.forget(cached.id)
+      throw err
     })
     metrics.messages.inc({ role: 'user' })
     await this.options.sessions.cacheRecord(session)
@@ -155,17 +164,17 @@ export class ConversationService {
       }
     } catch (err) {
       const failure = this.describeFailure(err, chosen, message.id)
-      await this.fail(tenant, session, chosen, failure, idempotencyKey)
+      await this.fail(tenant, session, chosen, failure, idempotencyKey, leaseToken, leaseMs)
       metrics.replyLatency.observe({ agent: chosen.id, outcome: 'error' }, (performance.now() - started) / 1000)
       throw new ReplyFailed(failure)
     }
 
     // 3. Store the reply, release the lease, record the outcome for the idempotency key: one commit.
     const latencyMs = Math.round(performance.now() - started)
-    const result = await this.storeReply(tenant, session, chosen, provider.name, text, usage, latencyMs, message, idempotencyKey).catch(async (err) => {
-      // The database went away after the model answered: free the session now rather than at the
-      // lease's expiry (best effort: the database may still be down).
-      await pool.query('UPDATE sessions SET reply_lease_until = NULL WHERE id = $1', [session.id]).catch(() => undefined)
+    const result = await this.storeReply(tenant, session, chosen, provider.name, text, usage, latencyMs, message, idempotencyKey).catch((err) => {
+      // The database went away after the model answered: free the session as soon as it is back,
+      // rather than at the lease's expiry.
+      this.releaseLeaseEventually(session.id, leaseToken, leaseMs)
       throw err
     })
     metrics.messages.inc({ role: 'assistant' })
@@ -232,9 +241,7 @@ export class ConversationService {
     )
     const row = rows[0]
     if (!row || row.tenant !== tenant) throw notFound()
-    const record = toRecord(row)
-    await this.options.sessions.forget(id)
-    assertActive(record, Date.now())
+    assertActive(toRecord(row), Date.now())
     this.options.metrics.lockConflicts.inc({ kind: 'busy' })
     throw new DomainError('busy', 'A reply in this session is still being produced; retry when it is done', {
       code: 'SESSION_BUSY',
@@ -274,9 +281,9 @@ export class ConversationService {
   }
 
   /** A failed reply: the user message stays, the lease is released, the failure is an event. */
-  private async fail(tenant: string, session: SessionRecord, agent: AgentDefinition, failure: DomainError, idempotencyKey: string | undefined): Promise<void> {
+  private async fail(tenant: string, session: SessionRecord, agent: AgentDefinition, failure: DomainError, idempotencyKey: string | undefined, leaseToken: string, leaseMs: number): Promise<void> {
     await withTransaction(this.options.pool, async (client) => {
-      await client.query('UPDATE sessions SET reply_lease_until = NULL WHERE id = $1', [session.id])
+      await client.query('UPDATE sessions SET reply_lease_until = NULL WHERE id = $1 AND reply_lease_until = $2::timestamptz', [session.id, leaseToken])
       await recordEvents(client, [
         { type: 'agent.failed', tenant, sessionId: session.id, agentId: agent.id, data: { code: failure.code, message: failure.message, ...(failure.details as object) } }
       ])
@@ -284,7 +291,26 @@ export class ConversationService {
         const body = { statusCode: failure.statusCode, error: reasonPhrase(failure.statusCode), message: failure.message, code: failure.code, details: failure.details }
         await this.options.idempotency.complete(client, tenant, idempotencyKey, { statusCode: failure.statusCode, body })
       }
-    }).catch((err) => this.options.log.error({ err, sessionId: session.id }, 'could not record a failed reply'))
+    }).catch((err) => {
+      this.options.log.error({ err: { message: (err as Error).message }, sessionId: session.id }, 'could not record a failed reply')
+      this.releaseLeaseEventually(session.id, leaseToken, leaseMs)
+    })
+  }
+
+  /**
+   * Releases this request's reply lease in the background, retrying while the database is away,
+   * until the lease would have expired anyway. A newer lease (another request's) is never touched.
+   */
+  private releaseLeaseEventually(sessionId: string, leaseToken: string, leaseMs: number): void {
+    const giveUpAt = Date.now() + leaseMs
+    const attempt = () => {
+      this.options.pool
+        .query('UPDATE sessions SET reply_lease_until = NULL WHERE id = $1 AND reply_lease_until = $2::timestamptz', [sessionId, leaseToken])
+        .catch(() => {
+          if (Date.now() < giveUpAt) setTimeout(attempt, 500).unref()
+        })
+    }
+    attempt()
   }
 }
 

@@ -33,21 +33,26 @@ export class IdempotencyKeys {
     const deadline = Date.now() + this.abandonAfterMs + 5000
     let wait = 25
     for (;;) {
-      const { rows } = await this.pool.query<{ inserted: boolean; request_hash: string; status: string; status_code: number | null; response: unknown; age_ms: number }>(
+      const { rows } = await this.pool.query<{ inserted: boolean; request_hash: string; status: string; status_code: number | null; response: unknown; message_id: string | null; age_ms: number; lease_free: boolean }>(
         `WITH attempt AS (
            INSERT INTO idempotency_keys (tenant, key, session_id, request_hash)
            VALUES ($1, $2, $3, $4)
            ON CONFLICT (tenant, key) DO UPDATE
-             SET request_hash = EXCLUDED.request_hash, session_id = EXCLUDED.session_id,
+             SET request_hash = EXCLUDED.request_hash, session_id = EXCLUDED.session_id, message_id = NULL,
+                 status = 'pending', status_code = NULL, response = NULL,
                  created_at = now(), expires_at = now() + interval '24 hours'
              WHERE idempotency_keys.expires_at < now()
-                OR (idempotency_keys.status = 'pending' AND idempotency_keys.created_at < now() - make_interval(secs => $5 / 1000.0))
-           RETURNING true AS inserted, request_hash, status, status_code, response, 0 AS age_ms
+                OR (idempotency_keys.status = 'pending' AND idempotency_keys.message_id IS NULL
+                    AND idempotency_keys.created_at < now() - make_interval(secs => $5 / 1000.0))
+           RETURNING true AS inserted, request_hash, status, status_code, response, message_id, 0 AS age_ms, false AS lease_free
          )
          SELECT * FROM attempt
          UNION ALL
-         SELECT false, request_hash, status, status_code, response, (extract(epoch FROM now() - created_at) * 1000)::int
-           FROM idempotency_keys WHERE tenant = $1 AND key = $2 AND NOT EXISTS (SELECT 1 FROM attempt)`,
+         SELECT false, k.request_hash, k.status, k.status_code, k.response, k.message_id,
+                (extract(epoch FROM now() - k.created_at) * 1000)::int,
+                COALESCE(s.reply_lease_until IS NULL OR s.reply_lease_until < now(), true)
+           FROM idempotency_keys k LEFT JOIN sessions s ON s.id = k.session_id
+          WHERE k.tenant = $1 AND k.key = $2 AND NOT EXISTS (SELECT 1 FROM attempt)`,
         [tenant, key, sessionId, hash, this.abandonAfterMs]
       )
       const row = rows[0]
@@ -56,6 +61,12 @@ export class IdempotencyKeys {
         throw new DomainError('conflict', 'This Idempotency-Key was already used with a different request', { code: 'IDEMPOTENCY_KEY_REUSED' })
       }
       if (row?.status === 'completed') return { kind: 'replay', outcome: { statusCode: row.status_code ?? 201, body: row.response } }
+      if (row?.message_id && (row.lease_free || row.age_ms > this.abandonAfterMs)) {
+        // The first request stored its message, then ended without recording its reply (its process
+        // died, or the database failed under it): no reply is running, and the message is never
+        // stored again.
+        return { kind: 'replay', outcome: await this.abandon(tenant, key, row.message_id) }
+      }
       // Pending (the first request is still producing its reply), or released just now: wait, retry.
       if (Date.now() > deadline) {
         throw new DomainError('busy', 'A request with this Idempotency-Key is still in progress', { code: 'IDEMPOTENCY_KEY_IN_PROGRESS', retryAfterSeconds: 2 })
@@ -63,6 +74,34 @@ export class IdempotencyKeys {
       await sleep(wait)
       wait = Math.min(wait * 2, 500)
     }
+  }
+
+  /** Links the claim to the user message it stored: call inside the transaction that stores it. */
+  async attachMessage(db: Queryable, tenant: string, key: string, messageId: string): Promise<void> {
+    await db.query('UPDATE idempotency_keys SET message_id = $3 WHERE tenant = $1 AND key = $2', [tenant, key, messageId])
+  }
+
+  private async abandon(tenant: string, key: string, messageId: string): Promise<StoredOutcome> {
+    const body = {
+      statusCode: 503,
+      error: 'Service Unavailable',
+      message: 'The first request with this Idempotency-Key stored its message but its reply was lost; post a new message to get a reply',
+      code: 'REPLY_LOST',
+      details: { messageId }
+    }
+    const { rows } = await this.pool.query<{ status_code: number; response: unknown }>(
+      `UPDATE idempotency_keys SET status = 'completed', status_code = 503, response = $3
+        WHERE tenant = $1 AND key = $2 AND status = 'pending'
+        RETURNING status_code, response`,
+      [tenant, key, JSON.stringify(body)]
+    )
+    if (rows[0]) return { statusCode: rows[0].status_code, body: rows[0].response }
+    // Completed meanwhile by someone else: that outcome stands.
+    const { rows: current } = await this.pool.query<{ status_code: number; response: unknown }>(
+      'SELECT status_code, response FROM idempotency_keys WHERE tenant = $1 AND key = $2',
+      [tenant, key]
+    )
+    return { statusCode: current[0]?.status_code ?? 503, body: current[0]?.response ?? body }
   }
 
   /** Records the outcome: call inside the transaction that commits the reply. */
@@ -75,7 +114,7 @@ export class IdempotencyKeys {
 
   /** Nothing was stored under the claim (the request failed early): a retry may try again. */
   async release(tenant: string, key: string): Promise<void> {
-    await this.pool.query(`DELETE FROM idempotency_keys WHERE tenant = $1 AND key = $2 AND status = 'pending'`, [tenant, key])
+    await this.pool.query(`DELETE FROM idempotency_keys WHERE tenant = $1 AND key = $2 AND status = 'pending' AND message_id IS NULL`, [tenant, key])
   }
 
   async purgeExpired(): Promise<number> {

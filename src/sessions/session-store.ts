@@ -123,7 +123,7 @@ export class SessionStore {
 
   /** Reads through the cache; PostgreSQL on a miss (or with Redis down). */
   async find(id: string): Promise<SessionRecord | undefined> {
-    const cached = await this.options.cache.get(sessionKey(id))
+    const cached = await this.options.cache.getRanked(sessionKey(id))
     this.options.metrics.cacheLookups.inc({ cache: 'session', result: cached ? 'hit' : 'miss' })
     if (cached) return JSON.parse(cached) as SessionRecord
     const record = await this.load(this.options.pool, id)
@@ -191,24 +191,28 @@ export class SessionStore {
     return toSession(record)
   }
 
-  /** DELETE: the session answers 410 from now on; its rows go with the cleanup job's purge. */
+  /**
+   * DELETE: the session answers 410 from now on; its rows go with the cleanup job's purge. The
+   * version is raised so that the cached tombstone outranks any older record still in flight.
+   */
   async invalidate(tenant: string, id: string): Promise<void> {
-    await withTransaction(this.options.pool, async (client) => {
-      const { rows } = await client.query<{ id: string }>(
-        `UPDATE sessions SET status = 'invalidated', invalidated_at = now(), reply_lease_until = NULL
-          WHERE id = $1 AND tenant = $2 AND status = 'active'
-          RETURNING id`,
+    const record = await withTransaction(this.options.pool, async (client) => {
+      const { rows } = await client.query<SessionRow>(
+        `UPDATE sessions SET status = 'invalidated', invalidated_at = now(), reply_lease_until = NULL, version = version + 1
+          WHERE id = $1 AND tenant = $2 AND status = 'active' AND (expires_at IS NULL OR expires_at > now())
+          RETURNING ${SESSION_COLUMNS}`,
         [id, tenant]
       )
-      if (rows.length === 0) {
+      if (!rows[0]) {
         const current = await this.load(client, id)
         if (!current || current.tenant !== tenant) throw notFound()
         assertActive(current, this.now())
       }
       await recordEvents(client, [{ type: 'session.invalidated', tenant, sessionId: id }])
+      return toRecord(rows[0] as SessionRow)
     })
     this.options.metrics.sessionsInvalidated.inc()
-    await this.forget(id)
+    await this.cacheRecord(record)
   }
 
   async forget(...ids: string[]): Promise<void> {
@@ -218,7 +222,9 @@ export class SessionStore {
   async cacheRecord(record: SessionRecord): Promise<void> {
     const untilExpiry = record.expiresAt ? Math.floor((Date.parse(record.expiresAt) - this.now()) / 1000) : CACHE_TTL_SECONDS
     if (untilExpiry <= 0) return
-    await this.options.cache.set(sessionKey(record.id), JSON.stringify(record), Math.min(CACHE_TTL_SECONDS, untilExpiry))
+    // Ranked by (lastSeq, version): every change of the row raises one of them, so an older record
+    // written late (another replica, a slow Redis round trip) never replaces a newer one.
+    await this.options.cache.setRanked(sessionKey(record.id), JSON.stringify(record), Math.min(CACHE_TTL_SECONDS, untilExpiry), [record.lastSeq, record.version])
   }
 
   async countActive(): Promise<number> {
