@@ -44,6 +44,8 @@ export class RedisCache implements Cache {
   private unsyncedOverflow = false
   private static readonly MAX_UNSYNCED = 10_000
   private readonly keyPrefix: string
+  private pausedUntil = 0
+  private static readonly PAUSE_AFTER_TIMEOUT_MS = 5000
 
   constructor(options: RedisCacheOptions) {
     this.log = options.log.child({ component: 'redis' })
@@ -81,11 +83,20 @@ export class RedisCache implements Cache {
   }
 
   state(): CacheState {
-    return this.client.status === 'ready' ? 'ok' : 'degraded'
+    return this.usable() ? 'ok' : 'degraded'
+  }
+
+  /**
+   * Connected, and not in the pause after a timed-out command: a Redis that hangs on a live
+   * connection would otherwise cost every cache call the full command timeout. The probes' ping
+   * keeps trying and ends the pause as soon as Redis answers again.
+   */
+  private usable(): boolean {
+    return this.client.status === 'ready' && Date.now() >= this.pausedUntil
   }
 
   async get(key: string): Promise<string | undefined> {
-    if (this.client.status !== 'ready') return undefined
+    if (!this.usable()) return undefined
     try {
       return (await this.client.get(key)) ?? undefined
     } catch (err) {
@@ -95,7 +106,7 @@ export class RedisCache implements Cache {
   }
 
   async set(key: string, value: string, ttlSeconds: number): Promise<void> {
-    if (this.client.status !== 'ready') return this.markUnsynced([key])
+    if (!this.usable()) return this.markUnsynced([key])
     try {
       await this.client.set(key, value, 'EX', ttlSeconds)
     } catch (err) {
@@ -105,7 +116,7 @@ export class RedisCache implements Cache {
   }
 
   async setRanked(key: string, value: string, ttlSeconds: number, rank: readonly [number, number]): Promise<void> {
-    if (this.client.status !== 'ready') return this.markUnsynced([key])
+    if (!this.usable()) return this.markUnsynced([key])
     try {
       await (this.client as RankedClient).setRanked(key, encodeRanked(value, rank), rank[0], rank[1], ttlSeconds)
     } catch (err) {
@@ -120,7 +131,7 @@ export class RedisCache implements Cache {
 
   async delete(...keys: string[]): Promise<void> {
     if (keys.length === 0) return
-    if (this.client.status !== 'ready') return this.markUnsynced(keys)
+    if (!this.usable()) return this.markUnsynced(keys)
     try {
       await this.client.del(...keys)
     } catch (err) {
@@ -178,6 +189,7 @@ export class RedisCache implements Cache {
     } finally {
       clearTimeout(timer)
     }
+    this.pausedUntil = 0
     return performance.now() - started
   }
 
@@ -186,6 +198,10 @@ export class RedisCache implements Cache {
   }
 
   private noteFailure(operation: string, err: unknown): void {
+    if (/timed out/i.test((err as Error).message ?? '')) {
+      if (Date.now() >= this.pausedUntil) this.log.warn({ operation }, 'Redis command timed out: bypassing the cache for a few seconds')
+      this.pausedUntil = Date.now() + RedisCache.PAUSE_AFTER_TIMEOUT_MS
+    }
     this.log.debug({ operation, err: { message: (err as Error).message } }, 'Redis command failed; treated as a cache miss')
   }
 }
