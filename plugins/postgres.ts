@@ -56,9 +56,14 @@ export default fp(
       idleTimeoutMillis: 30_000,
       application_name: 'smalltalk-server'
     })
-    // An idle client that loses its server (restart, network) emits 'error' on the pool; without a
-    // listener that would crash the process. The pool replaces the client by itself.
-    fastify.pg.pool.on('error', (err) => fastify.log.warn({ err }, 'idle PostgreSQL connection lost'))
+    // A client that loses its server (restart, network, pg_terminate_backend) emits 'error': on the
+    // pool while idle, on the client itself while checked out, between two statements of a
+    // transaction. Unheard, either would crash the process; heard, the query in progress fails (a
+    // 503 for the request) and the pool replaces the connection.
+    fastify.pg.pool.on('error', (err) => fastify.log.warn({ err: { message: err.message } }, 'idle PostgreSQL connection lost'))
+    fastify.pg.pool.on('connect', (client) => {
+      client.on('error', (err) => fastify.log.warn({ err: { message: err.message } }, 'PostgreSQL connection lost while in use'))
+    })
 
     const target = describeTarget(connectionString)
     try {
