@@ -20,7 +20,7 @@ export const EnvSchema = Type.Object({
 
   // Overload shedding on the api port (0 disables a limit)
   MAX_EVENT_LOOP_DELAY_MS: NonNegative(1000),
-  MAX_EVENT_LOOP_UTILIZATION: Type.Number({ minimum: 0, maximum: 1, default: 0.98 }),
+  MAX_EVENT_LOOP_UTILIZATION: Type.Number({ minimum: 0, maximum: 1, default: 0 }),
   MAX_HEAP_USED_BYTES: NonNegative(0),
   MAX_RSS_BYTES: NonNegative(0),
   RETRY_AFTER_SECONDS: Positive(10),
