@@ -20,6 +20,13 @@ async function tables(pool: pg.Pool): Promise<string[]> {
   return rows.map((row) => row.table_name)
 }
 
+/** A pool for the test itself; its database is dropped WITH (FORCE) at teardown, which ends idle clients. */
+function testPool(connectionString: string, max: number): pg.Pool {
+  const pool = new pg.Pool({ connectionString, max })
+  pool.on('error', () => undefined)
+  return pool
+}
+
 function migrateInChild(databaseUrl: string): Promise<{ code: number | null; output: string }> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, ['--import', 'tsx', 'src/db/migrate-cli.ts'], {
@@ -34,7 +41,7 @@ function migrateInChild(databaseUrl: string): Promise<{ code: number | null; out
 }
 
 t.test('the seed schema is created and a second run changes nothing', async (t) => {
-  const pool = new pg.Pool({ connectionString: await createTestDatabase(t), max: 2 })
+  const pool = testPool(await createTestDatabase(t), 2)
   t.teardown(() => pool.end())
   const first = await runMigrations(pool, silent)
   t.same(first.applied, SHIPPED)
@@ -50,7 +57,7 @@ t.test('the seed schema is created and a second run changes nothing', async (t) 
 })
 
 t.test('the schema works as intended: uuids, updated_at trigger, cascades', async (t) => {
-  const pool = new pg.Pool({ connectionString: await createTestDatabase(t), max: 2 })
+  const pool = testPool(await createTestDatabase(t), 2)
   t.teardown(() => pool.end())
   await runMigrations(pool, silent)
   const { rows: [session] } = await pool.query("INSERT INTO sessions (tenant, agents) VALUES ('acme', ARRAY['a']) RETURNING id, updated_at")
@@ -73,7 +80,7 @@ t.test('two processes migrating the same database at once: both succeed, each mi
   t.equal(b.code, 0, b.output)
   const appliedBy = [a.output, b.output].filter((output) => output.includes('"migration":"001.do.initial-schema.sql"'))
   t.equal(appliedBy.length, 1, 'exactly one process applied the migration, the other found it done')
-  const pool = new pg.Pool({ connectionString: url, max: 1 })
+  const pool = testPool(url, 1)
   t.teardown(() => pool.end())
   const { rows } = await pool.query('SELECT version FROM schema_migrations WHERE version > 0')
   t.equal(rows.length, SHIPPED.length)
