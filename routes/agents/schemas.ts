@@ -1,16 +1,8 @@
 import { Type, type Static } from 'typebox'
 import { AGENT_ID_PATTERN, PROVIDERS } from '../../src/agents/manifest.js'
 
-export const ErrorBody = Type.Object(
-  {
-    statusCode: Type.Integer(),
-    error: Type.String(),
-    message: Type.String(),
-    code: Type.Optional(Type.String()),
-    details: Type.Optional(Type.Unknown())
-  },
-  { description: 'Error' }
-)
+// The error body is the one every route shares.
+export { ErrorBody } from '../sessions/schemas.js'
 
 const Status = Type.Enum(['healthy', 'degraded', 'down'], { description: 'From the agent health monitor' })
 
