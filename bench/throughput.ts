@@ -6,6 +6,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { onInterrupt } from './cleanup.js'
 import { runLoad, waitForQuiet, type LoadResult } from './load.js'
+import { median } from './report.js'
 import type { ServerMessage, ServerSpec } from './server.js'
 import type { Variant } from './variants.js'
 
@@ -20,6 +21,8 @@ export interface ThroughputOptions {
   quietWaitMs: number
   /** Total time that may be spent measuring noisy runs again. */
   retryBudgetSeconds: number
+  /** Pairs of 1 s slices (bare, full, in alternating order) measured after the rounds; 0 for none. */
+  pairedSlices: number
   progress: (line: string) => void
 }
 
@@ -29,6 +32,22 @@ export interface VariantRuns {
   /** Access-log lines written per request sent (about 1 with the access log on, 0 with it off). */
   logLinesPerRequest: number | null
   logBytesPerRequest: number | null
+}
+
+/** full / bare from short slices measured back to back: less exposed to the machine's slow drifts. */
+export interface PairedRatio {
+  pairs: number
+  /** Pairs left out because other processes were busy meanwhile (or kept: too few quiet ones). */
+  noisyPairsLeftOut: number
+  noisyPairsKept: number
+  sliceSeconds: number
+  /** Sum of full's requests per second over sum of bare's. */
+  ratio: number
+  /** Per-pair ratios: median and quartiles. */
+  median: number
+  lowerQuartile: number
+  upperQuartile: number
+  perPair: number[]
 }
 
 interface RunningServer {
@@ -58,7 +77,10 @@ async function startServer(variant: Variant, env: Record<string, string>, logDir
     stdio: ['ignore', 'inherit', 'inherit', 'ipc']
   })
   const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${variant.name}: server did not start within 60 s`)), 60_000)
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL')
+      reject(new Error(`${variant.name}: server did not start within 60 s`))
+    }, 60_000)
     child.once('exit', (code) => reject(new Error(`${variant.name}: server exited with code ${code} before listening`)))
     child.on('message', (message: ServerMessage) => {
       if (message.type === 'listening') {
@@ -95,12 +117,63 @@ async function countLines(file: string): Promise<{ lines: number; bytes: number 
   return { lines, bytes: exists.size }
 }
 
+const PAIRED_SLICE_SECONDS = 1
+
+async function measurePaired(
+  servers: RunningServer[],
+  opts: ThroughputOptions,
+  load: (server: RunningServer, durationSeconds: number) => Promise<LoadResult>
+): Promise<PairedRatio | null> {
+  const bare = servers.find((s) => s.variant.name === 'bare')
+  const full = servers.find((s) => s.variant.name === 'full')
+  if (!bare || !full || opts.pairedSlices <= 0) return null
+  const pairs: { bare: number; full: number; noisy: boolean }[] = []
+  for (let i = 0; i < opts.pairedSlices; i++) {
+    const results = new Map<RunningServer, LoadResult>()
+    for (const server of i % 2 === 0 ? [bare, full] : [full, bare]) results.set(server, await load(server, PAIRED_SLICE_SECONDS))
+    const [b, f] = [results.get(bare), results.get(full)]
+    if (!b || !f) continue
+    pairs.push({ bare: b.requestsPerSecond, full: f.requestsPerSecond, noisy: Math.max(b.otherCpu, f.otherCpu) > NOISY_THRESHOLD })
+  }
+  // Pairs during which other processes were busy are left out, unless that leaves fewer than half.
+  const clean = pairs.filter((p) => !p.noisy)
+  const kept = clean.length * 2 >= pairs.length ? clean : pairs
+  const perPair = kept.map((p) => p.full / p.bare)
+  const bareSum = kept.reduce((sum, p) => sum + p.bare, 0)
+  const fullSum = kept.reduce((sum, p) => sum + p.full, 0)
+  const sorted = [...perPair].sort((a, b) => a - b)
+  const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? NaN
+  const result = {
+    pairs: perPair.length,
+    noisyPairsLeftOut: pairs.length - kept.length,
+    noisyPairsKept: kept.filter((p) => p.noisy).length,
+    sliceSeconds: PAIRED_SLICE_SECONDS,
+    ratio: fullSum / bareSum,
+    median: median(perPair),
+    lowerQuartile: at(0.25),
+    upperQuartile: at(0.75),
+    perPair
+  }
+  opts.progress(
+    `paired ${PAIRED_SLICE_SECONDS} s slices: full / bare ${result.ratio.toFixed(2)} over ${result.pairs} pairs ` +
+      (result.noisyPairsLeftOut ? `(${result.noisyPairsLeftOut} noisy pairs left out) ` : '') +
+      (result.noisyPairsKept ? `(${result.noisyPairsKept} of them noisy) ` : '') +
+      `(bare ${Math.round(bareSum / result.pairs)}, full ${Math.round(fullSum / result.pairs)} req/s on average; per pair ${perPair.map((r) => r.toFixed(2)).join(' ')})`
+  )
+  return result
+}
+
 /**
  * Starts every variant's server (one process each, started one after the other so the migrations
  * run once), warms each up, then measures them round by round, the order reversed on every other
  * round so that drift (thermal, other tenants) spreads over all variants instead of favouring one.
  */
-export async function measureThroughput(opts: ThroughputOptions): Promise<{ variants: VariantRuns[]; retriedRuns: number; failed: { variant: string; error: string }[] }> {
+export async function measureThroughput(opts: ThroughputOptions): Promise<{
+  variants: VariantRuns[]
+  retriedRuns: number
+  failed: { variant: string; error: string }[]
+  paired: PairedRatio | null
+}> {
   const logDir = await mkdtemp(join(tmpdir(), 'st-bench-logs-'))
   const servers: RunningServer[] = []
   const failed: { variant: string; error: string }[] = []
@@ -156,6 +229,7 @@ export async function measureThroughput(opts: ThroughputOptions): Promise<{ vari
         results.get(server.variant.name)?.push(result)
       }
     }
+    const paired = await measurePaired(servers, opts, load)
     await stopAll()
     const out: VariantRuns[] = []
     for (const server of servers) {
@@ -168,7 +242,7 @@ export async function measureThroughput(opts: ThroughputOptions): Promise<{ vari
         logBytesPerRequest: logged ? (bytes - server.logBytesAtStart) / server.requests : null
       })
     }
-    return { variants: out, retriedRuns: retried, failed }
+    return { variants: out, retriedRuns: retried, failed, paired }
   } finally {
     await stopAll()
     forget()
