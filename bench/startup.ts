@@ -1,6 +1,5 @@
 import { spawn } from 'node:child_process'
 import { request } from 'node:http'
-import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { PROJECT_ROOT } from '../src/paths.js'
@@ -36,16 +35,9 @@ export interface StartupOptions {
 
 export const SERVER_SCRIPT = join(PROJECT_ROOT, 'dist', 'src', 'server.js')
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.on('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))))
-    })
-  })
-}
+import { freeLoopbackPort as freePort } from '../src/db/embedded-postgres.js'
+
+export { freePort }
 
 function readyStatus(port: number): Promise<number | undefined> {
   return new Promise((resolve) => {

@@ -45,7 +45,8 @@ export interface EmbeddedDatabase {
   stop(): Promise<void>
 }
 
-async function freeLoopbackPort(): Promise<number> {
+/** A port free on 127.0.0.1 right now (also used by the tests and benchmarks that spawn servers). */
+export async function freeLoopbackPort(): Promise<number> {
   return new Promise((resolvePort, reject) => {
     const server = createServer()
     server.unref()
@@ -82,7 +83,8 @@ async function stopOrphanedServer(databaseDir: string, log: Logger): Promise<voi
   for (let waited = 0; waited < 10_000 && isAlive(pid); waited += 100) await new Promise((r) => setTimeout(r, 100))
 }
 
-function isAlive(pid: number): boolean {
+/** Whether a process with this pid exists (signal 0 only checks). */
+export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0)
     return true

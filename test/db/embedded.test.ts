@@ -2,6 +2,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
 import { buildApp } from '../../src/app.js'
+import { isAlive } from '../../src/db/embedded-postgres.js'
 import { tempDir } from '../helper.js'
 import { startServerProcess } from '../support/server-process.js'
 
@@ -13,14 +14,6 @@ function postmasterPid(dataDir: string): number | undefined {
   return existsSync(file) ? Number(readFileSync(file, 'utf8').split('\n')[0]) : undefined
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
-}
 
 t.test('start, write, stop, start again: the data is still there and the server is stopped with the app', async (t) => {
   const dataDir = await tempDir(t)

@@ -3,6 +3,7 @@ import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import type { Environment } from '../../src/config.js'
 import { REDIS_URL, buildTestApp, eventually, testEnv } from '../helper.js'
 import { data, sse, type SseResult } from '../support/sse.js'
+import type { Message as StoredMessage } from '../../src/messages/message-store.js'
 
 // The message path end to end on the real app, PostgreSQL and (when configured) Redis:
 // POST /v1/sessions/:id/messages as JSON and as Server-Sent Events, GET .../messages, the event log.
@@ -12,19 +13,7 @@ const ISO = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/
 const MODELS: Record<string, string> = { assistant: 'gpt-4o-mini', coder: 'claude-3-5-haiku-latest', writer: 'gemini-2.0-flash' }
 const echo = (agent: string, content: string) => `Echo (${MODELS[agent]}): ${content}`
 
-interface Message {
-  id: string
-  seq: number
-  role: 'user' | 'assistant'
-  content: string
-  metadata: Record<string, unknown>
-  createdAt: string
-  agent?: string
-  provider?: string
-  model?: string
-  usage?: { inputTokens: number; outputTokens: number }
-  latencyMs?: number
-}
+type Message = Omit<StoredMessage, 'role'> & { role: 'user' | 'assistant' }
 
 async function start(t: Test, env: Environment = {}): Promise<FastifyInstance> {
   const app = await buildTestApp(t, await testEnv(t, { REDIS_URL, ...env }))
