@@ -4,11 +4,14 @@ import fp from 'fastify-plugin'
 import { EnvSchema } from '../src/config.js'
 import { loadManifest } from '../src/agents/manifest.js'
 import { AgentRegistry } from '../src/agents/registry.js'
+import { LlmMetrics } from '../src/metrics/llm-metrics.js'
 import { PROJECT_ROOT } from '../src/paths.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
     agents: AgentRegistry
+    /** LLM calls, tokens, breakers, fallbacks and agent health, in the registry the ops instance serves. */
+    llmMetrics: LlmMetrics
   }
 }
 
@@ -36,6 +39,11 @@ export default fp(
     const definitions = await loadManifest(file, { env: config })
     const registry = new AgentRegistry(definitions, config)
     fastify.decorate('agents', registry)
+    const llmMetrics = new LlmMetrics(
+      fastify.metricsRegistry,
+      registry.list().map((agent) => ({ id: agent.id, provider: agent.effectiveProvider, model: agent.model, fallback: agent.fallback }))
+    )
+    fastify.decorate('llmMetrics', llmMetrics)
 
     fastify.log.info({ file, agents: registry.defaultAgentIds() }, `loaded ${definitions.length} agents`)
     const onEcho = registry.echoSubstitutions()
@@ -47,5 +55,5 @@ export default fp(
       )
     }
   },
-  { name: 'agents', dependencies: ['config'] }
+  { name: 'agents', dependencies: ['config', 'metrics'] }
 )

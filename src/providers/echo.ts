@@ -1,4 +1,4 @@
-import type { ChatChunk, ChatRequest, Provider } from './provider.js'
+import type { ChatChunk, ChatRequest, ProbeRequest, Provider } from './provider.js'
 
 export interface EchoProviderOptions {
   /** Pause between two deltas (ECHO_TOKEN_DELAY_MS), to make the offline provider feel like a model. */
@@ -62,6 +62,11 @@ export class EchoProvider implements Provider {
     signal.throwIfAborted()
     const inputTokens = request.messages.reduce((sum, turn) => sum + EchoProvider.countWords(turn.content), EchoProvider.countWords(request.systemPrompt))
     yield { type: 'usage', inputTokens, outputTokens: EchoProvider.countWords(text) }
+  }
+
+  /** Echo runs in-process: it is up whenever the service is. */
+  async probe(request: ProbeRequest): Promise<void> {
+    request.signal.throwIfAborted()
   }
 }
 

@@ -22,9 +22,67 @@ export type ChatChunk =
   | { type: 'delta'; text: string }
   | { type: 'usage'; inputTokens: number; outputTokens: number }
 
+/** How the health monitor probes a model: list the models (free) or ask for a 1-token completion. */
+export type ProbeMode = 'models' | 'completion'
+
+export interface ProbeRequest {
+  model: string
+  mode: ProbeMode
+  signal: AbortSignal
+}
+
 export interface Provider {
   /** The manifest's provider name: openai | anthropic | gemini | openai-compatible | echo. */
   readonly name: string
-  /** Yields text deltas as the model produces them, and usage once known (usually last). */
+  /**
+   * Yields text deltas as the model produces them, and usage once known (usually last). Failures are
+   * thrown as ProviderError; an abort of `request.signal` is rethrown as the signal's reason.
+   */
   stream(request: ChatRequest): AsyncIterable<ChatChunk>
+  /**
+   * A cheap call that proves the provider answers for this model: resolves, or throws a
+   * ProviderError (an abort of the signal is rethrown as its reason).
+   */
+  probe(request: ProbeRequest): Promise<void>
+}
+
+/**
+ * Why a provider call failed, in terms the resilience layer acts on:
+ * - auth: bad or missing key (401/403): not retryable, the agent is misconfigured;
+ * - bad_request: the provider refused the request (400/404/422, unknown model): not retryable;
+ * - rate_limited: 429, retryable after `retryAfterMs` when the provider said;
+ * - server: 5xx (and 529 overloaded), retryable;
+ * - connection: refused, reset, DNS, TLS, a stream cut mid-way: retryable before the first token;
+ * - timeout: the client library's own timeout: retryable;
+ * - invalid_response: the reply could not be understood: not retryable.
+ */
+export type ProviderErrorKind = 'auth' | 'bad_request' | 'rate_limited' | 'server' | 'connection' | 'timeout' | 'invalid_response'
+
+const RETRYABLE: ReadonlySet<ProviderErrorKind> = new Set(['rate_limited', 'server', 'connection', 'timeout'])
+
+export class ProviderError extends Error {
+  override readonly name = 'ProviderError'
+  readonly kind: ProviderErrorKind
+  /** The provider name (openai, anthropic, gemini, openai-compatible). */
+  readonly provider: string
+  /** The HTTP status the provider answered, when it answered. */
+  readonly status: number | undefined
+  /** From Retry-After (or retry-after-ms), when the provider sent it. */
+  readonly retryAfterMs: number | undefined
+
+  constructor(
+    kind: ProviderErrorKind,
+    message: string,
+    options: { provider: string; status?: number | undefined; retryAfterMs?: number | undefined; cause?: unknown }
+  ) {
+    super(message, { cause: options.cause })
+    this.kind = kind
+    this.provider = options.provider
+    this.status = options.status
+    this.retryAfterMs = options.retryAfterMs
+  }
+
+  get retryable(): boolean {
+    return RETRYABLE.has(this.kind)
+  }
 }
