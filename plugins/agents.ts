@@ -1,8 +1,9 @@
 import { existsSync } from 'node:fs'
 import { isAbsolute, join, resolve } from 'node:path'
 import fp from 'fastify-plugin'
-import { EnvSchema } from '../src/config.js'
+import { ConfigError, EnvSchema } from '../src/config.js'
 import { loadManifest } from '../src/agents/manifest.js'
+import { ProviderGuard } from '../src/agents/provider-guard.js'
 import { AgentRegistry } from '../src/agents/registry.js'
 import { LlmMetrics } from '../src/metrics/llm-metrics.js'
 import { PROJECT_ROOT } from '../src/paths.js'
@@ -12,6 +13,8 @@ declare module 'fastify' {
     agents: AgentRegistry
     /** LLM calls, tokens, breakers, fallbacks and agent health, in the registry the ops instance serves. */
     llmMetrics: LlmMetrics
+    /** Retries and circuit breakers around every provider call; the health monitor listens to its traffic. */
+    providerGuard: ProviderGuard
   }
 }
 
@@ -44,6 +47,25 @@ export default fp(
       registry.list().map((agent) => ({ id: agent.id, provider: agent.effectiveProvider, model: agent.model, fallback: agent.fallback }))
     )
     fastify.decorate('llmMetrics', llmMetrics)
+    fastify.decorate(
+      'providerGuard',
+      new ProviderGuard({
+        metrics: llmMetrics,
+        log: fastify.log,
+        maxRetries: config.LLM_MAX_RETRIES,
+        retryBaseDelayMs: config.LLM_RETRY_BASE_MS,
+        retryMaxDelayMs: config.LLM_RETRY_MAX_MS,
+        breakerFailures: config.LLM_BREAKER_FAILURES,
+        breakerCooldownMs: config.LLM_BREAKER_COOLDOWN_MS
+      })
+    )
+    if (config.ROUTER === 'llm') {
+      if (!config.ROUTER_AGENT) throw new ConfigError('Invalid configuration: ROUTER=llm needs ROUTER_AGENT, the id of the manifest agent that routes')
+      if (!registry.has(config.ROUTER_AGENT)) {
+        throw new ConfigError(`Invalid configuration: ROUTER_AGENT "${config.ROUTER_AGENT}" is not an agent of ${file} (agents: ${registry.defaultAgentIds().join(', ')})`)
+      }
+      fastify.log.info({ router: config.ROUTER_AGENT, timeoutMs: config.ROUTER_TIMEOUT_MS }, 'agents are routed by an LLM, with expertise scoring as the fallback')
+    }
 
     fastify.log.info({ file, agents: registry.defaultAgentIds() }, `loaded ${definitions.length} agents`)
     const onEcho = registry.echoSubstitutions()

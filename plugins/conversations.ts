@@ -1,5 +1,6 @@
 import fp from 'fastify-plugin'
 import type { Lifecycle } from '../src/lifecycle.js'
+import { LlmRouter } from '../src/agents/llm-router.js'
 import { EventFeed } from '../src/events/event-feed.js'
 import { ConversationService } from '../src/messages/conversation.js'
 import { IdempotencyKeys } from '../src/messages/idempotency.js'
@@ -52,7 +53,21 @@ export default fp(
       history,
       idempotency,
       agents,
+      guard: fastify.providerGuard,
+      router:
+        config.ROUTER === 'llm' && config.ROUTER_AGENT
+          ? new LlmRouter({
+              agents,
+              guard: fastify.providerGuard,
+              metrics: fastify.llmMetrics,
+              log: fastify.log,
+              routerAgentId: config.ROUTER_AGENT,
+              timeoutMs: config.ROUTER_TIMEOUT_MS,
+              shutdownSignal: opts.lifecycle.replySignal
+            })
+          : undefined,
       metrics,
+      llmMetrics: fastify.llmMetrics,
       log: fastify.log,
       llmTimeoutMs: config.LLM_TIMEOUT_MS,
       contextMessages: config.CONTEXT_MESSAGES,

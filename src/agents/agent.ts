@@ -18,7 +18,7 @@ export type AgentStatus = 'healthy' | 'degraded' | 'down'
 /** Why an agent answers a message: shown in the SSE `agent` event and the agent.selected event. */
 export interface AgentSelection {
   agent: AgentDefinition
-  reason: 'requested' | 'expertise' | 'default' | 'fallback'
+  reason: 'requested' | 'expertise' | 'router' | 'default' | 'fallback'
   /** Expertise keywords of the agent found in the message, when reason is 'expertise'. */
   matched: string[]
   score: number

@@ -1,6 +1,8 @@
 import type pg from 'pg'
 import type { FastifyBaseLogger } from 'fastify'
 import type { AgentDefinition, AgentSelection } from '../agents/agent.js'
+import type { LlmRouter } from '../agents/llm-router.js'
+import { CircuitOpenError, deadlineSignal, type ProviderGuard } from '../agents/provider-guard.js'
 import type { AgentRegistry } from '../agents/registry.js'
 import { selectAgent } from '../agents/router.js'
 import { withTransaction } from '../db/transaction.js'
@@ -8,7 +10,8 @@ import { DomainError, assertStorable } from '../domain-errors.js'
 import { reasonPhrase } from '../errors.js'
 import { recordEvents } from '../events/event-log.js'
 import type { ConversationMetrics } from '../metrics/conversation-metrics.js'
-import type { ChatTurn } from '../providers/provider.js'
+import type { LlmMetrics } from '../metrics/llm-metrics.js'
+import { ProviderError, type ChatTurn } from '../providers/provider.js'
 import { SESSION_COLUMNS, assertActive, notFound, toRecord, type SessionRecord, type SessionRow, type SessionStore } from '../sessions/session-store.js'
 import { requestHash, type IdempotencyKeys, type StoredOutcome } from './idempotency.js'
 import { insertMessage, type Message, type MessageHistory } from './message-store.js'
@@ -44,7 +47,12 @@ export interface ConversationOptions {
   history: MessageHistory
   idempotency: IdempotencyKeys
   agents: AgentRegistry
+  /** Retries and circuit breakers around every provider call. */
+  guard: ProviderGuard
+  /** ROUTER=llm: the router that picks an agent when the client names none. */
+  router?: LlmRouter | undefined
   metrics: ConversationMetrics
+  llmMetrics: LlmMetrics
   log: FastifyBaseLogger
   llmTimeoutMs: number
   contextMessages: number
@@ -97,6 +105,8 @@ export class ConversationService {
     const leaseMs = this.options.llmTimeoutMs + 5000
     // Identifies this request's lease (the exact timestamp), so only this request can release it.
     let leaseToken = ''
+    // ROUTER=llm asks its model before any transaction: no row is locked while a model thinks.
+    const routed = input.agent === undefined && this.options.router ? await this.options.router.pick(input.content, this.candidates(cached).filter((agent) => !agents.isDown(agent.id))) : undefined
 
     // 1. Take the session's reply lease and store the user message, with its events, at once.
     const { session, message } = await withTransaction(pool, async (client) => {
@@ -112,7 +122,7 @@ export class ConversationService {
       if (!rows[0]) await this.refuse(client, tenant, cached.id)
       const session = toRecord(rows[0] as SessionRow)
       leaseToken = (rows[0] as SessionRow & { lease_token: string }).lease_token
-      selection = this.select(session, input)
+      selection = this.select(session, input, routed)
       const message = await insertMessage(client, { sessionId: session.id, seq: session.lastSeq, role: 'user', content: input.content, metadata: input.metadata })
       if (idempotencyKey) await this.options.idempotency.attachMessage(client, tenant, idempotencyKey, message.id)
       await recordEvents(client, [
@@ -129,39 +139,22 @@ export class ConversationService {
     await this.options.sessions.cacheRecord(session)
     await this.options.history.append(session.id, message)
     const chosen = (selection as AgentSelection).agent
-    const provider = agents.providerFor(chosen)
     await sink.message(message)
     await sink.agent({
       agent: chosen.id,
       name: chosen.name,
       reason: (selection as AgentSelection).reason,
       matched: (selection as AgentSelection).matched,
-      provider: provider.name,
+      provider: agents.providerFor(chosen).name,
       model: chosen.model
     })
 
-    // 2. Let the model answer, streaming its deltas to the sink.
-    let text = ''
-    let usage = { inputTokens: 0, outputTokens: 0 }
+    // 2. Let the model answer, streaming its deltas to the sink (a fallback agent answers when the
+    //    chosen one fails before its first delta).
+    let answer: Answer
     try {
       const context = await this.options.history.recent(pool, session.id, session.lastSeq, this.options.contextMessages)
-      const signal = AbortSignal.any([AbortSignal.timeout(this.options.llmTimeoutMs), this.options.shutdownSignal])
-      for await (const chunk of provider.stream({
-        model: chosen.model,
-        systemPrompt: chosen.systemPrompt,
-        messages: context.map((m): ChatTurn => ({ role: m.role, content: m.content })),
-        temperature: chosen.temperature,
-        maxTokens: chosen.maxTokens,
-        signal
-      })) {
-        if (chunk.type === 'delta') {
-          text += chunk.text
-          await sink.delta(chunk.text)
-        } else {
-          usage = { inputTokens: chunk.inputTokens, outputTokens: chunk.outputTokens }
-        }
-        if (signal.aborted) throw signal.reason
-      }
+      answer = await this.produce(chosen, context, sink)
     } catch (err) {
       const failure = this.describeFailure(err, chosen, message.id)
       await this.fail(tenant, session, chosen, failure, idempotencyKey, leaseToken, leaseMs)
@@ -171,30 +164,82 @@ export class ConversationService {
 
     // 3. Store the reply, release the lease, record the outcome for the idempotency key: one commit.
     const latencyMs = Math.round(performance.now() - started)
-    const result = await this.storeReply(tenant, session, chosen, provider.name, text, usage, latencyMs, message, idempotencyKey).catch((err) => {
+    const result = await this.storeReply(tenant, session, answer, latencyMs, message, idempotencyKey).catch((err) => {
       // The database went away after the model answered: free the session as soon as it is back,
       // rather than at the lease's expiry.
       this.releaseLeaseEventually(session.id, leaseToken, leaseMs)
       throw err
     })
     metrics.messages.inc({ role: 'assistant' })
-    metrics.replyLatency.observe({ agent: chosen.id, outcome: 'ok' }, latencyMs / 1000)
+    metrics.replyLatency.observe({ agent: answer.agent.id, outcome: 'ok' }, latencyMs / 1000)
     await this.options.sessions.cacheRecord(result.updated)
     await this.options.history.append(session.id, result.result.reply)
     return result.result
   }
 
+  /**
+   * Runs the chosen agent's reply through the provider guard (retries, breaker). When it fails before
+   * any delta reached the client, the next agent up along its `fallback` chain answers, within the
+   * same LLM_TIMEOUT_MS deadline. A failure after a delta was sent ends the reply (never restarted,
+   * so the client never sees two different beginnings).
+   */
+  private async produce(first: AgentDefinition, context: Message[], sink: ReplySink): Promise<Answer> {
+    const { agents, guard, llmMetrics, log } = this.options
+    const signal = deadlineSignal(this.options.llmTimeoutMs, this.options.shutdownSignal)
+    const messages = context.map((m): ChatTurn => ({ role: m.role, content: m.content }))
+    const tried = new Set<string>()
+    const failures: unknown[] = []
+    let agent = first
+    let sent = false
+    for (;;) {
+      tried.add(agent.id)
+      const provider = agents.providerFor(agent)
+      try {
+        const { text, usage } = await guard.run({
+          agent,
+          provider,
+          request: { model: agent.model, systemPrompt: agent.systemPrompt, messages, temperature: agent.temperature, maxTokens: agent.maxTokens },
+          signal,
+          onDelta: (text) => {
+            sent = true
+            return sink.delta(text)
+          }
+        })
+        return { agent, providerName: provider.name, text, usage, fallbackFrom: agent === first ? undefined : first }
+      } catch (err) {
+        failures.push(err)
+        const next = sent || signal.aborted ? undefined : this.nextFallback(agent, tried)
+        if (!next) throw new ProduceFailed(failures, sent)
+        llmMetrics.fallbacks.inc({ agent: agent.id, fallback: next.id })
+        log.warn({ agent: agent.id, fallback: next.id, err: { name: (err as Error).name, message: (err as Error).message } }, 'agent failed before its first token; its fallback answers')
+        await sink.agent({ agent: next.id, name: next.name, reason: 'fallback', matched: [], provider: agents.providerFor(next).name, model: next.model })
+        agent = next
+      }
+    }
+  }
+
+  /** The first agent along `agent`'s fallback chain that is not down and was not tried yet. */
+  private nextFallback(agent: AgentDefinition, tried: Set<string>): AgentDefinition | undefined {
+    const { agents } = this.options
+    const seen = new Set<string>([agent.id])
+    let next = agent.fallback === undefined ? undefined : agents.get(agent.fallback)
+    while (next && !seen.has(next.id)) {
+      if (!tried.has(next.id) && !agents.isDown(next.id)) return next
+      seen.add(next.id)
+      next = next.fallback === undefined ? undefined : agents.get(next.fallback)
+    }
+    return undefined
+  }
+
   private storeReply(
     tenant: string,
     session: SessionRecord,
-    chosen: AgentDefinition,
-    providerName: string,
-    text: string,
-    usage: { inputTokens: number; outputTokens: number },
+    answer: Answer,
     latencyMs: number,
     message: Message,
     idempotencyKey: string | undefined
   ): Promise<{ result: PostResult; updated: SessionRecord }> {
+    const { agent: chosen, providerName, text, usage } = answer
     return withTransaction(this.options.pool, async (client) => {
       const { rows } = await client.query<SessionRow>(
         `UPDATE sessions SET last_seq = last_seq + 1, message_count = message_count + 1, reply_lease_until = NULL
@@ -225,6 +270,10 @@ export class ConversationService {
         [session.id, chosen.id, usage.inputTokens, usage.outputTokens]
       )
       await recordEvents(client, [
+        // The agent that answered is not the one selected in the first transaction: say why.
+        ...(answer.fallbackFrom
+          ? [{ type: 'agent.selected' as const, tenant, sessionId: session.id, agentId: chosen.id, data: { reason: 'fallback', fallbackFrom: answer.fallbackFrom.id } }]
+          : []),
         { type: 'message.created', tenant, sessionId: session.id, agentId: chosen.id, data: { messageId: reply.id, seq: reply.seq, role: 'assistant' } }
       ])
       const result: PostResult = { message, reply }
@@ -249,10 +298,19 @@ export class ConversationService {
     })
   }
 
-  private select(session: SessionRecord, input: PostMessageInput): AgentSelection {
+  private candidates(session: SessionRecord): AgentDefinition[] {
     const { agents } = this.options
-    const candidates = session.agents.filter((id) => agents.has(id)).map((id) => agents.get(id) as AgentDefinition)
+    return session.agents.filter((id) => agents.has(id)).map((id) => agents.get(id) as AgentDefinition)
+  }
+
+  /** The agent that answers: the client's, else the LLM router's pick (`routed`) if still valid, else scoring. */
+  private select(session: SessionRecord, input: PostMessageInput, routed?: AgentDefinition): AgentSelection {
+    const { agents } = this.options
+    const candidates = this.candidates(session)
     if (candidates.length === 0) throw new DomainError('invalid', 'None of this session\'s agents exists any more: PATCH its agents', { code: 'NO_AGENTS' })
+    if (routed && !agents.isDown(routed.id) && candidates.some((agent) => agent.id === routed.id)) {
+      return { agent: routed, reason: 'router', matched: [], score: 0 }
+    }
     return selectAgent({ content: input.content, candidates, requested: input.agent, isDown: (id) => agents.isDown(id), resolve: (id) => agents.get(id) })
   }
 
@@ -265,19 +323,53 @@ export class ConversationService {
     }
   }
 
-  /** The client-facing failure; `details.messageId` tells the caller its message was stored. */
+  /**
+   * The client-facing failure; `details.messageId` tells the caller its message was stored. A
+   * provider's auth or request error is a 502 naming the agent, the deadline a 504, exhausted
+   * retries a 502, every breaker open a 503 with Retry-After, a stream broken after its first delta
+   * a 502 that says the partial text was not kept.
+   */
   private describeFailure(err: unknown, agent: AgentDefinition, messageId: string): DomainError {
-    const details = { messageId }
-    if (err instanceof DomainError) return new DomainError(err.kind, err.message, { ...err.extra, details })
+    const details: Record<string, unknown> = { messageId }
+    const failures = err instanceof ProduceFailed ? err.failures : [err]
+    const streamed = err instanceof ProduceFailed && err.afterFirstDelta
+    const last = failures[failures.length - 1]
+    if (last instanceof DomainError) return new DomainError(last.kind, last.message, { ...last.extra, details })
     if (this.options.shutdownSignal.aborted) {
       return new DomainError('unavailable', 'The server is shutting down; the reply was not finished. Retry the message.', { code: 'SHUTTING_DOWN', retryAfterSeconds: 1, details })
     }
-    const name = (err as Error | undefined)?.name
+    const name = (last as Error | undefined)?.name
     if (name === 'TimeoutError' || name === 'AbortError') {
       return new DomainError('timeout', `Agent "${agent.id}" did not finish its reply within ${this.options.llmTimeoutMs} ms`, { code: 'LLM_TIMEOUT', details })
     }
-    this.options.log.warn({ err, agent: agent.id }, 'agent reply failed')
-    return new DomainError('bad_gateway', `Agent "${agent.id}" failed to reply: ${(err as Error | undefined)?.message ?? 'unknown error'}`, { code: 'LLM_ERROR', details })
+    const tried = failures.length > 1 ? ` (its fallback${failures.length > 2 ? 's' : ''} failed too)` : ''
+    if (streamed) {
+      this.options.log.warn({ err: describeError(last), agent: agent.id }, 'agent reply broke off mid-stream')
+      return new DomainError('bad_gateway', `Agent "${agent.id}"'s reply broke off before it was finished (${describeError(last).message}); the partial reply was not stored. Retry the message.`, { code: 'LLM_STREAM_INTERRUPTED', details })
+    }
+    if (failures.every((failure) => failure instanceof CircuitOpenError)) {
+      const waitMs = Math.min(...failures.map((failure) => (failure as CircuitOpenError).retryAfterMs))
+      return new DomainError('unavailable', `Agent "${agent.id}" is unavailable: its provider failed repeatedly and is paused${tried}. Retry later.`, {
+        code: 'LLM_UNAVAILABLE',
+        retryAfterSeconds: Math.max(1, Math.ceil(waitMs / 1000)),
+        details
+      })
+    }
+    // The first real provider error says most about the agent the client got.
+    const cause = failures.find((failure) => !(failure instanceof CircuitOpenError)) ?? last
+    this.options.log.warn({ err: describeError(cause), agent: agent.id, attempts: failures.length }, 'agent reply failed')
+    if (cause instanceof ProviderError) {
+      details.provider = cause.provider
+      if (cause.status !== undefined) details.providerStatus = cause.status
+      if (cause.kind === 'auth') {
+        return new DomainError('bad_gateway', `Agent "${agent.id}": ${cause.provider} refused the credentials${cause.status ? ` (${cause.status})` : ''}; check the provider's API key${tried}`, { code: 'LLM_AUTH_ERROR', details })
+      }
+      if (cause.kind === 'bad_request') {
+        return new DomainError('bad_gateway', `Agent "${agent.id}": ${cause.provider} rejected the request: ${cause.message}${tried}`, { code: 'LLM_REQUEST_REJECTED', details })
+      }
+      return new DomainError('bad_gateway', `Agent "${agent.id}" failed to reply after retries: ${cause.message}${tried}`, { code: 'LLM_ERROR', details })
+    }
+    return new DomainError('bad_gateway', `Agent "${agent.id}" failed to reply: ${describeError(cause).message}${tried}`, { code: 'LLM_ERROR', details })
   }
 
   /** A failed reply: the user message stays, the lease is released, the failure is an event. */
@@ -312,6 +404,30 @@ export class ConversationService {
     }
     attempt()
   }
+}
+
+/** What the model answered, and which agent it was (a fallback when the chosen one failed). */
+interface Answer {
+  agent: AgentDefinition
+  providerName: string
+  text: string
+  usage: { inputTokens: number; outputTokens: number }
+  /** The agent that was selected and failed before its first delta, when a fallback answered. */
+  fallbackFrom: AgentDefinition | undefined
+}
+
+/** Every agent tried failed: the failures in order, and whether text had reached the client. */
+class ProduceFailed extends Error {
+  constructor(
+    readonly failures: unknown[],
+    readonly afterFirstDelta: boolean
+  ) {
+    super('the reply could not be produced')
+  }
+}
+
+function describeError(err: unknown): { name: string; message: string } {
+  return err instanceof Error ? { name: err.name, message: err.message } : { name: 'Error', message: String(err) }
 }
 
 /** A failure after the user message was stored: its outcome is already recorded under the key. */
