@@ -24,7 +24,11 @@ const REQUIRED_ALERTS = [
   'SmallTalkEventLoopDelayHigh',
   'SmallTalkPostgresDown',
   'SmallTalkPostgresPoolSaturated',
-  'SmallTalkRedisDegraded'
+  'SmallTalkRedisDegraded',
+  'SmallTalkAgentDown',
+  'SmallTalkAgentDegraded',
+  'SmallTalkLlmErrorRatioHigh',
+  'SmallTalkLlmCircuitOpen'
 ]
 
 t.test('promtool check config', async (t) => {
@@ -67,6 +71,21 @@ t.test('promtool test rules', async (t) => {
       what: 'SmallTalkRedisDegraded on smalltalk_cache_up (misses a Redis that hangs with its connection open)',
       from: 'smalltalk_dependency_up{job="smalltalk", dependency="redis"} == 0',
       to: 'smalltalk_cache_up{job="smalltalk", backend="redis"} == 0'
+    },
+    {
+      what: 'SmallTalkLlmErrorRatioHigh without its traffic guard (pages on one failed call at low traffic)',
+      from: /\s*and\s*sum by \(job, provider, model\) \(rate\(smalltalk_llm_requests_total\{[^}]*\}\[5m\]\)\) > 0\.05/,
+      to: ''
+    },
+    {
+      what: 'SmallTalkLlmErrorRatioHigh counting cancelled calls (clients going away) as provider failures',
+      from: 'outcome!~"ok|cancelled"',
+      to: 'outcome!="ok"'
+    },
+    {
+      what: 'SmallTalkLlmCircuitOpen on state="open" (every half_open probe restarts its for:)',
+      from: 'smalltalk_llm_circuit_state{job="smalltalk", state="closed"}) == 0',
+      to: 'smalltalk_llm_circuit_state{job="smalltalk", state="open"}) == 1'
     }
   ]
   for (const { what, from, to } of mutations) {
