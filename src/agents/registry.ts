@@ -1,14 +1,10 @@
 import { EchoProvider } from '../providers/echo.js'
+import { createProvider, missingSetting, ProviderCache, type ProviderConfig } from '../providers/index.js'
 import type { Provider } from '../providers/provider.js'
 import type { AgentDefinition, AgentStatus } from './agent.js'
 
 /** The part of the configuration the registry reads (a subset of Config, so tests can pass less). */
-export interface RegistryConfig {
-  OPENAI_API_KEY?: string | undefined
-  ANTHROPIC_API_KEY?: string | undefined
-  GEMINI_API_KEY?: string | undefined
-  ECHO_TOKEN_DELAY_MS?: number | undefined
-}
+export type RegistryConfig = ProviderConfig
 
 export interface AgentHealth {
   status: AgentStatus
@@ -19,7 +15,7 @@ export interface AgentHealth {
 
 /** An agent as the API shows it: its definition, the provider that really answers, its health. */
 export interface AgentInfo extends AgentDefinition {
-  /** The provider that answers: the manifest's, or 'echo' when that one cannot run here. */
+  /** The provider that answers: the manifest's, or 'echo' when its key is missing. */
   effectiveProvider: ProviderName
   /** Why the agent runs on echo although its manifest names another provider. */
   echoReason?: string
@@ -33,9 +29,6 @@ export interface EchoSubstitution {
   configuredProvider: ProviderName
   reason: string
 }
-
-/** Provider clients that this build contains. Real LLM clients come in a later issue. */
-const BUILT_IN_PROVIDERS = new Set<string>(['echo'])
 
 interface Entry {
   definition: AgentDefinition
@@ -53,14 +46,17 @@ export class AgentRegistry {
   private readonly entries = new Map<string, Entry>()
 
   constructor(definitions: AgentDefinition[], config: RegistryConfig = {}) {
+    // One cache for the manifest: agents on the same endpoint share a provider and its SDK client.
+    const cache = new ProviderCache()
     const echo = new EchoProvider({ tokenDelayMs: config.ECHO_TOKEN_DELAY_MS ?? 0 })
     for (const definition of definitions) {
       if (this.entries.has(definition.id)) throw new Error(`Agent id "${definition.id}" is defined twice`)
-      const echoReason = definition.provider === 'echo' ? undefined : whyEcho(definition, config)
+      const missing = missingSetting(definition, config)
+      const echoReason = missing ? `no ${missing}` : undefined
       this.entries.set(definition.id, {
         definition,
-        provider: echo,
-        effectiveProvider: 'echo',
+        provider: echoReason || definition.provider === 'echo' ? echo : createProvider(definition, config, cache),
+        effectiveProvider: echoReason ? 'echo' : definition.provider,
         echoReason,
         health: {
           status: 'healthy',
@@ -123,7 +119,7 @@ export class AgentRegistry {
     return previous
   }
 
-  /** The provider that answers for this agent (echo when its own cannot run here). */
+  /** The provider that answers for this agent (echo when its key is missing). */
   providerFor(agent: AgentDefinition | string): Provider {
     return this.entry(typeof agent === 'string' ? agent : agent.id).provider
   }
@@ -133,7 +129,7 @@ export class AgentRegistry {
     return this.entry(id).effectiveProvider
   }
 
-  /** The agents whose manifest names a provider that cannot run here, and why: for the start-up warning. */
+  /** The agents that answer with echo because their provider's key is missing, and why: for the start-up warning. */
   echoSubstitutions(): EchoSubstitution[] {
     const found: EchoSubstitution[] = []
     for (const { definition, echoReason } of this.entries.values()) {
@@ -152,29 +148,5 @@ export class AgentRegistry {
     const info: AgentInfo = { ...entry.definition, effectiveProvider: entry.effectiveProvider, status: entry.health.status }
     if (entry.echoReason) info.echoReason = entry.echoReason
     return info
-  }
-}
-
-/** Why an agent cannot use its own provider here: a missing key first, else a missing client. */
-function whyEcho(agent: AgentDefinition, config: RegistryConfig): string | undefined {
-  const missingKey = missingKeyFor(agent, config)
-  if (missingKey) return `no ${missingKey}`
-  if (!BUILT_IN_PROVIDERS.has(agent.provider)) return 'provider client not in this build'
-  return undefined
-}
-
-function missingKeyFor(agent: AgentDefinition, config: RegistryConfig): string | undefined {
-  switch (agent.provider) {
-    case 'openai':
-      return config.OPENAI_API_KEY ? undefined : 'OPENAI_API_KEY'
-    case 'openai-compatible':
-      // An agent with its own baseUrl talks to a local server (Ollama, vLLM) that needs no key.
-      return agent.baseUrl || config.OPENAI_API_KEY ? undefined : 'OPENAI_API_KEY'
-    case 'anthropic':
-      return config.ANTHROPIC_API_KEY ? undefined : 'ANTHROPIC_API_KEY'
-    case 'gemini':
-      return config.GEMINI_API_KEY ? undefined : 'GEMINI_API_KEY'
-    default:
-      return undefined
   }
 }

@@ -1,7 +1,10 @@
 import t from 'tap'
 import type { AgentDefinition } from '../../src/agents/agent.js'
 import { AgentRegistry } from '../../src/agents/registry.js'
+import { AnthropicProvider } from '../../src/providers/anthropic.js'
 import { EchoProvider } from '../../src/providers/echo.js'
+import { GeminiProvider } from '../../src/providers/gemini.js'
+import { OpenAiProvider } from '../../src/providers/openai.js'
 
 function agent(id: string, provider: AgentDefinition['provider'], extra: Partial<AgentDefinition> = {}): AgentDefinition {
   return { id, name: id, description: '', provider, model: 'm', systemPrompt: '', temperature: 0.7, maxTokens: 100, expertise: [], ...extra }
@@ -16,24 +19,47 @@ const team = [
   agent('offline', 'echo')
 ]
 
-t.test('without keys every non-echo agent runs on echo, for a stated reason', async (t) => {
-  const registry = new AgentRegistry(team)
+t.test('without keys the keyed agents run on echo, for a stated reason; a local openai-compatible server needs none', async (t) => {
+  const registry = new AgentRegistry(team, { OPENAI_BASE_URL: 'http://127.0.0.1:9/v1' })
   t.same(registry.echoSubstitutions(), [
     { id: 'gpt', configuredProvider: 'openai', reason: 'no OPENAI_API_KEY' },
     { id: 'claude', configuredProvider: 'anthropic', reason: 'no ANTHROPIC_API_KEY' },
-    { id: 'flash', configuredProvider: 'gemini', reason: 'no GEMINI_API_KEY' },
-    { id: 'ollama', configuredProvider: 'openai-compatible', reason: 'provider client not in this build' },
-    { id: 'proxied', configuredProvider: 'openai-compatible', reason: 'no OPENAI_API_KEY' }
+    { id: 'flash', configuredProvider: 'gemini', reason: 'no GEMINI_API_KEY' }
   ])
-  for (const { id } of team) t.equal(registry.effectiveProvider(id), 'echo', id)
+  for (const id of ['gpt', 'claude', 'flash', 'offline']) t.equal(registry.effectiveProvider(id), 'echo', id)
+  t.equal(registry.effectiveProvider('ollama'), 'openai-compatible')
+  t.equal(registry.effectiveProvider('proxied'), 'openai-compatible', 'OPENAI_BASE_URL serves it, no key needed')
+  t.equal(registry.health('gpt').message, 'answers with the built-in echo provider (no OPENAI_API_KEY)')
   t.equal(registry.health('offline').message, 'not checked yet', 'an echo agent by choice is not a substitution')
   t.equal(registry.describe('offline')?.echoReason, undefined)
 })
 
-t.test('with keys: still echo in this build, because no client exists yet', async (t) => {
-  const registry = new AgentRegistry(team, { OPENAI_API_KEY: 'k', ANTHROPIC_API_KEY: 'k', GEMINI_API_KEY: 'k' })
-  t.same(new Set(registry.echoSubstitutions().map((s) => s.reason)), new Set(['provider client not in this build']))
-  t.equal(registry.echoSubstitutions().length, 5)
+t.test('an openai-compatible agent with neither its own baseUrl nor OPENAI_BASE_URL runs on echo', async (t) => {
+  const registry = new AgentRegistry(team)
+  t.same(registry.echoSubstitutions().find((s) => s.id === 'proxied'), { id: 'proxied', configuredProvider: 'openai-compatible', reason: 'no baseUrl (or OPENAI_BASE_URL)' })
+})
+
+t.test('with keys every agent gets its real provider, named after the manifest', async (t) => {
+  const registry = new AgentRegistry(team, { OPENAI_API_KEY: 'k', ANTHROPIC_API_KEY: 'k', GEMINI_API_KEY: 'k', OPENAI_BASE_URL: 'http://127.0.0.1:9/v1' })
+  t.same(registry.echoSubstitutions(), [])
+  t.ok(registry.providerFor('gpt') instanceof OpenAiProvider)
+  t.ok(registry.providerFor('claude') instanceof AnthropicProvider)
+  t.ok(registry.providerFor('flash') instanceof GeminiProvider)
+  t.ok(registry.providerFor('ollama') instanceof OpenAiProvider)
+  t.ok(registry.providerFor('offline') instanceof EchoProvider)
+  for (const agent of team) {
+    t.equal(registry.effectiveProvider(agent.id), agent.provider, agent.id)
+    t.equal(registry.providerFor(agent.id).name, agent.provider, `${agent.id}: the provider is named after the manifest`)
+    t.equal(registry.describe(agent.id)?.echoReason, undefined)
+  }
+  t.match(registry.list()[1], { id: 'claude', provider: 'anthropic', effectiveProvider: 'anthropic', status: 'healthy' })
+})
+
+t.test('agents on the same endpoint share one provider', async (t) => {
+  const twins = [agent('a', 'openai'), agent('b', 'openai', { model: 'other' }), agent('c', 'openai', { baseUrl: 'http://127.0.0.1:9/other/v1' })]
+  const registry = new AgentRegistry(twins, { OPENAI_API_KEY: 'k' })
+  t.equal(registry.providerFor('a'), registry.providerFor('b'), 'same base URL and key: one provider (one SDK client)')
+  t.not(registry.providerFor('a'), registry.providerFor('c'), 'a per-agent baseUrl gets its own')
 })
 
 t.test('lookups, defaults and health', async (t) => {
@@ -60,7 +86,7 @@ t.test('lookups, defaults and health', async (t) => {
   t.throws(() => registry.status('nobody'), { message: 'Unknown agent "nobody"' })
 })
 
-t.test('providerFor: the echo provider, paced by ECHO_TOKEN_DELAY_MS', async (t) => {
+t.test('providerFor: the echo provider, paced by ECHO_TOKEN_DELAY_MS, for substitutes and echo agents alike', async (t) => {
   const registry = new AgentRegistry(team, { ECHO_TOKEN_DELAY_MS: 15 })
   const provider = registry.providerFor(team[0]!)
   t.ok(provider instanceof EchoProvider)

@@ -1,0 +1,152 @@
+import Anthropic, { APIConnectionError, APIConnectionTimeoutError, APIError } from '@anthropic-ai/sdk'
+import { alternatingTurns, callController, NO_SDK_TIMEOUT_MS } from './call.js'
+import { failure, fromHttpFailure, fromStreamError, fromTransportError, invalidResponse, streamEndedEarly, timedOut, type CallContext } from './errors.js'
+import type { ChatChunk, ChatRequest, ProbeRequest, Provider, ProviderError } from './provider.js'
+
+export const ANTHROPIC_DEFAULT_BASE_URL = 'https://api.anthropic.com'
+
+export interface AnthropicClientOptions {
+  apiKey: string
+  baseUrl: string
+}
+
+/**
+ * An Anthropic SDK client that never retries and has no timeout of its own (the caller's signal bounds
+ * every call). The base URL is always passed, so the SDK never falls back to its own environment.
+ */
+export function createAnthropicClient(options: AnthropicClientOptions): Anthropic {
+  return new Anthropic({ apiKey: options.apiKey, baseURL: options.baseUrl, maxRetries: 0, timeout: NO_SDK_TIMEOUT_MS })
+}
+
+export interface AnthropicProviderOptions {
+  client: Anthropic
+  baseUrl: string
+  apiKey: string | undefined
+}
+
+interface Usage {
+  input: number
+  cacheCreation: number
+  cacheRead: number
+  output: number
+}
+
+/**
+ * Anthropic's Messages API through the official `@anthropic-ai/sdk`, streamed: text from
+ * `content_block_delta` (text_delta) events, usage from `message_start` and `message_delta`, and
+ * `message_stop` as the end of the reply. The manifest's temperature is not sent: API version
+ * 2026-10-21 (the one SDK 1.x speaks) removed the sampling parameters and answers 400 to any of them.
+ */
+export class AnthropicProvider implements Provider {
+  readonly name = 'anthropic'
+  private readonly client: Anthropic
+  private readonly baseUrl: string
+  private readonly apiKey: string | undefined
+
+  constructor(options: AnthropicProviderOptions) {
+    this.client = options.client
+    this.baseUrl = options.baseUrl
+    this.apiKey = options.apiKey
+  }
+
+  async *stream(request: ChatRequest): AsyncGenerator<ChatChunk> {
+    const context = this.context(request.model, request.signal)
+    request.signal.throwIfAborted()
+    const { system, turns } = alternatingTurns(request.systemPrompt, request.messages)
+
+    const call = callController(request.signal)
+    let events = 0
+    let stopped = false
+    const usage: Usage = { input: 0, cacheCreation: 0, cacheRead: 0, output: 0 }
+    try {
+      const stream = await this.client.messages.create(
+        {
+          model: request.model,
+          max_tokens: request.maxTokens,
+          ...(system === '' ? {} : { system }),
+          messages: turns,
+          stream: true
+        },
+        { signal: call.signal }
+      )
+      for await (const event of stream) {
+        events++
+        switch (event.type) {
+          case 'message_start':
+            addUsage(usage, event.message.usage)
+            break
+          case 'content_block_delta':
+            if (event.delta.type === 'text_delta' && event.delta.text !== '') yield { type: 'delta', text: event.delta.text }
+            break
+          case 'message_delta':
+            addUsage(usage, event.usage)
+            break
+          case 'message_stop':
+            stopped = true
+            break
+        }
+      }
+    } catch (err) {
+      throw failure(err, context, (e) => this.toProviderError(e, context))
+    } finally {
+      call.release()
+    }
+    if (request.signal.aborted) throw request.signal.reason
+    if (!stopped) throw events === 0 ? invalidResponse(context, 'an empty event stream') : streamEndedEarly(context, 'message_stop')
+    yield { type: 'usage', inputTokens: usage.input + usage.cacheCreation + usage.cacheRead, outputTokens: usage.output }
+  }
+
+  /**
+   * `models`: GET /v1/models/{model} (free, and it proves the key and that the model or alias exists).
+   * `completion`: a 1-token message.
+   */
+  async probe(request: ProbeRequest): Promise<void> {
+    const context = this.context(request.model, request.signal)
+    request.signal.throwIfAborted()
+    const call = callController(request.signal)
+    try {
+      if (request.mode === 'models') await this.client.models.retrieve(request.model, {}, { signal: call.signal })
+      else {
+        await this.client.messages.create(
+          { model: request.model, max_tokens: 1, messages: [{ role: 'user', content: 'ping' }] },
+          { signal: call.signal }
+        )
+      }
+    } catch (err) {
+      throw failure(err, context, (e) => this.toProviderError(e, context))
+    } finally {
+      call.release()
+    }
+  }
+
+  private context(model: string, signal: AbortSignal): CallContext {
+    return { provider: this.name, model, baseUrl: this.baseUrl, apiKey: this.apiKey, signal }
+  }
+
+  private toProviderError(err: unknown, context: CallContext): ProviderError {
+    if (err instanceof APIConnectionTimeoutError) return timedOut(context, err)
+    if (err instanceof APIConnectionError) return fromTransportError(err.cause ?? err, context)
+    if (err instanceof APIError) {
+      const message = err.apiMessage ?? err.message.replace(/^\d{3} (status code \(no body\))?/, '')
+      const type = err.type ?? undefined
+      if (err.status === undefined) return fromStreamError(type, message, context, err)
+      return fromHttpFailure({ status: err.status, headers: err.headers, message, type }, context, err)
+    }
+    return fromTransportError(err, context)
+  }
+}
+
+/**
+ * message_start carries the input tokens (and cache reads and writes); message_delta carries the
+ * cumulative output tokens, and on newer API versions the cumulative input counts too.
+ */
+function addUsage(
+  usage: Usage,
+  reported: { input_tokens?: number | null; output_tokens?: number | null; cache_creation_input_tokens?: number | null; cache_read_input_tokens?: number | null } | null | undefined
+): void {
+  if (!reported) return
+  if (typeof reported.input_tokens === 'number') usage.input = reported.input_tokens
+  if (typeof reported.cache_creation_input_tokens === 'number') usage.cacheCreation = reported.cache_creation_input_tokens
+  if (typeof reported.cache_read_input_tokens === 'number') usage.cacheRead = reported.cache_read_input_tokens
+  if (typeof reported.output_tokens === 'number') usage.output = reported.output_tokens
+}

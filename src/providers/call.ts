@@ -1,0 +1,49 @@
+import type { ChatTurn } from './provider.js'
+
+/**
+ * A controller for one provider call: it aborts when the caller's signal does, and `release()` aborts
+ * it too, so that a call the caller stopped reading (an early `return()` of the stream) closes its
+ * connection at once whatever the SDK does about it. The SDK gets `controller.signal`; the caller's
+ * own signal stays untouched, so `signal.aborted` still tells a caller's abort from our release.
+ */
+export function callController(signal: AbortSignal): { signal: AbortSignal; release: () => void } {
+  const controller = new AbortController()
+  const onAbort = () => controller.abort(signal.reason)
+  if (signal.aborted) onAbort()
+  else signal.addEventListener('abort', onAbort, { once: true })
+  return {
+    signal: controller.signal,
+    release: () => {
+      signal.removeEventListener('abort', onAbort)
+      controller.abort()
+    }
+  }
+}
+
+/** The largest delay setTimeout accepts: an SDK timeout this long never fires (the signal bounds calls). */
+export const NO_SDK_TIMEOUT_MS = 2_147_483_647
+
+export interface ConversationTurns {
+  /** The system prompt, with any system turns of the history appended. */
+  system: string
+  /** User and assistant turns, consecutive turns of one role merged, starting with a user turn. */
+  turns: { role: 'user' | 'assistant'; content: string }[]
+}
+
+/**
+ * History for the APIs that take the system prompt apart and want user/assistant turns that
+ * alternate from a user turn (Anthropic, Gemini). Two user turns in a row happen when a reply failed;
+ * a history window can start with an assistant turn: both are made acceptable here.
+ */
+export function alternatingTurns(systemPrompt: string, messages: ChatTurn[]): ConversationTurns {
+  const system = [systemPrompt, ...messages.filter((m) => m.role === 'system').map((m) => m.content)].filter((s) => s !== '').join('\n\n')
+  const turns: ConversationTurns['turns'] = []
+  for (const message of messages) {
+    if (message.role === 'system') continue
+    if (turns.length === 0 && message.role === 'assistant') continue
+    const last = turns.at(-1)
+    if (last && last.role === message.role) last.content = `${last.content}\n\n${message.content}`
+    else turns.push({ role: message.role, content: message.content })
+  }
+  return { system, turns }
+}

@@ -1,0 +1,181 @@
+import { GoogleGenAI, type GenerateContentConfig, type GenerateContentResponse } from '@google/genai'
+import { alternatingTurns, callController } from './call.js'
+import { failure, fromHttpFailure, fromStreamError, fromTransportError, invalidResponse, streamEndedEarly, type CallContext } from './errors.js'
+import type { ChatChunk, ChatRequest, ProbeRequest, Provider, ProviderError } from './provider.js'
+
+export const GEMINI_DEFAULT_BASE_URL = 'https://generativelanguage.googleapis.com'
+
+export interface GeminiClientOptions {
+  apiKey: string
+  baseUrl: string
+}
+
+/**
+ * A provider's HTTP error answer, thrown by the client's fetch: unlike the SDK's own ApiError it keeps
+ * the response headers (Retry-After) beside the status and the body.
+ */
+class GeminiHttpError extends Error {
+  override readonly name = 'GeminiHttpError'
+  constructor(readonly status: number, readonly headers: Headers, readonly body: unknown, readonly text: string) {
+    super(`HTTP ${status}`)
+  }
+}
+
+/** fetch, except that an error answer is thrown as a GeminiHttpError with its headers and body. */
+async function fetchKeepingErrors(input: RequestInfo | URL, init?: RequestInit): Promise<Response> {
+  const response = await fetch(input, init)
+  if (response.ok) return response
+  const text = await response.text()
+  let body: unknown
+  try {
+    body = JSON.parse(text)
+  } catch {
+    body = undefined
+  }
+  throw new GeminiHttpError(response.status, response.headers, body, text)
+}
+
+/**
+ * A @google/genai client for the Gemini API (never Vertex AI) that never retries: `retryOptions.attempts`
+ * 1 is the first call only, no SDK timeout (the caller's signal bounds every call), and the base URL
+ * is always given so the SDK reads nothing from the environment.
+ */
+export function createGeminiClient(options: GeminiClientOptions): GoogleGenAI {
+  return new GoogleGenAI({
+    vertexai: false,
+    apiKey: options.apiKey,
+    httpOptions: { baseUrl: options.baseUrl, retryOptions: { attempts: 1 }, fetch: fetchKeepingErrors }
+  })
+}
+
+export interface GeminiProviderOptions {
+  client: GoogleGenAI
+  baseUrl: string
+  apiKey: string | undefined
+}
+
+/**
+ * Gemini through Google's official `@google/genai` SDK: models.generateContentStream (SSE), text from
+ * the candidate's parts, usage from usageMetadata, a finishReason as the end of the reply. The SDK's
+ * automatic continuation (it reopens a broken stream by itself) is off: that would be a retry.
+ */
+export class GeminiProvider implements Provider {
+  readonly name = 'gemini'
+  private readonly client: GoogleGenAI
+  private readonly baseUrl: string
+  private readonly apiKey: string | undefined
+
+  constructor(options: GeminiProviderOptions) {
+    this.client = options.client
+    this.baseUrl = options.baseUrl
+    this.apiKey = options.apiKey
+  }
+
+  async *stream(request: ChatRequest): AsyncGenerator<ChatChunk> {
+    const context = this.context(request.model, request.signal)
+    request.signal.throwIfAborted()
+    const { system, turns } = alternatingTurns(request.systemPrompt, request.messages)
+    const contents = turns.map((turn) => ({ role: turn.role === 'assistant' ? 'model' : 'user', parts: [{ text: turn.content }] }))
+
+    const call = callController(request.signal)
+    const config: GenerateContentConfig = {
+      temperature: request.temperature,
+      maxOutputTokens: request.maxTokens,
+      ...(system === '' ? {} : { systemInstruction: system }),
+      abortSignal: call.signal,
+      automaticContinuation: false
+    }
+    let events = 0
+    let finished = false
+    let usage: ChatChunk | undefined
+    try {
+      const stream = await this.client.models.generateContentStream({ model: request.model, contents, config })
+      for await (const chunk of stream) {
+        events++
+        const candidate = chunk.candidates?.[0]
+        const text = textOf(chunk)
+        if (text !== '') yield { type: 'delta', text }
+        if (candidate?.finishReason) finished = true
+        const metadata = chunk.usageMetadata
+        if (metadata) {
+          usage = {
+            type: 'usage',
+            inputTokens: metadata.promptTokenCount ?? 0,
+            // Thinking models bill their thoughts as output.
+            outputTokens: (metadata.candidatesTokenCount ?? 0) + (metadata.thoughtsTokenCount ?? 0)
+          }
+        }
+      }
+    } catch (err) {
+      throw failure(err, context, (e) => this.toProviderError(e, context))
+    } finally {
+      call.release()
+    }
+    if (request.signal.aborted) throw request.signal.reason
+    if (!finished) throw events === 0 ? invalidResponse(context, 'an empty event stream') : streamEndedEarly(context, 'a finishReason')
+    if (usage) yield usage
+  }
+
+  /**
+   * `models`: GET /v1beta/models/{model} (free; proves the key and the model). `completion`: a
+   * generateContent of at most one token.
+   */
+  async probe(request: ProbeRequest): Promise<void> {
+    const context = this.context(request.model, request.signal)
+    request.signal.throwIfAborted()
+    const call = callController(request.signal)
+    try {
+      if (request.mode === 'models') await this.client.models.get({ model: request.model, config: { abortSignal: call.signal } })
+      else {
+        await this.client.models.generateContent({
+          model: request.model,
+          contents: [{ role: 'user', parts: [{ text: 'ping' }] }],
+          config: { maxOutputTokens: 1, abortSignal: call.signal, automaticContinuation: false }
+        })
+      }
+    } catch (err) {
+      throw failure(err, context, (e) => this.toProviderError(e, context))
+    } finally {
+      call.release()
+    }
+  }
+
+  private context(model: string, signal: AbortSignal): CallContext {
+    return { provider: this.name, model, baseUrl: this.baseUrl, apiKey: this.apiKey, signal }
+  }
+
+  private toProviderError(err: unknown, context: CallContext): ProviderError {
+    if (err instanceof GeminiHttpError) {
+      const error = (err.body as { error?: { message?: unknown; status?: unknown } } | undefined)?.error
+      const message = typeof error?.message === 'string' ? error.message : err.text
+      const type = typeof error?.status === 'string' ? error.status : undefined
+      return fromHttpFailure({ status: err.status, headers: err.headers, message, type, body: err.body }, context, err)
+    }
+    // An error object inside a stream that had started: the SDK's ApiError with the body as its message.
+    if (err instanceof Error && err.name === 'ApiError') {
+      const body = parseJson(err.message.replace(/^got status: [^.]*\. /, ''))
+      const error = (body as { error?: { message?: unknown; status?: unknown } } | undefined)?.error
+      const message = typeof error?.message === 'string' ? error.message : err.message
+      return fromStreamError(typeof error?.status === 'string' ? error.status : undefined, message, context, err)
+    }
+    if (err instanceof Error && err.message.startsWith('Incomplete JSON segment')) return streamEndedEarly(context, 'a finishReason')
+    if (err instanceof Error && err.message.startsWith('exception parsing stream chunk')) return invalidResponse(context, err.message, err)
+    return fromTransportError(err, context)
+  }
+}
+
+/** The text parts of the first candidate (thought summaries left out). */
+function textOf(chunk: GenerateContentResponse): string {
+  const parts = chunk.candidates?.[0]?.content?.parts ?? []
+  let text = ''
+  for (const part of parts) if (typeof part.text === 'string' && !part.thought) text += part.text
+  return text
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text)
+  } catch {
+    return undefined
+  }
+}

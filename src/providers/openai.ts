@@ -1,0 +1,146 @@
+import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError } from 'openai'
+import type { ChatCompletionCreateParamsStreaming, ChatCompletionMessageParam } from 'openai/resources/chat/completions'
+import { callController, NO_SDK_TIMEOUT_MS } from './call.js'
+import { failure, fromHttpFailure, fromStreamError, fromTransportError, invalidResponse, streamEndedEarly, timedOut, type CallContext } from './errors.js'
+import type { ChatChunk, ChatRequest, ProbeRequest, Provider, ProviderError } from './provider.js'
+
+export const OPENAI_DEFAULT_BASE_URL = 'https://api.openai.com/v1'
+
+export interface OpenAiClientOptions {
+  apiKey: string
+  baseUrl: string
+}
+
+/**
+ * An OpenAI SDK client that never retries and has no timeout of its own: the resilience layer above
+ * the adapters retries, and the caller's signal (LLM_TIMEOUT_MS, shutdown) bounds every call. The
+ * organization and project are pinned so that the SDK reads nothing from the environment.
+ */
+export function createOpenAiClient(options: OpenAiClientOptions): OpenAI {
+  return new OpenAI({
+    apiKey: options.apiKey,
+    baseURL: options.baseUrl,
+    organization: null,
+    project: null,
+    maxRetries: 0,
+    timeout: NO_SDK_TIMEOUT_MS
+  })
+}
+
+export interface OpenAiProviderOptions {
+  /** The manifest's provider name: openai, or openai-compatible (Ollama, vLLM, LM Studio, Groq...). */
+  name: 'openai' | 'openai-compatible'
+  client: OpenAI
+  baseUrl: string
+  /** The key the client sends, removed from error messages (undefined when it is a placeholder). */
+  apiKey: string | undefined
+}
+
+/**
+ * OpenAI chat completions through the official `openai` SDK, streamed with usage
+ * (`stream_options.include_usage`). The same adapter serves any OpenAI-compatible server through
+ * its base URL.
+ */
+export class OpenAiProvider implements Provider {
+  readonly name: 'openai' | 'openai-compatible'
+  private readonly client: OpenAI
+  private readonly baseUrl: string
+  private readonly apiKey: string | undefined
+
+  constructor(options: OpenAiProviderOptions) {
+    this.name = options.name
+    this.client = options.client
+    this.baseUrl = options.baseUrl
+    this.apiKey = options.apiKey
+  }
+
+  async *stream(request: ChatRequest): AsyncGenerator<ChatChunk> {
+    const context = this.context(request.model, request.signal)
+    request.signal.throwIfAborted()
+    const messages: ChatCompletionMessageParam[] = []
+    if (request.systemPrompt !== '') messages.push({ role: 'system', content: request.systemPrompt })
+    for (const turn of request.messages) messages.push({ role: turn.role, content: turn.content })
+    const body: ChatCompletionCreateParamsStreaming = {
+      model: request.model,
+      messages,
+      temperature: request.temperature,
+      ...this.maxTokens(request.maxTokens),
+      stream: true,
+      stream_options: { include_usage: true }
+    }
+
+    const call = callController(request.signal)
+    let events = 0
+    let finished = false
+    let usage: ChatChunk | undefined
+    try {
+      const stream = await this.client.chat.completions.create(body, { signal: call.signal })
+      for await (const chunk of stream) {
+        events++
+        const choice = chunk.choices?.[0]
+        const text = choice?.delta?.content
+        if (typeof text === 'string' && text !== '') yield { type: 'delta', text }
+        if (choice?.finish_reason) finished = true
+        if (chunk.usage) usage = { type: 'usage', inputTokens: chunk.usage.prompt_tokens ?? 0, outputTokens: chunk.usage.completion_tokens ?? 0 }
+      }
+    } catch (err) {
+      throw failure(err, context, (e) => this.toProviderError(e, context))
+    } finally {
+      call.release()
+    }
+    // The SDK ends a stream quietly when its signal aborts: the caller still gets the reason.
+    if (request.signal.aborted) throw request.signal.reason
+    if (!finished) throw events === 0 ? invalidResponse(context, 'an empty event stream') : streamEndedEarly(context, 'a finish_reason')
+    if (usage) yield usage
+  }
+
+  /**
+   * `models`: GET /models (the list, one request): every OpenAI-compatible server has it (vLLM and
+   * LM Studio have no GET /models/{id}), and it proves the server answers and accepts the key.
+   * `completion`: a non-streamed completion of at most one token, which proves the model itself.
+   */
+  async probe(request: ProbeRequest): Promise<void> {
+    const context = this.context(request.model, request.signal)
+    request.signal.throwIfAborted()
+    const call = callController(request.signal)
+    try {
+      if (request.mode === 'models') {
+        await this.client.models.list({ signal: call.signal })
+      } else {
+        await this.client.chat.completions.create(
+          { model: request.model, messages: [{ role: 'user', content: 'ping' }], ...this.maxTokens(1), stream: false },
+          { signal: call.signal }
+        )
+      }
+    } catch (err) {
+      throw failure(err, context, (e) => this.toProviderError(e, context))
+    } finally {
+      call.release()
+    }
+  }
+
+  /**
+   * OpenAI deprecated `max_tokens` for `max_completion_tokens` (its reasoning models refuse the old
+   * name); OpenAI-compatible servers (Ollama, older vLLM) know only `max_tokens`.
+   */
+  private maxTokens(value: number): { max_completion_tokens: number } | { max_tokens: number } {
+    return this.name === 'openai' ? { max_completion_tokens: value } : { max_tokens: value }
+  }
+
+  private context(model: string, signal: AbortSignal): CallContext {
+    return { provider: this.name, model, baseUrl: this.baseUrl, apiKey: this.apiKey, signal }
+  }
+
+  private toProviderError(err: unknown, context: CallContext): ProviderError {
+    if (err instanceof APIConnectionTimeoutError) return timedOut(context, err)
+    if (err instanceof APIConnectionError) return fromTransportError(err.cause ?? err, context)
+    if (err instanceof APIError) {
+      const body = err.error as { message?: unknown; type?: unknown; code?: unknown } | undefined
+      const message = typeof body?.message === 'string' ? body.message : err.message.replace(/^\d{3} (status code \(no body\))?/, '')
+      const type = typeof body?.type === 'string' ? body.type : typeof body?.code === 'string' ? body.code : undefined
+      if (err.status === undefined) return fromStreamError(type, message, context, err)
+      return fromHttpFailure({ status: err.status, headers: err.headers, message, type }, context, err)
+    }
+    return fromTransportError(err, context)
+  }
+}
