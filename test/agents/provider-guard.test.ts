@@ -1,0 +1,249 @@
+import t, { type Test } from 'tap'
+import pino from 'pino'
+import { Registry } from 'prom-client'
+import type { AgentDefinition } from '../../src/agents/agent.js'
+import { CircuitOpenError, ProviderGuard, deadlineSignal, type ProviderGuardOptions, type TrafficSample } from '../../src/agents/provider-guard.js'
+import { AgentRegistry } from '../../src/agents/registry.js'
+import { LlmMetrics } from '../../src/metrics/llm-metrics.js'
+import { ProviderError } from '../../src/providers/provider.js'
+import { LlmStub } from '../support/llm-stub.js'
+
+// The guard around provider calls, driving the real OpenAI SDK adapter against a loopback stub that
+// speaks the OpenAI wire format: retries before the first token only, Retry-After, the deadline,
+// the circuit breaker (open, half-open probe, closed again) and the metrics it keeps.
+
+const NEVER = new AbortController().signal
+
+function agent(overrides: Partial<AgentDefinition> = {}): AgentDefinition {
+  return {
+    id: 'a',
+    name: 'A',
+    description: 'test agent',
+    provider: 'openai',
+    model: 'model-a',
+    systemPrompt: 'Be brief.',
+    temperature: 0.5,
+    maxTokens: 100,
+    expertise: [],
+    ...overrides
+  }
+}
+
+interface Setup {
+  stub: LlmStub
+  guard: ProviderGuard
+  registry: Registry
+  agents: AgentRegistry
+  traffic: Array<{ agent: string } & TrafficSample>
+  call(options?: { signal?: AbortSignal; deltas?: string[]; maxRetries?: number; agentId?: string }): Promise<{ text: string; usage: { inputTokens: number; outputTokens: number } }>
+  metric(name: string, labels: Record<string, string>): Promise<number | undefined>
+}
+
+async function setup(t: Test, options: Partial<ProviderGuardOptions> = {}, definitions: AgentDefinition[] = [agent()]): Promise<Setup> {
+  const stub = await LlmStub.start()
+  t.teardown(() => stub.close())
+  const agents = new AgentRegistry(definitions, { OPENAI_API_KEY: 'sk-guard-test', OPENAI_BASE_URL: stub.openaiBaseUrl })
+  const registry = new Registry()
+  const metrics = new LlmMetrics(
+    registry,
+    agents.list().map((a) => ({ id: a.id, provider: a.effectiveProvider, model: a.model }))
+  )
+  const guard = new ProviderGuard({
+    metrics,
+    log: pino({ level: 'silent' }),
+    maxRetries: 2,
+    retryBaseDelayMs: 10,
+    retryMaxDelayMs: 40,
+    breakerFailures: 3,
+    breakerCooldownMs: 300,
+    ...options
+  })
+  const traffic: Setup['traffic'] = []
+  guard.onTraffic((id, sample) => traffic.push({ agent: id, ...sample }))
+  return {
+    stub,
+    guard,
+    registry,
+    agents,
+    traffic,
+    call(callOptions = {}) {
+      const definition = agents.get(callOptions.agentId ?? 'a') as AgentDefinition
+      return guard.run({
+        agent: definition,
+        provider: agents.providerFor(definition),
+        request: { model: definition.model, systemPrompt: definition.systemPrompt, messages: [{ role: 'user', content: 'hello' }], temperature: 0.5, maxTokens: 100 },
+        signal: callOptions.signal ?? NEVER,
+        onDelta: (text) => void callOptions.deltas?.push(text),
+        ...(callOptions.maxRetries === undefined ? {} : { maxRetries: callOptions.maxRetries })
+      })
+    },
+    async metric(name, labels) {
+      const found = (await registry.getSingleMetric(name)?.get())?.values.find((v) =>
+        Object.entries(labels).every(([key, value]) => String((v.labels as Record<string, unknown>)[key]) === value)
+      )
+      return found?.value
+    }
+  }
+}
+
+t.test('a successful call streams its deltas and is counted with its tokens', async (t) => {
+  const s = await setup(t)
+  s.stub.enqueue({ text: 'one two three', usage: { inputTokens: 7, outputTokens: 3 } })
+  const deltas: string[] = []
+  const result = await s.call({ deltas })
+  t.equal(result.text, 'one two three')
+  t.same(deltas.join(''), 'one two three')
+  t.ok(deltas.length >= 3, 'several deltas, as they arrived')
+  t.same(result.usage, { inputTokens: 7, outputTokens: 3 })
+  t.equal(await s.metric('smalltalk_llm_requests_total', { provider: 'openai', model: 'model-a', outcome: 'ok' }), 1)
+  t.equal(await s.metric('smalltalk_llm_tokens_total', { provider: 'openai', model: 'model-a', kind: 'input' }), 7)
+  t.equal(await s.metric('smalltalk_llm_tokens_total', { provider: 'openai', model: 'model-a', kind: 'output' }), 3)
+  t.equal(await s.metric('smalltalk_llm_time_to_first_token_seconds', { provider: 'openai', model: 'model-a', le: '+Inf' }), 1)
+  t.match(s.traffic, [{ agent: 'a', ok: true }])
+})
+
+t.test('retryable errors are retried with backoff until a call succeeds', async (t) => {
+  const s = await setup(t)
+  s.stub.failNext(2, 500)
+  s.stub.setDefault({ text: 'finally' })
+  const result = await s.call()
+  t.equal(result.text, 'finally')
+  t.equal(s.stub.chatRequests().length, 3, 'two failures, then the success')
+  t.equal(await s.metric('smalltalk_llm_retries_total', { provider: 'openai', model: 'model-a' }), 2)
+  t.equal(await s.metric('smalltalk_llm_requests_total', { provider: 'openai', model: 'model-a', outcome: 'error' }), 2)
+  t.equal(await s.metric('smalltalk_llm_requests_total', { provider: 'openai', model: 'model-a', outcome: 'ok' }), 1)
+  t.same(s.traffic.map((sample) => sample.ok), [false, false, true], 'each attempt reaches the health monitor')
+})
+
+t.test('retries stop after LLM_MAX_RETRIES and the last error is thrown', async (t) => {
+  const s = await setup(t, { breakerFailures: 10 })
+  s.stub.failNext(5, 503)
+  const err = await s.call().catch((e: unknown) => e)
+  t.ok(err instanceof ProviderError && err.kind === 'server' && err.status === 503, 'the provider error')
+  t.equal(s.stub.chatRequests().length, 3, 'the first attempt and 2 retries')
+})
+
+t.test('errors that a retry cannot fix are not retried', async (t) => {
+  for (const [status, kind] of [
+    [401, 'auth'],
+    [403, 'auth'],
+    [400, 'bad_request'],
+    [404, 'bad_request']
+  ] as const) {
+    const s = await setup(t)
+    s.stub.failNext(1, status)
+    s.stub.setDefault({ text: 'not reached' })
+    const err = await s.call().catch((e: unknown) => e)
+    t.ok(err instanceof ProviderError && err.kind === kind, `${status} → ${kind}`)
+    t.equal(s.stub.chatRequests().length, 1, `${status}: one request`)
+  }
+})
+
+t.test('a 429 waits for its Retry-After before the retry', async (t) => {
+  const s = await setup(t)
+  s.stub.failNext(1, 429, { 'retry-after': '1' })
+  s.stub.setDefault({ text: 'after the wait' })
+  const started = Date.now()
+  const result = await s.call()
+  const waited = Date.now() - started
+  t.equal(result.text, 'after the wait')
+  t.ok(waited >= 950, `waited ${waited} ms, at least the second the provider asked for`)
+  t.equal(await s.metric('smalltalk_llm_requests_total', { provider: 'openai', model: 'model-a', outcome: 'rate_limited' }), 1)
+})
+
+t.test('a Retry-After beyond the deadline fails at once instead of waiting', async (t) => {
+  const s = await setup(t)
+  s.stub.failNext(1, 429, { 'retry-after': '30' })
+  const started = Date.now()
+  const err = await s.call({ signal: deadlineSignal(2_000, NEVER) }).catch((e: unknown) => e)
+  t.ok(err instanceof ProviderError && err.kind === 'rate_limited', 'the 429 is the answer')
+  t.ok(Date.now() - started < 1_500, 'no 30 s wait')
+  t.equal(s.stub.chatRequests().length, 1)
+})
+
+t.test('no retry once a delta was sent: a cut stream fails the call', async (t) => {
+  const s = await setup(t)
+  s.stub.enqueue({ text: 'alpha beta gamma delta epsilon', cutAfter: 2 })
+  s.stub.setDefault({ text: 'must not be used' })
+  const deltas: string[] = []
+  const err = await s.call({ deltas }).catch((e: unknown) => e)
+  t.ok(err instanceof ProviderError && err.kind === 'connection', `a connection error (${String(err)})`)
+  t.equal(deltas.length, 2, 'the two deltas before the cut')
+  t.equal(s.stub.chatRequests().length, 1, 'never restarted')
+})
+
+t.test('the deadline ends a call to a provider that never answers', async (t) => {
+  const s = await setup(t)
+  s.stub.enqueue({ hang: true })
+  const started = Date.now()
+  const err = await s.call({ signal: deadlineSignal(300, NEVER) }).catch((e: unknown) => e)
+  const took = Date.now() - started
+  t.equal((err as Error).name, 'TimeoutError')
+  t.ok(took < 2_000, `ended ${took} ms after a 300 ms deadline`)
+  t.equal(await s.metric('smalltalk_llm_requests_total', { provider: 'openai', model: 'model-a', outcome: 'timeout' }), 1)
+  await s.stub.idle()
+  t.equal(s.stub.inFlight, 0, 'the hung request was abandoned by the client')
+})
+
+t.test('a shutdown cancels a call without counting against the provider', async (t) => {
+  const s = await setup(t, { breakerFailures: 1 })
+  s.stub.enqueue({ hang: true })
+  const shutdown = new AbortController()
+  setTimeout(() => shutdown.abort(new DOMException('shutting down', 'AbortError')), 100)
+  const err = await s.call({ signal: deadlineSignal(10_000, shutdown.signal) }).catch((e: unknown) => e)
+  t.equal((err as Error).name, 'AbortError')
+  t.equal(await s.metric('smalltalk_llm_requests_total', { provider: 'openai', model: 'model-a', outcome: 'cancelled' }), 1)
+  t.equal(s.guard.breakerState(s.agents.get('a') as AgentDefinition, 'openai'), 'closed', 'the breaker did not count it')
+  t.same(s.traffic, [], 'nor did the health monitor')
+})
+
+t.test('the breaker opens after consecutive failures, probes after its cool-down, and closes on success', async (t) => {
+  const s = await setup(t, { maxRetries: 0, breakerFailures: 3, breakerCooldownMs: 300 })
+  const a = s.agents.get('a') as AgentDefinition
+  s.stub.failNext(3, 500)
+  for (let i = 0; i < 3; i++) await t.rejects(s.call(), ProviderError)
+  t.equal(s.guard.breakerState(a, 'openai'), 'open')
+  t.equal(await s.metric('smalltalk_llm_circuit_state', { provider: 'openai', model: 'model-a', state: 'open' }), 1)
+  t.equal(await s.metric('smalltalk_llm_circuit_state', { provider: 'openai', model: 'model-a', state: 'closed' }), 0)
+
+  const refused = await s.call().catch((e: unknown) => e)
+  t.ok(refused instanceof CircuitOpenError, 'refused while open')
+  t.ok((refused as CircuitOpenError).retryAfterMs > 0 && (refused as CircuitOpenError).retryAfterMs <= 1000)
+  t.equal(s.stub.chatRequests().length, 3, 'the refused call never reached the provider')
+  t.equal(await s.metric('smalltalk_llm_requests_total', { provider: 'openai', model: 'model-a', outcome: 'circuit_open' }), 1)
+
+  await new Promise((resolve) => setTimeout(resolve, 350))
+  // Half-open: the probe call goes through; a concurrent call is refused rather than queued behind it.
+  s.stub.enqueue({ text: 'recovered', firstTokenDelayMs: 150 })
+  const probe = s.call()
+  await s.stub.waitForRequests(4)
+  t.equal(s.guard.breakerState(a, 'openai'), 'half_open')
+  t.ok((await s.call().catch((e: unknown) => e)) instanceof CircuitOpenError, 'a second call during the probe is refused')
+  t.equal((await probe).text, 'recovered')
+  t.equal(s.guard.breakerState(a, 'openai'), 'closed')
+  t.equal(await s.metric('smalltalk_llm_circuit_state', { provider: 'openai', model: 'model-a', state: 'closed' }), 1)
+})
+
+t.test('a failed half-open probe opens the breaker again', async (t) => {
+  const s = await setup(t, { maxRetries: 0, breakerFailures: 2, breakerCooldownMs: 200 })
+  const a = s.agents.get('a') as AgentDefinition
+  s.stub.failNext(3, 502)
+  for (let i = 0; i < 2; i++) await t.rejects(s.call(), ProviderError)
+  await new Promise((resolve) => setTimeout(resolve, 250))
+  await t.rejects(s.call(), ProviderError, 'the probe fails')
+  t.equal(s.guard.breakerState(a, 'openai'), 'open')
+  t.ok((await s.call().catch((e: unknown) => e)) instanceof CircuitOpenError)
+})
+
+t.test('rejected requests (400) do not open the breaker; breakers are per provider and model', async (t) => {
+  const s = await setup(t, { maxRetries: 0, breakerFailures: 2 }, [agent(), agent({ id: 'b', model: 'model-b' })])
+  s.stub.enqueue({ status: 400 }, { times: 3, when: (r) => r.model === 'model-a' })
+  for (let i = 0; i < 3; i++) await t.rejects(s.call(), ProviderError)
+  t.equal(s.guard.breakerState(s.agents.get('a') as AgentDefinition, 'openai'), 'closed')
+
+  s.stub.enqueue({ status: 500 }, { times: 2, when: (r) => r.model === 'model-a' })
+  for (let i = 0; i < 2; i++) await t.rejects(s.call(), ProviderError)
+  t.equal(s.guard.breakerState(s.agents.get('a') as AgentDefinition, 'openai'), 'open')
+  s.stub.setDefault({ text: 'b answers' })
+  t.equal((await s.call({ agentId: 'b' })).text, 'b answers', "model-b's breaker is its own")
+})
