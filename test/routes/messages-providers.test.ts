@@ -302,7 +302,7 @@ t.test('ROUTER=llm needs a ROUTER_AGENT of the manifest', async (t) => {
   })
 })
 
-t.test('provider calls show in the ops instance's metrics; agents without a key answer with echo', async (t) => {
+t.test('provider calls show in the metrics of the ops instance; agents without a key answer with echo', async (t) => {
   const stub = await LlmStub.start()
   t.teardown(() => stub.close())
   const dir = await tempDir(t)
