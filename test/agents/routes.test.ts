@@ -37,7 +37,9 @@ async function build(t: Test, env: Environment = {}): Promise<Built> {
   installErrorHandlers(app)
   await app.register(sensible)
   // plugins/metrics.ts needs PostgreSQL and Redis; the agents plugin needs only the registry it decorates.
-  await app.register(fp(async (instance) => instance.decorate('metricsRegistry', new Registry()), { name: 'metrics' }))
+  await app.register(fp(async (instance) => {
+    instance.decorate('metricsRegistry', new Registry())
+  }, { name: 'metrics' }))
   await app.register(agents)
   await app.register(swagger, {
     openapi: { openapi: '3.1.0', info: { title: 'test', version: '0' }, components: { securitySchemes: { bearerAuth: { type: 'http', scheme: 'bearer' } } } }

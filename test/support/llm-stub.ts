@@ -25,8 +25,8 @@
  *   stub.enqueue({ hang: true }, { when: (r) => r.kind === 'chat' })   only chat requests take it
  *   stub.setDefault({ text: ['a', 'b'] })  or  stub.setDefault((request) => ({ text: request.model }))
  *   stub.reset()                                          empties the queue, the default and the records
- * A script (StubScript below): text, usage, delayMs, firstTokenDelayMs, deltaDelayMs, status + headers +
- * errorMessage/errorBody, hang, hangAfter, cutAfter, endAfter, streamError, models.
+ * A script (StubScript below): text, usage, noUsage, delayMs, firstTokenDelayMs, deltaDelayMs, status + headers +
+ * errorMessage/errorBody, hang, hangAfter, cutAfter, endAfter, streamError, models, raw.
  *
  * Recording: stub.requests (every request, in arrival order: protocol, kind, path, headers, parsed body,
  * and normalised apiKey, model, system, messages, temperature, maxTokens, stream); stub.chatRequests();
@@ -69,6 +69,10 @@ export interface StubScript {
   endAfter?: number
   /** Stream `after` deltas, then the provider's in-stream error event (HTTP status stays 200). */
   streamError?: { after: number; status?: number; message?: string }
+  /** Answer exactly this instead of the provider's format (a proxy's HTML page, a broken body...). */
+  raw?: { status?: number; contentType?: string; body: string }
+  /** OpenAI format: no usage chunk even when stream_options.include_usage asks (servers that ignore it). */
+  noUsage?: boolean
   /** The model ids the model endpoints know (default: any id asked for exists; the list is [model]). */
   models?: string[]
 }
@@ -246,6 +250,10 @@ export class LlmStub {
       const script = this.nextScript(request)
       if (script.hang) return // stays open until the client or close() ends it
       await pause(script.delayMs, signal)
+      if (script.raw) {
+        res.writeHead(script.raw.status ?? 200, { 'content-type': script.raw.contentType ?? 'text/plain', ...script.headers }).end(script.raw.body)
+        return
+      }
       if (script.status !== undefined && script.status >= 400) {
         sendError(res, request.protocol, script.status, script)
         return
@@ -474,11 +482,11 @@ interface StreamFormat {
   error(status: number, message: string): string
 }
 
-function formatFor(request: StubRequest, reply: Reply): StreamFormat {
+function formatFor(request: StubRequest, reply: Reply, script: StubScript): StreamFormat {
   const { inputTokens, outputTokens } = reply.usage
   switch (request.protocol) {
     case 'openai': {
-      const includeUsage = (request.body as { stream_options?: { include_usage?: boolean } }).stream_options?.include_usage === true
+      const includeUsage = (request.body as { stream_options?: { include_usage?: boolean } }).stream_options?.include_usage === true && !script.noUsage
       const created = Math.floor(Date.now() / 1000)
       const chunk = (choices: unknown[], usage?: unknown) =>
         `data: ${JSON.stringify({ id: 'chatcmpl-stub', object: 'chat.completion.chunk', created, model: reply.model, system_fingerprint: 'fp_stub', choices, ...(includeUsage ? { usage: usage ?? null } : {}) })}\n\n`
@@ -525,7 +533,7 @@ function formatFor(request: StubRequest, reply: Reply): StreamFormat {
 }
 
 async function streamReply(res: ServerResponse, request: StubRequest, script: StubScript, reply: Reply, signal: AbortSignal): Promise<void> {
-  const format = formatFor(request, reply)
+  const format = formatFor(request, reply, script)
   const contentType = request.protocol === 'gemini' ? 'text/event-stream' : 'text/event-stream; charset=utf-8'
   res.writeHead(200, { 'content-type': contentType, 'cache-control': 'no-cache', ...script.headers })
   res.flushHeaders()
