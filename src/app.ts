@@ -13,6 +13,7 @@ import metrics from '../plugins/metrics.js'
 import auth from '../plugins/auth.js'
 import agents from '../plugins/agents.js'
 import conversations from '../plugins/conversations.js'
+import agentHealth from '../plugins/agent-health.js'
 import rootRoutes from '../routes/root/index.js'
 import agentRoutes from '../routes/agents/index.js'
 import sessionRoutes from '../routes/sessions/index.js'
@@ -98,6 +99,7 @@ export async function buildApp(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(auth)
   await app.register(agents)
   await app.register(conversations, { lifecycle })
+  await app.register(agentHealth)
 
   await app.register(swagger, {
     openapi: {

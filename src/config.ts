@@ -72,6 +72,8 @@ export const EnvSchema = Type.Object({
   ROUTER_TIMEOUT_MS: Positive(3_000),
   AGENT_HEALTH_CHECK_INTERVAL: Positive(60),
   HEALTH_CHECK_RETENTION_DAYS: Positive(7),
+  AGENT_HEALTH_PROBE: Type.Enum(['models', 'completion'], { default: 'models' }),
+  AGENT_HEALTH_PROBE_TIMEOUT_MS: Positive(10_000),
   OPENAI_API_KEY: Type.Optional(Type.String()),
   OPENAI_BASE_URL: Type.Optional(Type.String({ pattern: '^https?://' })),
   ANTHROPIC_API_KEY: Type.Optional(Type.String()),

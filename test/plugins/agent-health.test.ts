@@ -1,0 +1,101 @@
+import t, { type Test } from 'tap'
+import { join } from 'node:path'
+import pg from 'pg'
+import type { FastifyInstance } from 'fastify'
+import type { Environment } from '../../src/config.js'
+import { buildService, eventually, testEnv } from '../helper.js'
+import { LlmStub } from '../support/llm-stub.js'
+
+const KEY = 'sk-test-plugin-secret-0123456789'
+const TEAM = `agents:
+  - { id: gpt, name: GPT, provider: openai, model: gpt-x, fallback: offline }
+  - { id: offline, name: Offline, provider: echo, model: echo-1 }
+`
+
+async function setup(t: Test, overrides: Environment = {}) {
+  const stub = await LlmStub.start()
+  t.teardown(() => stub.close())
+  const dir = t.testdir({ 'team.yaml': TEAM })
+  const env = await testEnv(t, {
+    AGENTS_FILE: join(dir, 'team.yaml'),
+    OPENAI_API_KEY: KEY,
+    OPENAI_BASE_URL: stub.openaiBaseUrl,
+    AGENT_HEALTH_CHECK_INTERVAL: '1',
+    AGENT_HEALTH_PROBE_TIMEOUT_MS: '800',
+    ...overrides
+  })
+  const pool = new pg.Pool({ connectionString: env.DATABASE_URL, max: 2 })
+  pool.on('error', () => undefined)
+  t.teardown(() => pool.end())
+  return { stub, env, pool }
+}
+
+const agentStatus = async (app: FastifyInstance, id: string): Promise<string | undefined> => {
+  const { agents } = (await app.inject('/v1/agents')).json() as { agents: { id: string; status: string }[] }
+  return agents.find((agent) => agent.id === id)?.status
+}
+
+const gaugeLine = (text: string, agent: string, state: string) =>
+  new RegExp(`^smalltalk_agent_health_state\\{agent="${agent}",state="${state}"\\} 1$`, 'm').test(text)
+
+t.test('the monitor starts after ready, probes every interval, and its state reaches /v1/agents, /health and the metrics', async (t) => {
+  const { stub, env, pool } = await setup(t)
+  const { app, ops } = await buildService(t, env)
+  t.ok(app.hasDecorator('agentHealth'))
+  t.equal(stub.requests.length, 0, 'nothing probed during start-up')
+
+  t.ok(await eventually(async () => (await pool.query("SELECT 1 FROM health_checks WHERE agent_id = 'gpt'")).rowCount! > 0, 5000), 'first tick soon after start')
+  t.match(stub.requests[0], { protocol: 'openai', kind: 'models', apiKey: KEY })
+  t.equal(await agentStatus(app, 'gpt'), 'healthy')
+
+  stub.setDefault({ status: 503 })
+  t.ok(await eventually(async () => (await agentStatus(app, 'gpt')) === 'down', 8000), 'down after three failing probes')
+  const health = (await ops.inject('/health')).json()
+  t.match(health.services.agents, { status: 'degraded', message: /1 healthy, 0 degraded, 1 down/ })
+  const metrics = (await ops.inject('/metrics')).body
+  t.ok(gaugeLine(metrics, 'gpt', 'down'), 'gauge: gpt down')
+  t.ok(gaugeLine(metrics, 'offline', 'healthy'), 'gauge: offline healthy')
+  const { rows: events } = await pool.query("SELECT type FROM event_logs WHERE agent_id = 'gpt' ORDER BY id")
+  t.same(events.map((e) => e.type), ['agent.status_changed', 'agent.status_changed', 'agent.failed'])
+  const listed = (await app.inject('/v1/events?type=agent.*')).json().events
+  t.same(listed.map((e: { type: string }) => e.type), ['agent.status_changed', 'agent.status_changed', 'agent.failed'], 'visible in the event log API')
+
+  const times = stub.requests.map((r) => r.receivedAt)
+  for (let i = 1; i < times.length; i++) t.ok(times[i]! - times[i - 1]! >= 850, `probe ${i} came ${times[i]! - times[i - 1]!} ms after the previous one`)
+
+  stub.setDefault({})
+  t.ok(await eventually(async () => (await agentStatus(app, 'gpt')) === 'healthy', 8000), 'recovered after two good probes')
+})
+
+t.test('two replicas on one database: one probe per interval between them, and both show the same state', async (t) => {
+  const { stub, env, pool } = await setup(t)
+  const a = await buildService(t, env)
+  const b = await buildService(t, env)
+  stub.setDefault({ status: 500 })
+  t.ok(await eventually(async () => (await agentStatus(a.app, 'gpt')) === 'down' && (await agentStatus(b.app, 'gpt')) === 'down', 8000), 'both replicas show gpt down')
+  const times = stub.requests.map((r) => r.receivedAt)
+  t.ok(times.length >= 3)
+  for (let i = 1; i < times.length; i++) t.ok(times[i]! - times[i - 1]! >= 850, `probe ${i} came ${times[i]! - times[i - 1]!} ms after the previous one`)
+  const { rows } = await pool.query("SELECT count(*)::int AS n FROM event_logs WHERE type = 'agent.failed' AND agent_id = 'gpt'")
+  t.equal(rows[0].n, 1, 'one transition, written once')
+})
+
+t.test('close with a probe in flight: aborted, the timers cleared, nothing written after', async (t) => {
+  const { stub, env, pool } = await setup(t, { AGENT_HEALTH_CHECK_INTERVAL: '60', AGENT_HEALTH_PROBE_TIMEOUT_MS: '30000' })
+  stub.setDefault({ hang: true })
+  const { app } = await buildService(t, env)
+  await stub.waitForRequests(1, 5000)
+  const started = Date.now()
+  await app.close()
+  t.ok(Date.now() - started < 3000, 'close did not wait for the 30 s probe timeout')
+  await stub.idle()
+  const { rows } = await pool.query('SELECT count(*)::int AS n FROM health_checks')
+  t.equal(rows[0].n, 0)
+  await new Promise((resolve) => setTimeout(resolve, 1500))
+  t.equal(stub.requests.length, 1, 'no tick after close')
+})
+
+t.test('AGENT_HEALTH_PROBE must be models or completion', async (t) => {
+  const env = await testEnv(t, { AGENT_HEALTH_PROBE: 'ping' })
+  await t.rejects(buildService(t, env), { message: /AGENT_HEALTH_PROBE must be one of models, completion/ })
+})
