@@ -1,0 +1,271 @@
+// The provider benchmarks of issue 5, against the production build (dist/) on a real PostgreSQL and
+// Redis, with the agents on the OpenAI SDK talking to a zero-latency stub of the OpenAI wire format
+// on loopback (test/support/llm-stub.ts). Each figure sits beside a baseline from the same run:
+//   1. The service's own overhead per JSON reply, one connection (no queueing): POST .../messages
+//      latency minus the latency of the same chat completion called directly with the same SDK;
+//      beside it, the latency of a plain `pg` script committing the same rows (the floor that the
+//      two durable commits set on this disk).
+//   2. Streaming 100 tokens over SSE: time to first delta through the service minus the SDK's own
+//      time to first token against the stub, and deltas per second.
+// Usage: npm run bench:providers (DATABASE_URL and REDIS_URL default to the local servers).
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import OpenAI from 'openai'
+import pg from 'pg'
+import { PROJECT_ROOT } from '../src/paths.js'
+import { LlmStub } from '../test/support/llm-stub.js'
+import { prepareDatabase } from './database.js'
+import { commitReplyRows } from './raw-pg.js'
+import { median } from './report.js'
+import { freePort, SERVER_SCRIPT } from './startup.js'
+
+const DATABASE_URL = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
+const RUNS = Number(process.env.BENCH_RUNS ?? 3)
+const REPLIES = Number(process.env.BENCH_REPLIES ?? 400)
+const STREAMS = Number(process.env.BENCH_STREAMS ?? 200)
+const WARMUP = 50
+const MODEL = 'bench-model'
+const KEY = 'sk-bench-not-a-secret'
+const QUESTION = 'How do I make this query faster? It scans the whole table.'
+const TOKENS_100 = Array.from({ length: 100 }, (_, i) => (i === 0 ? 'token0' : ` token${i}`))
+
+const MANIFEST = `agents:
+  - id: assistant
+    name: Assistant
+    description: The generalist.
+    provider: openai
+    model: ${MODEL}
+    systemPrompt: You are a helpful assistant.
+    temperature: 0.7
+    maxTokens: 256
+`
+
+interface Server {
+  child: ChildProcess
+  url: string
+}
+
+async function startServer(databaseUrl: string, stub: LlmStub): Promise<Server> {
+  const dir = mkdtempSync(join(tmpdir(), 'smalltalk-bench-'))
+  const agentsFile = join(dir, 'agents.yaml')
+  writeFileSync(agentsFile, MANIFEST)
+  const [port, healthPort] = [await freePort(), await freePort()]
+  const child = spawn(process.execPath, ['--max-semi-space-size=2', SERVER_SCRIPT], {
+    cwd: PROJECT_ROOT,
+    env: {
+      PATH: process.env.PATH,
+      NODE_ENV: 'production',
+      HOST: '127.0.0.1',
+      PORT: String(port),
+      HEALTH_PORT: String(healthPort),
+      DATABASE_URL: databaseUrl,
+      REDIS_URL,
+      REDIS_KEY_PREFIX: `bench:${port}:`,
+      AGENTS_FILE: agentsFile,
+      OPENAI_API_KEY: KEY,
+      OPENAI_BASE_URL: stub.openaiBaseUrl,
+      // The monitor's probes would be extra stub calls in the middle of the measurement.
+      AGENT_HEALTH_CHECK_INTERVAL: '3600',
+      LOG_LEVEL: 'info'
+    },
+    // The access log is written (production configuration) and thrown away.
+    stdio: ['ignore', 'ignore', 'inherit']
+  })
+  const url = `http://127.0.0.1:${port}`
+  for (let i = 0; i < 300; i++) {
+    if ((await fetch(`http://127.0.0.1:${healthPort}/ready`).then((r) => r.status, () => 0)) === 200) return { child, url }
+    await sleep(100)
+  }
+  child.kill('SIGKILL')
+  throw new Error('server did not become ready')
+}
+
+async function createSessions(url: string, count: number): Promise<string[]> {
+  const ids: string[] = []
+  for (let i = 0; i < count; i++) ids.push((await (await fetch(`${url}/v1/sessions`, { method: 'POST' })).json()).id)
+  return ids
+}
+
+const percentile = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] ?? 0
+const sortedCopy = (values: number[]) => [...values].sort((a, b) => a - b)
+
+/** The stub called directly with the SDK the service uses: the provider's own latency as a client sees it. */
+async function directCall(client: OpenAI): Promise<{ totalMs: number; firstTokenMs: number }> {
+  const started = performance.now()
+  let firstTokenMs = 0
+  const stream = await client.chat.completions.create({
+    model: MODEL,
+    messages: [
+      { role: 'system', content: 'You are a helpful assistant.' },
+      { role: 'user', content: QUESTION }
+    ],
+    temperature: 0.7,
+    max_tokens: 256,
+    stream: true,
+    stream_options: { include_usage: true }
+  })
+  for await (const chunk of stream) {
+    if (firstTokenMs === 0 && chunk.choices[0]?.delta?.content) firstTokenMs = performance.now() - started
+  }
+  return { totalMs: performance.now() - started, firstTokenMs }
+}
+
+/** One connection, one request at a time: the latency of each JSON reply. */
+async function serviceReplies(url: string, sessions: string[], count: number): Promise<number[]> {
+  const latencies: number[] = []
+  for (let i = 0; i < count; i++) {
+    const started = performance.now()
+    const response = await fetch(`${url}/v1/sessions/${sessions[i % sessions.length]}/messages`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ content: QUESTION })
+    })
+    await response.arrayBuffer()
+    if (response.status !== 201) throw new Error(`POST messages answered ${response.status}`)
+    latencies.push(performance.now() - started)
+  }
+  return latencies
+}
+
+/** One SSE reply of 100 deltas: time to the first delta event and to the end. */
+async function serviceStream(url: string, session: string): Promise<{ firstDeltaMs: number; totalMs: number; deltas: number }> {
+  const started = performance.now()
+  const response = await fetch(`${url}/v1/sessions/${session}/messages`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
+    body: JSON.stringify({ content: QUESTION })
+  })
+  const reader = (response.body as ReadableStream<Uint8Array>).getReader()
+  const decoder = new TextDecoder()
+  let text = ''
+  let firstDeltaMs = 0
+  for (;;) {
+    const { value, done } = await reader.read()
+    if (done) break
+    text += decoder.decode(value, { stream: true })
+    if (firstDeltaMs === 0 && text.includes('event: delta')) firstDeltaMs = performance.now() - started
+  }
+  if (!text.includes('event: done')) throw new Error(`SSE reply did not finish: ${text.slice(-300)}`)
+  return { firstDeltaMs, totalMs: performance.now() - started, deltas: text.split('event: delta').length - 1 }
+}
+
+/** The same rows committed by a plain script on one connection, one reply at a time. */
+async function rawCommits(pgClient: pg.Client, sessions: string[], count: number): Promise<number[]> {
+  const latencies: number[] = []
+  for (let i = 0; i < count; i++) {
+    const started = performance.now()
+    await commitReplyRows(pgClient, sessions[i % sessions.length]!)
+    latencies.push(performance.now() - started)
+  }
+  return latencies
+}
+
+const fmt = (n: number, digits = 1) => n.toFixed(digits)
+
+const database = await prepareDatabase(DATABASE_URL)
+const stub = await LlmStub.start()
+let server: Server | undefined
+try {
+  server = await startServer(database.url, stub)
+  const client = new OpenAI({ apiKey: KEY, baseURL: stub.openaiBaseUrl, maxRetries: 0 })
+  const sessions = await createSessions(server.url, 20)
+  const rawSessions = await createSessions(server.url, 20)
+  const pgClient = new pg.Client({ connectionString: database.url })
+  await pgClient.connect()
+
+  // 1. JSON replies, one at a time: the service against the same call made directly.
+  stub.setDefault({ text: 'The stub answers at once with a short reply of a dozen words or so.' })
+  await serviceReplies(server.url, sessions, WARMUP)
+  for (let i = 0; i < WARMUP; i++) await directCall(client)
+  await rawCommits(pgClient, rawSessions, WARMUP)
+  const replyRounds: Array<{ service: number[]; direct: number[]; raw: number[] }> = []
+  for (let run = 0; run < RUNS; run++) {
+    // Interleaved in small batches, so that a noisy neighbour hits every side alike.
+    const service: number[] = []
+    const direct: number[] = []
+    const raw: number[] = []
+    for (let batch = 0; batch < REPLIES / 20; batch++) {
+      service.push(...(await serviceReplies(server.url, sessions, 20)))
+      for (let i = 0; i < 20; i++) direct.push((await directCall(client)).totalMs)
+      raw.push(...(await rawCommits(pgClient, rawSessions, 20)))
+    }
+    replyRounds.push({ service, direct, raw })
+  }
+  await pgClient.end()
+
+  // 2. SSE replies of 100 tokens: time to first delta through the service against the SDK's own.
+  stub.setDefault({ text: TOKENS_100 })
+  const streamSessions = await createSessions(server.url, 10)
+  for (let i = 0; i < 20; i++) await serviceStream(server.url, streamSessions[i % 10]!)
+  const streamRounds: Array<{ service: Array<{ firstDeltaMs: number; totalMs: number; deltas: number }>; direct: Array<{ totalMs: number; firstTokenMs: number }> }> = []
+  for (let run = 0; run < RUNS; run++) {
+    const service: Array<{ firstDeltaMs: number; totalMs: number; deltas: number }> = []
+    const direct: Array<{ totalMs: number; firstTokenMs: number }> = []
+    for (let i = 0; i < STREAMS; i++) {
+      service.push(await serviceStream(server.url, streamSessions[i % 10]!))
+      direct.push(await directCall(client))
+    }
+    streamRounds.push({ service, direct })
+  }
+
+  const replies = replyRounds.map(({ service, direct, raw }) => {
+    const s = sortedCopy(service)
+    const d = sortedCopy(direct)
+    const r = sortedCopy(raw)
+    return {
+      rawCommitsP50Ms: percentile(r, 0.5),
+      rawCommitsP99Ms: percentile(r, 0.99),
+      serviceP50Ms: percentile(s, 0.5),
+      serviceP99Ms: percentile(s, 0.99),
+      directP50Ms: percentile(d, 0.5),
+      directP99Ms: percentile(d, 0.99),
+      overheadP50Ms: percentile(s, 0.5) - percentile(d, 0.5),
+      overheadP99Ms: percentile(s, 0.99) - percentile(d, 0.99)
+    }
+  })
+  const streams = streamRounds.map(({ service, direct }) => {
+    const first = sortedCopy(service.map((r) => r.firstDeltaMs))
+    const directFirst = sortedCopy(direct.map((r) => r.firstTokenMs))
+    const deltasPerSecond = service.map((r) => r.deltas / ((r.totalMs - r.firstDeltaMs) / 1000))
+    return {
+      firstDeltaP50Ms: percentile(first, 0.5),
+      firstDeltaP99Ms: percentile(first, 0.99),
+      sdkFirstTokenP50Ms: percentile(directFirst, 0.5),
+      sdkFirstTokenP99Ms: percentile(directFirst, 0.99),
+      overheadP50Ms: percentile(first, 0.5) - percentile(directFirst, 0.5),
+      overheadP99Ms: percentile(first, 0.99) - percentile(directFirst, 0.99),
+      deltasPerReply: median(service.map((r) => r.deltas)),
+      deltasPerSecondPerStream: median(deltasPerSecond)
+    }
+  })
+  const pick = <T>(rounds: T[], key: keyof T) => median(rounds.map((r) => r[key] as number))
+  const report = {
+    date: new Date().toISOString(),
+    command: 'npm run bench:providers',
+    database: database.description,
+    settings: { runs: RUNS, repliesPerRun: REPLIES, streamsPerRun: STREAMS, provider: 'openai SDK -> loopback stub (zero latency)' },
+    replies: { rounds: replies, overheadP50Ms: pick(replies, 'overheadP50Ms'), overheadP99Ms: pick(replies, 'overheadP99Ms'), targets: { p50Ms: 2, p99Ms: 10 } },
+    streaming: { rounds: streams, overheadP99Ms: pick(streams, 'overheadP99Ms'), target: { p99Ms: 5 } }
+  }
+  mkdirSync(join(PROJECT_ROOT, 'bench', 'results'), { recursive: true })
+  writeFileSync(join(PROJECT_ROOT, 'bench', 'results', 'providers.json'), JSON.stringify(report, null, 2) + '\n')
+  const spread = (rounds: Array<Record<string, number>>, key: string) => rounds.map((r) => fmt(r[key] as number, 2)).join(' / ')
+  console.log(`
+Provider benchmarks (OpenAI SDK against a zero-latency loopback stub; ${RUNS} rounds, median of the rounds; rounds shown as a / b / c)
+  JSON reply, 1 connection    service p50 ${fmt(pick(replies, 'serviceP50Ms'), 2)} ms p99 ${fmt(pick(replies, 'serviceP99Ms'), 2)} ms; direct SDK call p50 ${fmt(pick(replies, 'directP50Ms'), 2)} ms p99 ${fmt(pick(replies, 'directP99Ms'), 2)} ms
+  raw pg, same rows           p50 ${fmt(pick(replies, 'rawCommitsP50Ms'), 2)} ms p99 ${fmt(pick(replies, 'rawCommitsP99Ms'), 2)} ms (two durable commits: the floor of the overhead)
+  overhead                    p50 ${fmt(report.replies.overheadP50Ms, 2)} ms (${spread(replies, 'overheadP50Ms')}; target < 2)  p99 ${fmt(report.replies.overheadP99Ms, 2)} ms (${spread(replies, 'overheadP99Ms')}; target < 10)
+  SSE, 100 tokens             first delta p50 ${fmt(pick(streams, 'firstDeltaP50Ms'), 2)} ms p99 ${fmt(pick(streams, 'firstDeltaP99Ms'), 2)} ms; SDK first token p50 ${fmt(pick(streams, 'sdkFirstTokenP50Ms'), 2)} ms p99 ${fmt(pick(streams, 'sdkFirstTokenP99Ms'), 2)} ms
+  first-delta overhead        p50 ${fmt(pick(streams, 'overheadP50Ms'), 2)} ms  p99 ${fmt(report.streaming.overheadP99Ms, 2)} ms (${spread(streams, 'overheadP99Ms')}; target < 5)
+  delta throughput            ${fmt(pick(streams, 'deltasPerSecondPerStream'), 0)} deltas/s per stream, ${fmt(pick(streams, 'deltasPerReply'), 0)} deltas per reply
+`)
+} finally {
+  server?.child.kill('SIGTERM')
+  await sleep(500)
+  await stub.close()
+  await database.dispose()
+}
