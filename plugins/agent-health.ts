@@ -28,6 +28,8 @@ export default fp(
       secrets: [config.OPENAI_API_KEY, config.ANTHROPIC_API_KEY, config.GEMINI_API_KEY].filter((key): key is string => Boolean(key))
     })
     fastify.decorate('agentHealth', monitor)
+    // Passive learning: the provider guard reports every provider call (each retry too) here.
+    fastify.providerGuard.onTraffic((agentId, outcome) => monitor.recordTraffic(agentId, outcome))
 
     // Transitions are announced on the event log's NOTIFY channel: a follower applies them at once
     // instead of at its next tick.

@@ -67,6 +67,24 @@ t.test('the monitor starts after ready, probes every interval, and its state rea
   t.ok(await eventually(async () => (await agentStatus(app, 'gpt')) === 'healthy', 8000), 'recovered after two good probes')
 })
 
+t.test('replies that fail teach the monitor: a burst takes the agent down before the next probe', async (t) => {
+  const { stub, env, pool } = await setup(t, { AGENT_HEALTH_CHECK_INTERVAL: '60', LLM_RETRY_BASE_MS: '5', LLM_RETRY_MAX_MS: '10' })
+  const { app } = await buildService(t, env)
+  t.ok(await eventually(async () => (await pool.query("SELECT 1 FROM agent_health WHERE agent_id = 'gpt'")).rowCount! > 0, 5000), 'first probe done')
+  const probes = stub.requests.length
+  stub.enqueue({ status: 503 }, { times: 3, when: (r) => r.kind === 'chat' })
+  const session = (await app.inject({ method: 'POST', url: '/v1/sessions', payload: { agents: ['gpt', 'offline'] } })).json()
+  const reply = await app.inject({ method: 'POST', url: `/v1/sessions/${session.id}/messages`, payload: { content: 'hello', agent: 'gpt' } })
+  t.equal(reply.statusCode, 201, 'the fallback answered')
+  t.equal(stub.chatRequests().length, 3, 'the first attempt and two retries, each reported to the monitor')
+  t.ok(await eventually(async () => (await agentStatus(app, 'gpt')) === 'down', 5000), 'down from the replies alone')
+  t.equal(stub.requests.filter((r) => r.kind !== 'chat').length, probes, 'no extra probe')
+  const { rows } = await pool.query("SELECT data FROM event_logs WHERE agent_id = 'gpt' AND type = 'agent.status_changed'")
+  t.match(rows, [{ data: { from: 'healthy', to: 'down', source: 'traffic', reason: /^3 replies in a row failed: server: / } }])
+  const { rows: samples } = await pool.query("SELECT attempts, failures, failure_streak FROM health_checks WHERE source = 'traffic'")
+  t.same(samples, [{ attempts: 3, failures: 3, failure_streak: 3 }], 'one aggregated sample')
+})
+
 t.test('two replicas on one database: one probe per interval between them, and both show the same state', async (t) => {
   const { stub, env, pool } = await setup(t)
   const a = await buildService(t, env)
