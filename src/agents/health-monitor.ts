@@ -682,6 +682,9 @@ export class HealthMonitor {
   }
 
   private apply(agentId: string, status: AgentStatus, reason: string, checkedAt: Date): void {
+    // A read that started before the latest commit may finish after it: never step back in time.
+    const current = this.registry.health(agentId).checkedAt
+    if (current !== null && Date.parse(current) > checkedAt.getTime()) return
     this.registry.setStatus(agentId, status, reason, checkedAt)
     this.options.metrics.setAgentState(agentId, status)
   }

@@ -302,7 +302,7 @@ t.test('stop() with a probe in flight: aborted at once, nothing written, no time
   await stub.idle()
   const { rows } = await pool.query('SELECT count(*)::int AS n FROM health_checks')
   t.equal(rows[0].n, 0, 'a cut run writes no samples')
-  const { rows: held } = await pool.query("SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory'")
+  const { rows: held } = await pool.query("SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
   t.equal(held[0].n, 0, 'the lock was released')
   t.equal(registry.status('gpt'), 'healthy')
   const report = await monitor.runOnce()
