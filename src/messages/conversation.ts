@@ -5,16 +5,16 @@ import type { LlmRouter } from '../agents/llm-router.js'
 import { CircuitOpenError, deadlineSignal, type ProviderGuard } from '../agents/provider-guard.js'
 import type { AgentRegistry } from '../agents/registry.js'
 import { selectAgent } from '../agents/router.js'
-import { withTransaction } from '../db/transaction.js'
+import { withTransaction, type Queryable } from '../db/transaction.js'
 import { DomainError, assertStorable } from '../domain-errors.js'
 import { reasonPhrase } from '../errors.js'
-import { recordEvents } from '../events/event-log.js'
+import { EVENTS_CHANNEL, recordEvents } from '../events/event-log.js'
 import type { ConversationMetrics } from '../metrics/conversation-metrics.js'
 import type { LlmMetrics } from '../metrics/llm-metrics.js'
 import { ProviderError, type ChatTurn } from '../providers/provider.js'
 import { SESSION_COLUMNS, assertActive, notFound, toRecord, type SessionRecord, type SessionRow, type SessionStore } from '../sessions/session-store.js'
 import { requestHash, type IdempotencyKeys, type StoredOutcome } from './idempotency.js'
-import { insertMessage, type Message, type MessageHistory } from './message-store.js'
+import { MESSAGE_COLUMNS, toMessage, type Message, type MessageHistory, type MessageRow } from './message-store.js'
 
 export interface PostMessageInput {
   content: string
@@ -108,36 +108,35 @@ export class ConversationService {
     // ROUTER=llm asks its model before any transaction: no row is locked while a model thinks.
     const routed = input.agent === undefined && this.options.router ? await this.options.router.pick(input.content, this.candidates(cached).filter((agent) => !agents.isDown(agent.id))) : undefined
 
-    // 1. Take the session's reply lease and store the user message, with its events, at once.
-    const { session, message } = await withTransaction(pool, async (client) => {
-      const { rows } = await client.query<SessionRow>(
-        `UPDATE sessions
-            SET last_seq = last_seq + 1, message_count = message_count + 1,
-                reply_lease_until = now() + make_interval(secs => $3 / 1000.0)
-          WHERE id = $1 AND tenant = $2 AND status = 'active' AND (expires_at IS NULL OR expires_at > now())
-            AND (reply_lease_until IS NULL OR reply_lease_until < now())
-          RETURNING ${SESSION_COLUMNS}, reply_lease_until::text AS lease_token`,
-        [cached.id, tenant, leaseMs]
-      )
-      if (!rows[0]) await this.refuse(client, tenant, cached.id)
-      const session = toRecord(rows[0] as SessionRow)
-      leaseToken = (rows[0] as SessionRow & { lease_token: string }).lease_token
-      selection = this.select(session, input, routed)
-      const message = await insertMessage(client, { sessionId: session.id, seq: session.lastSeq, role: 'user', content: input.content, metadata: input.metadata })
-      if (idempotencyKey) await this.options.idempotency.attachMessage(client, tenant, idempotencyKey, message.id)
-      await recordEvents(client, [
-        { type: 'message.created', tenant, sessionId: session.id, data: { messageId: message.id, seq: message.seq, role: 'user' } },
-        { type: 'agent.selected', tenant, sessionId: session.id, agentId: selection.agent.id, data: { reason: selection.reason, matched: selection.matched, score: selection.score } }
+    // 1. Take the session's reply lease and store the user message, with its events, at once: one
+    //    statement (one round trip, atomic by itself), so the pool connection is held for one commit.
+    //    The agent is chosen from the cached record's agents (write-through, dropped on PATCH).
+    selection = this.select(cached, input, routed)
+    const { rows } = await pool
+      .query<SessionRow & PrefixedMessageRow & { lease_token: string }>(TAKE_LEASE_AND_STORE_MESSAGE, [
+        cached.id,
+        tenant,
+        leaseMs,
+        input.content,
+        input.metadata ?? {},
+        idempotencyKey ?? null,
+        selection.agent.id,
+        JSON.stringify({ reason: selection.reason, matched: selection.matched, score: selection.score }),
+        EVENTS_CHANNEL
       ])
-      return { session, message }
-    }).catch(async (err) => {
-      // The cached record said active; the row says otherwise: drop the stale record.
-      if (err instanceof DomainError && (err.kind === 'gone' || err.kind === 'not_found')) await this.options.sessions.forget(cached.id)
-      throw err
-    })
+    if (!rows[0]) {
+      await this.refuse(tenant, cached.id).catch(async (err) => {
+        // The cached record said active; the row says otherwise: drop the stale record.
+        if (err instanceof DomainError && (err.kind === 'gone' || err.kind === 'not_found')) await this.options.sessions.forget(cached.id)
+        throw err
+      })
+    }
+    const session = toRecord(rows[0] as SessionRow)
+    leaseToken = (rows[0] as { lease_token: string }).lease_token
+    const message = toMessage(unprefixMessage(rows[0] as PrefixedMessageRow))
     metrics.messages.inc({ role: 'user' })
-    await this.options.sessions.cacheRecord(session)
-    await this.options.history.append(session.id, message)
+    // Both cache writes at once: one round trip to Redis, not two.
+    await Promise.all([this.options.sessions.cacheRecord(session), this.options.history.append(session.id, message)])
     const chosen = (selection as AgentSelection).agent
     await sink.message(message)
     await sink.agent({
@@ -172,8 +171,7 @@ export class ConversationService {
     })
     metrics.messages.inc({ role: 'assistant' })
     metrics.replyLatency.observe({ agent: answer.agent.id, outcome: 'ok' }, latencyMs / 1000)
-    await this.options.sessions.cacheRecord(result.updated)
-    await this.options.history.append(session.id, result.result.reply)
+    await Promise.all([this.options.sessions.cacheRecord(result.updated), this.options.history.append(session.id, result.result.reply)])
     return result.result
   }
 
@@ -231,7 +229,11 @@ export class ConversationService {
     return undefined
   }
 
-  private storeReply(
+  /**
+   * Stores the reply, releases the lease, counts the agent's usage and records the events: one
+   * statement. With an Idempotency-Key, the outcome is recorded under it in the same transaction.
+   */
+  private async storeReply(
     tenant: string,
     session: SessionRecord,
     answer: Answer,
@@ -239,52 +241,36 @@ export class ConversationService {
     message: Message,
     idempotencyKey: string | undefined
   ): Promise<{ result: PostResult; updated: SessionRecord }> {
-    const { agent: chosen, providerName, text, usage } = answer
+    const { agent, providerName, text, usage } = answer
+    const params = [
+      session.id,
+      tenant,
+      text,
+      agent.id,
+      providerName,
+      agent.model,
+      usage.inputTokens,
+      usage.outputTokens,
+      latencyMs,
+      answer.fallbackFrom ? JSON.stringify({ reason: 'fallback', fallbackFrom: answer.fallbackFrom.id }) : null,
+      EVENTS_CHANNEL
+    ]
+    const store = async (db: Queryable) => {
+      const { rows } = await db.query<SessionRow & PrefixedMessageRow>(STORE_REPLY, params)
+      const row = rows[0] as SessionRow & PrefixedMessageRow
+      return { result: { message, reply: toMessage(unprefixMessage(row)) }, updated: toRecord(row) }
+    }
+    if (!idempotencyKey) return store(this.options.pool)
     return withTransaction(this.options.pool, async (client) => {
-      const { rows } = await client.query<SessionRow>(
-        `UPDATE sessions SET last_seq = last_seq + 1, message_count = message_count + 1, reply_lease_until = NULL
-          WHERE id = $1 RETURNING ${SESSION_COLUMNS}`,
-        [session.id]
-      )
-      const updated = toRecord(rows[0] as SessionRow)
-      const reply = await insertMessage(client, {
-        sessionId: session.id,
-        seq: updated.lastSeq,
-        role: 'assistant',
-        content: text,
-        agent: chosen.id,
-        provider: providerName,
-        model: chosen.model,
-        inputTokens: usage.inputTokens,
-        outputTokens: usage.outputTokens,
-        latencyMs
-      })
-      await client.query(
-        `INSERT INTO agent_states (session_id, agent_id, reply_count, input_tokens, output_tokens, last_used_at)
-         VALUES ($1, $2, 1, $3, $4, now())
-         ON CONFLICT (session_id, agent_id) DO UPDATE
-           SET reply_count = agent_states.reply_count + 1,
-               input_tokens = agent_states.input_tokens + EXCLUDED.input_tokens,
-               output_tokens = agent_states.output_tokens + EXCLUDED.output_tokens,
-               last_used_at = now()`,
-        [session.id, chosen.id, usage.inputTokens, usage.outputTokens]
-      )
-      await recordEvents(client, [
-        // The agent that answered is not the one selected in the first transaction: say why.
-        ...(answer.fallbackFrom
-          ? [{ type: 'agent.selected' as const, tenant, sessionId: session.id, agentId: chosen.id, data: { reason: 'fallback', fallbackFrom: answer.fallbackFrom.id } }]
-          : []),
-        { type: 'message.created', tenant, sessionId: session.id, agentId: chosen.id, data: { messageId: reply.id, seq: reply.seq, role: 'assistant' } }
-      ])
-      const result: PostResult = { message, reply }
-      if (idempotencyKey) await this.options.idempotency.complete(client, tenant, idempotencyKey, { statusCode: 201, body: result })
-      return { result, updated }
+      const stored = await store(client)
+      await this.options.idempotency.complete(client, tenant, idempotencyKey, { statusCode: 201, body: stored.result })
+      return stored
     })
   }
 
   /** Why the lease could not be taken: unknown, ended, or a reply already running. */
-  private async refuse(client: pg.PoolClient, tenant: string, id: string): Promise<never> {
-    const { rows } = await client.query<SessionRow & { lease_ms: number | null }>(
+  private async refuse(tenant: string, id: string): Promise<never> {
+    const { rows } = await this.options.pool.query<SessionRow & { lease_ms: number | null }>(
       `SELECT ${SESSION_COLUMNS}, (extract(epoch FROM reply_lease_until - now()) * 1000)::int AS lease_ms FROM sessions WHERE id = $1`,
       [id]
     )
@@ -405,6 +391,87 @@ export class ConversationService {
     attempt()
   }
 }
+
+// The message columns of a statement that also returns the session's: prefixed with m_.
+const PREFIXED_MESSAGE_COLUMNS = MESSAGE_COLUMNS.split(', ')
+  .map((column) => `m.${column} AS m_${column}`)
+  .join(', ')
+
+type PrefixedMessageRow = { [K in keyof MessageRow as `m_${K & string}`]: MessageRow[K] }
+
+function unprefixMessage(row: PrefixedMessageRow): MessageRow {
+  const message: Record<string, unknown> = {}
+  for (const [key, value] of Object.entries(row)) if (key.startsWith('m_')) message[key.slice(2)] = value
+  return message as unknown as MessageRow
+}
+
+/**
+ * Step 1 of a reply, one statement: take the lease (only if none is running and the session is
+ * active), store the user message at the next seq, link it to the Idempotency-Key ($6, may be null),
+ * record message.created and agent.selected, and notify the event feed. No row back: no lease.
+ */
+const TAKE_LEASE_AND_STORE_MESSAGE = `
+WITH s AS (
+  UPDATE sessions
+     SET last_seq = last_seq + 1, message_count = message_count + 1,
+         reply_lease_until = now() + make_interval(secs => $3 / 1000.0)
+   WHERE id = $1 AND tenant = $2 AND status = 'active' AND (expires_at IS NULL OR expires_at > now())
+     AND (reply_lease_until IS NULL OR reply_lease_until < now())
+  RETURNING ${SESSION_COLUMNS}, reply_lease_until::text AS lease_token
+), m AS (
+  INSERT INTO chat_messages (session_id, seq, role, content, metadata)
+  SELECT id, last_seq, 'user', $4, $5 FROM s
+  RETURNING ${MESSAGE_COLUMNS}, session_id
+), k AS (
+  UPDATE idempotency_keys SET message_id = m.id FROM m
+   WHERE $6::text IS NOT NULL AND idempotency_keys.tenant = $2 AND idempotency_keys.key = $6
+), e AS (
+  INSERT INTO event_logs (type, tenant, session_id, agent_id, data)
+  SELECT v.type, $2, m.session_id, v.agent_id, v.data
+    FROM m, LATERAL (VALUES
+      ('message.created', NULL::text, jsonb_build_object('messageId', m.id, 'seq', m.seq, 'role', 'user')),
+      ('agent.selected', $7::text, $8::jsonb)
+    ) AS v(type, agent_id, data)
+  RETURNING id
+)
+SELECT s.*, ${PREFIXED_MESSAGE_COLUMNS}, (SELECT pg_notify($9, max(id)::text) FROM e) AS notified
+  FROM s, m`
+
+/**
+ * Step 3 of a reply, one statement: store the reply at the next seq, release the lease, count the
+ * agent's usage in agent_states, record message.created (after agent.selected when a fallback
+ * answered, $10), and notify the event feed.
+ */
+const STORE_REPLY = `
+WITH s AS (
+  UPDATE sessions SET last_seq = last_seq + 1, message_count = message_count + 1, reply_lease_until = NULL
+   WHERE id = $1
+  RETURNING ${SESSION_COLUMNS}
+), m AS (
+  INSERT INTO chat_messages (session_id, seq, role, content, agent, provider, model, input_tokens, output_tokens, latency_ms)
+  SELECT id, last_seq, 'assistant', $3, $4, $5, $6, $7, $8, $9 FROM s
+  RETURNING ${MESSAGE_COLUMNS}, session_id
+), a AS (
+  INSERT INTO agent_states (session_id, agent_id, reply_count, input_tokens, output_tokens, last_used_at)
+  VALUES ($1, $4, 1, $7, $8, now())
+  ON CONFLICT (session_id, agent_id) DO UPDATE
+    SET reply_count = agent_states.reply_count + 1,
+        input_tokens = agent_states.input_tokens + EXCLUDED.input_tokens,
+        output_tokens = agent_states.output_tokens + EXCLUDED.output_tokens,
+        last_used_at = now()
+), e AS (
+  INSERT INTO event_logs (type, tenant, session_id, agent_id, data)
+  SELECT v.type, $2, m.session_id, $4, v.data
+    FROM m, LATERAL (VALUES
+      (1, 'agent.selected', $10::jsonb),
+      (2, 'message.created', jsonb_build_object('messageId', m.id, 'seq', m.seq, 'role', 'assistant'))
+    ) AS v(n, type, data)
+   WHERE v.data IS NOT NULL
+   ORDER BY v.n
+  RETURNING id
+)
+SELECT s.*, ${PREFIXED_MESSAGE_COLUMNS}, (SELECT pg_notify($11, max(id)::text) FROM e) AS notified
+  FROM s, m`
 
 /** What the model answered, and which agent it was (a fallback when the chosen one failed). */
 interface Answer {
