@@ -275,6 +275,9 @@ interface Sample {
   folded: boolean
 }
 
+/** Which traffic windows a step writes: all (a tick), one agent's (an early step after a burst), none (its retry). */
+type Flush = 'all' | { agent: string } | null
+
 class ProbeTimeout extends Error {
   override readonly name = 'ProbeTimeout'
 }
@@ -300,6 +303,7 @@ export class HealthMonitor {
   private readonly stopController = new AbortController()
   private chain: Promise<unknown> = Promise.resolve()
   private timer: NodeJS.Timeout | undefined
+  private retryTimer: NodeJS.Timeout | undefined
   private started = false
   private stopped = false
   private syncing: Promise<void> | undefined
@@ -328,13 +332,14 @@ export class HealthMonitor {
   async stop(): Promise<void> {
     this.stopped = true
     clearTimeout(this.timer)
+    clearTimeout(this.retryTimer)
     this.stopController.abort(new Error('agent health monitor stopped'))
     await Promise.all([this.chain, this.syncing])
   }
 
   /** One run now (after any run in progress): what a tick does. */
   runOnce(): Promise<RunReport> {
-    return this.enqueue(undefined)
+    return this.enqueue('all')
   }
 
   /**
@@ -410,7 +415,7 @@ export class HealthMonitor {
   private async tick(): Promise<void> {
     const started = this.now()
     try {
-      await this.enqueue(undefined)
+      await this.enqueue('all')
     } catch (err) {
       this.log.warn({ err: { message: (err as Error).message } }, 'agent health check failed; retrying at the next interval')
     }
@@ -422,21 +427,30 @@ export class HealthMonitor {
     const last = this.earlyRunAt.get(agentId)
     if (!this.started || (last !== undefined && now - last < this.intervalMs)) return
     this.earlyRunAt.set(agentId, now)
-    this.enqueue(agentId).catch((err) => this.log.warn({ err: { message: (err as Error).message } }, 'agent health: early check failed'))
+    const failed = (err: Error) => this.log.warn({ err: { message: err.message } }, 'agent health: early check failed')
+    this.enqueue({ agent: agentId })
+      .then((report) => {
+        // Another replica held the lock (in its own step, at most a probe timeout long): try once
+        // more after it, so that the burst does not wait for the next interval.
+        if (report.leader || this.stopped) return
+        this.retryTimer = setTimeout(() => void this.enqueue(null).catch(failed), this.probeTimeoutMs + 100)
+        this.retryTimer.unref()
+      })
+      .catch(failed)
   }
 
   /** Runs never overlap: each waits for the previous one. */
-  private enqueue(onlyAgent: string | undefined): Promise<RunReport> {
-    const run = this.chain.then(() => this.run(onlyAgent))
+  private enqueue(flush: Flush): Promise<RunReport> {
+    const run = this.chain.then(() => this.run(flush))
     this.chain = run.catch(() => undefined)
     return run
   }
 
-  /** `onlyAgent`: an early run flushes only that agent's window (the others wait for the tick). */
-  private async run(onlyAgent: string | undefined): Promise<RunReport> {
+  /** A step: write the traffic windows named by `flush`, then lead (probe, fold, write) or follow. */
+  private async run(flush: Flush): Promise<RunReport> {
     const report: RunReport = { leader: false, probed: [], flushed: 0, folded: 0, transitions: [], purged: 0 }
     if (this.stopped) return report
-    report.flushed = await this.flushTraffic(onlyAgent)
+    if (flush !== null) report.flushed = await this.flushTraffic(flush)
 
     const client = await this.pool.connect()
     let locked = false
@@ -462,10 +476,10 @@ export class HealthMonitor {
   }
 
   /** Writes this replica's traffic windows as samples; a window that could not be written is kept. */
-  private async flushTraffic(onlyAgent: string | undefined): Promise<number> {
+  private async flushTraffic(which: 'all' | { agent: string }): Promise<number> {
     const taken = new Map<string, TrafficWindow>()
     for (const [agentId, w] of this.windows) {
-      if (onlyAgent === undefined || agentId === onlyAgent) taken.set(agentId, w)
+      if (which === 'all' || agentId === which.agent) taken.set(agentId, w)
     }
     for (const agentId of taken.keys()) this.windows.delete(agentId)
     if (taken.size === 0) return 0
