@@ -17,10 +17,35 @@ export interface Cache {
   setRanked(key: string, value: string, ttlSeconds: number, rank: readonly [number, number]): Promise<void>
   getRanked(key: string): Promise<string | undefined>
   delete(...keys: string[]): Promise<void>
+  /**
+   * Sequence lists: a contiguous run of items numbered by consecutive seqs, the newest last (a
+   * session's recent messages). appendToSeqList adds the item numbered `seq` when the list ends at
+   * seq - 1 (or starts a list at seq 1), trims it to its newest `maxLength` items and renews its TTL;
+   * a list that already holds seq (or a newer tail) is left alone; a list that would get a gap is
+   * deleted, so that a list is never anything but a true run of consecutive items.
+   */
+  appendToSeqList(key: string, seq: number, item: string, maxLength: number, ttlSeconds: number): Promise<void>
+  /** Stores `items`, numbered up to `lastSeq`, unless the list already ends at lastSeq or later. */
+  replaceSeqList(key: string, lastSeq: number, items: readonly string[], ttlSeconds: number): Promise<void>
+  /**
+   * The items numbered after+1 to min(after + limit, lastSeq), in one read, from a list that ends
+   * at lastSeq; undefined unless the list ends exactly there and holds them all.
+   */
+  readSeqList(key: string, lastSeq: number, after: number, limit: number): Promise<SeqItems | undefined>
   state(): CacheState
   /** A round trip with a deadline, for the probes: resolves with the latency in ms, rejects on failure. */
   ping(timeoutMs: number): Promise<number>
   close(): Promise<void>
+}
+
+/** What readSeqList returns: the items asked for, joined by commas. */
+export interface SeqItems {
+  /**
+   * As UTF-8 bytes, so that JSON items become the inside of a JSON array without being parsed or
+   * re-encoded on the way from the cache to the socket.
+   */
+  joined: Buffer
+  count: number
 }
 
 /** How a ranked value is stored: "<rank0>.<rank1>|<value>", so Redis can compare it in a script. */

@@ -1,13 +1,22 @@
-import { decodeRanked, encodeRanked, isNewer, type Cache, type CacheState } from './cache.js'
+import { decodeRanked, encodeRanked, isNewer, type Cache, type CacheState, type SeqItems } from './cache.js'
+
+/** A seq list in memory: items[i] is numbered lastSeq - items.length + 1 + i. */
+interface SeqList {
+  items: string[]
+  lastSeq: number
+}
 
 interface Entry {
-  value: string
+  value: string | SeqList
   expiresAt: number
 }
 
+const EMPTY = Buffer.alloc(0)
+
 /**
  * The in-process stand-in for Redis on a developer's machine: per-key TTLs and a bound on the number
- * of entries (the least recently used go first), so it cannot grow without limit.
+ * of entries (the least recently used go first), so it cannot grow without limit. Seq lists follow
+ * the same rules as RedisCache's scripts.
  */
 export class MemoryCache implements Cache {
   readonly backend = 'memory' as const
@@ -19,31 +28,18 @@ export class MemoryCache implements Cache {
   ) {}
 
   async get(key: string): Promise<string | undefined> {
-    const entry = this.entries.get(key)
-    if (!entry) return undefined
-    if (entry.expiresAt <= this.now()) {
-      this.entries.delete(key)
-      return undefined
-    }
-    // Map keeps insertion order: re-inserting marks the key as most recently used.
-    this.entries.delete(key)
-    this.entries.set(key, entry)
-    return entry.value
+    const value = this.read(key)
+    return typeof value === 'string' ? value : undefined
   }
 
   async set(key: string, value: string, ttlSeconds: number): Promise<void> {
-    this.entries.delete(key)
-    this.entries.set(key, { value, expiresAt: this.now() + ttlSeconds * 1000 })
-    while (this.entries.size > this.maxEntries) {
-      const oldest = this.entries.keys().next().value as string
-      this.entries.delete(oldest)
-    }
+    this.write(key, value, ttlSeconds)
   }
 
   async setRanked(key: string, value: string, ttlSeconds: number, rank: readonly [number, number]): Promise<void> {
     const current = decodeRanked(await this.get(key))
     if (current && isNewer(current.rank, rank)) return
-    await this.set(key, encodeRanked(value, rank), ttlSeconds)
+    this.write(key, encodeRanked(value, rank), ttlSeconds)
   }
 
   async getRanked(key: string): Promise<string | undefined> {
@@ -52,6 +48,38 @@ export class MemoryCache implements Cache {
 
   async delete(...keys: string[]): Promise<void> {
     for (const key of keys) this.entries.delete(key)
+  }
+
+  async appendToSeqList(key: string, seq: number, item: string, maxLength: number, ttlSeconds: number): Promise<void> {
+    const list = this.readList(key)
+    if (list) {
+      if (list.lastSeq >= seq) return
+      if (list.lastSeq !== seq - 1) {
+        this.entries.delete(key)
+        return
+      }
+    } else if (seq !== 1) {
+      return
+    }
+    const items = list ? [...list.items, item] : [item]
+    this.write(key, { items: items.length > maxLength ? items.slice(-maxLength) : items, lastSeq: seq }, ttlSeconds)
+  }
+
+  async replaceSeqList(key: string, lastSeq: number, items: readonly string[], ttlSeconds: number): Promise<void> {
+    if (items.length === 0) return
+    const list = this.readList(key)
+    if (list && list.lastSeq >= lastSeq) return
+    this.write(key, { items: [...items], lastSeq }, ttlSeconds)
+  }
+
+  async readSeqList(key: string, lastSeq: number, after: number, limit: number): Promise<SeqItems | undefined> {
+    const list = this.readList(key)
+    if (!list || list.lastSeq !== lastSeq) return undefined
+    const count = Math.min(limit, lastSeq - after)
+    if (count <= 0) return { joined: EMPTY, count: 0 }
+    const start = after + 1 - (list.lastSeq - list.items.length + 1)
+    if (start < 0) return undefined
+    return { joined: Buffer.from(list.items.slice(start, start + count).join(',')), count }
   }
 
   get size(): number {
@@ -68,5 +96,32 @@ export class MemoryCache implements Cache {
 
   async close(): Promise<void> {
     this.entries.clear()
+  }
+
+  private readList(key: string): SeqList | undefined {
+    const value = this.read(key)
+    return typeof value === 'object' ? value : undefined
+  }
+
+  private read(key: string): Entry['value'] | undefined {
+    const entry = this.entries.get(key)
+    if (!entry) return undefined
+    if (entry.expiresAt <= this.now()) {
+      this.entries.delete(key)
+      return undefined
+    }
+    // Map keeps insertion order: re-inserting marks the key as most recently used.
+    this.entries.delete(key)
+    this.entries.set(key, entry)
+    return entry.value
+  }
+
+  private write(key: string, value: Entry['value'], ttlSeconds: number): void {
+    this.entries.delete(key)
+    this.entries.set(key, { value, expiresAt: this.now() + ttlSeconds * 1000 })
+    while (this.entries.size > this.maxEntries) {
+      const oldest = this.entries.keys().next().value as string
+      this.entries.delete(oldest)
+    }
   }
 }

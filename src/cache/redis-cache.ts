@@ -1,6 +1,6 @@
 import { Redis } from 'ioredis'
 import type { FastifyBaseLogger as Logger } from 'fastify'
-import { decodeRanked, encodeRanked, type Cache, type CacheState } from './cache.js'
+import { decodeRanked, encodeRanked, type Cache, type CacheState, type SeqItems } from './cache.js'
 
 // Compare-and-set of a ranked value ("<a>.<b>|<value>"): keeps the cached one when its rank is newer.
 const SET_RANKED_SCRIPT = `
@@ -16,7 +16,53 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
 return 1`
 
-type RankedClient = Redis & { setRanked(key: string, value: string, a: number, b: number, ttl: number): Promise<number> }
+// Seq lists: each item is stored as "<seq>|<item>", so a script can tell where a list ends and
+// check that an append continues it. The two scripts keep every list a run of consecutive seqs, so
+// that a read is a plain LRANGE (a script that copies the items costs Redis several times more).
+const APPEND_SEQ_SCRIPT = `
+local seq = tonumber(ARGV[1])
+local last = redis.call('LINDEX', KEYS[1], -1)
+if last then
+  local lastSeq = tonumber(string.match(last, '^(%d+)|'))
+  if lastSeq and lastSeq >= seq then return 0 end
+  if lastSeq ~= seq - 1 then
+    redis.call('DEL', KEYS[1])
+    return 0
+  end
+elseif seq ~= 1 then
+  return 0
+end
+redis.call('RPUSH', KEYS[1], ARGV[2])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1`
+
+const REPLACE_SEQ_SCRIPT = `
+local last = redis.call('LINDEX', KEYS[1], -1)
+if last then
+  local lastSeq = tonumber(string.match(last, '^(%d+)|'))
+  if lastSeq and lastSeq >= tonumber(ARGV[1]) then return 0 end
+  redis.call('DEL', KEYS[1])
+end
+redis.call('RPUSH', KEYS[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1`
+
+const SEPARATOR = 0x7c // '|'
+const COMMA = Buffer.from(',')
+const EMPTY = Buffer.alloc(0)
+
+/** The seq of a stored seq-list item ("<seq>|<item>"); NaN if it has none. */
+function seqOf(item: Buffer): number {
+  const end = item.indexOf(SEPARATOR)
+  return end > 0 ? Number(item.toString('latin1', 0, end)) : Number.NaN
+}
+
+type ScriptedClient = Redis & {
+  setRanked(key: string, value: string, a: number, b: number, ttl: number): Promise<number>
+  appendSeq(key: string, seq: number, item: string, maxLength: number, ttl: number): Promise<number>
+  replaceSeq(key: string, lastSeq: number, ttl: number, ...items: string[]): Promise<number>
+}
 
 export interface RedisCacheOptions {
   url: string
@@ -61,6 +107,8 @@ export class RedisCache implements Cache {
       connectionName: 'smalltalk-server'
     })
     this.client.defineCommand('setRanked', { numberOfKeys: 1, lua: SET_RANKED_SCRIPT })
+    this.client.defineCommand('appendSeq', { numberOfKeys: 1, lua: APPEND_SEQ_SCRIPT })
+    this.client.defineCommand('replaceSeq', { numberOfKeys: 1, lua: REPLACE_SEQ_SCRIPT })
     this.client.on('error', (err: Error) => {
       // ioredis emits an error per failed reconnection attempt: log the first of a series only.
       if (this.lastError !== err.message) this.log.warn({ err: { message: err.message } }, 'Redis error')
@@ -118,7 +166,7 @@ export class RedisCache implements Cache {
   async setRanked(key: string, value: string, ttlSeconds: number, rank: readonly [number, number]): Promise<void> {
     if (!this.usable()) return this.markUnsynced([key])
     try {
-      await (this.client as RankedClient).setRanked(key, encodeRanked(value, rank), rank[0], rank[1], ttlSeconds)
+      await (this.client as ScriptedClient).setRanked(key, encodeRanked(value, rank), rank[0], rank[1], ttlSeconds)
     } catch (err) {
       this.noteFailure('setRanked', err)
       this.markUnsynced([key])
@@ -138,6 +186,51 @@ export class RedisCache implements Cache {
       this.noteFailure('delete', err)
       this.markUnsynced(keys)
     }
+  }
+
+  async appendToSeqList(key: string, seq: number, item: string, maxLength: number, ttlSeconds: number): Promise<void> {
+    if (!this.usable()) return this.markUnsynced([key])
+    try {
+      await (this.client as ScriptedClient).appendSeq(key, seq, `${seq}|${item}`, maxLength, ttlSeconds)
+    } catch (err) {
+      this.noteFailure('appendToSeqList', err)
+      this.markUnsynced([key])
+    }
+  }
+
+  async replaceSeqList(key: string, lastSeq: number, items: readonly string[], ttlSeconds: number): Promise<void> {
+    if (items.length === 0) return
+    if (!this.usable()) return this.markUnsynced([key])
+    const firstSeq = lastSeq - items.length + 1
+    try {
+      await (this.client as ScriptedClient).replaceSeq(key, lastSeq, ttlSeconds, ...items.map((item, i) => `${firstSeq + i}|${item}`))
+    } catch (err) {
+      this.noteFailure('replaceSeqList', err)
+      this.markUnsynced([key])
+    }
+  }
+
+  async readSeqList(key: string, lastSeq: number, after: number, limit: number): Promise<SeqItems | undefined> {
+    const count = Math.min(limit, lastSeq - after)
+    if (count <= 0) return { joined: EMPTY, count: 0 }
+    if (!this.usable()) return undefined
+    let items: Buffer[]
+    try {
+      // Counted from the end: the list is meant to end at lastSeq.
+      items = await this.client.lrangeBuffer(key, after - lastSeq, after - lastSeq + count - 1)
+    } catch (err) {
+      this.noteFailure('readSeqList', err)
+      return undefined
+    }
+    // The list is a run of consecutive seqs: if it holds `count` items from after+1, it ends at
+    // lastSeq and these are the ones asked for.
+    if (items.length !== count || seqOf(items[0] as Buffer) !== after + 1) return undefined
+    const parts: Buffer[] = []
+    for (const item of items) {
+      if (parts.length > 0) parts.push(COMMA)
+      parts.push(item.subarray(item.indexOf(SEPARATOR) + 1))
+    }
+    return { joined: Buffer.concat(parts), count }
   }
 
   private markUnsynced(keys: string[]): void {

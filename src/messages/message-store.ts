@@ -89,14 +89,11 @@ export async function insertMessage(db: Queryable, message: NewMessage): Promise
   return toMessage(rows[0] as MessageRow)
 }
 
-/** The recent history of a session, cached as a contiguous tail of its messages. */
-interface CachedHistory {
-  /** seq of the newest message the tail holds: compared with the session's, to detect staleness. */
-  lastSeq: number
-  messages: Message[]
-}
-
-const historyKey = (sessionId: string) => `history:${sessionId}`
+/**
+ * The newest messages of a session, cached as a seq list of their JSON (as the API shows them), so
+ * that a page of history is a slice of that list sent as it is: never parsed, never re-serialised.
+ */
+const historyKey = (sessionId: string) => `history-list:${sessionId}`
 const HISTORY_TTL_SECONDS = 600
 
 export interface HistoryOptions {
@@ -106,9 +103,22 @@ export interface HistoryOptions {
   cacheSize: number
 }
 
+/** A page of history: its messages as the inside of a JSON array. */
+export interface HistoryPage {
+  /** The messages' JSON objects joined by commas, as UTF-8 bytes. */
+  json: Buffer
+  count: number
+  /** seq of the page's last message (null when the page is empty). */
+  lastSeq: number | null
+}
+
+const EMPTY_PAGE: HistoryPage = { json: Buffer.alloc(0), count: 0, lastSeq: null }
+
 /**
  * Message history: PostgreSQL is the truth; the newest `cacheSize` messages of each session are
  * kept in the cache (write-through after each commit) for the model's context and history reads.
+ * A cached list is used only when it ends at the session's newest seq (the session record says
+ * which) and holds the whole window asked for; anything else is read from PostgreSQL.
  */
 export class MessageHistory {
   constructor(private readonly options: HistoryOptions) {}
@@ -117,54 +127,46 @@ export class MessageHistory {
    * Messages after `after` in seq order, at most `limit`, for a session whose newest seq is
    * `lastSeq`: from the cache when it holds that window, else from PostgreSQL.
    */
-  async page(db: Queryable, sessionId: string, lastSeq: number, after: number, limit: number): Promise<Message[]> {
-    const cached = await this.cached(sessionId, lastSeq)
-    const first = cached?.messages[0]?.seq
-    if (cached && (cached.messages.length === 0 || (first !== undefined && first <= after + 1))) {
-      return cached.messages.filter((m) => m.seq > after).slice(0, limit)
-    }
+  async page(db: Queryable, sessionId: string, lastSeq: number, after: number, limit: number): Promise<HistoryPage> {
+    // Nothing after `after` yet: the session record says so, no need to read anything.
+    if (after >= lastSeq) return EMPTY_PAGE
+    const cached = await this.options.cache.readSeqList(historyKey(sessionId), lastSeq, after, limit)
+    this.options.metrics.cacheLookups.inc({ cache: 'history', result: cached ? 'hit' : 'miss' })
+    if (cached) return { json: cached.joined, count: cached.count, lastSeq: after + cached.count }
     const { rows } = await db.query<MessageRow>(
       `SELECT ${MESSAGE_COLUMNS} FROM chat_messages WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3`,
       [sessionId, after, limit]
     )
-    return rows.map(toMessage)
+    const last = rows[rows.length - 1]
+    return { json: Buffer.from(rows.map((row) => JSON.stringify(toMessage(row))).join(',')), count: rows.length, lastSeq: last ? Number(last.seq) : null }
   }
 
   /** The newest `count` messages, oldest first (the model's context). */
   async recent(db: Queryable, sessionId: string, lastSeq: number, count: number): Promise<Message[]> {
-    const cached = await this.cached(sessionId, lastSeq)
-    if (cached && (cached.messages.length >= count || cached.messages[0]?.seq === 1 || lastSeq === 0)) {
-      return cached.messages.slice(-count)
-    }
+    if (lastSeq === 0) return []
+    const cached = await this.options.cache.readSeqList(historyKey(sessionId), lastSeq, Math.max(0, lastSeq - count), count)
+    this.options.metrics.cacheLookups.inc({ cache: 'history', result: cached ? 'hit' : 'miss' })
+    if (cached) return JSON.parse(`[${cached.joined.toString()}]`) as Message[]
     const tail = await this.loadTail(db, sessionId, Math.max(count, this.options.cacheSize))
-    await this.store(sessionId, tail)
+    const newest = tail[tail.length - 1]
+    // seqs are gap-free (each is taken in the transaction that stores its message): check anyway,
+    // since a cached list numbers its items by position.
+    if (newest && newest.seq - (tail[0] as Message).seq + 1 === tail.length) {
+      await this.options.cache.replaceSeqList(historyKey(sessionId), newest.seq, tail.map((m) => JSON.stringify(m)), HISTORY_TTL_SECONDS)
+    }
     return tail.slice(-count)
   }
 
-  /** Write-through after a commit: appends to the cached tail if it is current, else drops it. */
+  /**
+   * Write-through after a commit: appends the message to the cached list when it continues it
+   * (one atomic step in the cache), drops a list it would leave with a gap.
+   */
   async append(sessionId: string, message: Message): Promise<void> {
-    const key = historyKey(sessionId)
-    const raw = await this.options.cache.get(key)
-    const current = raw ? (JSON.parse(raw) as CachedHistory) : undefined
-    if (message.seq === 1) {
-      await this.store(sessionId, [message])
-    } else if (current && current.lastSeq === message.seq - 1) {
-      await this.store(sessionId, [...current.messages, message].slice(-this.options.cacheSize))
-    } else {
-      await this.options.cache.delete(key)
-    }
+    await this.options.cache.appendToSeqList(historyKey(sessionId), message.seq, JSON.stringify(message), this.options.cacheSize, HISTORY_TTL_SECONDS)
   }
 
   async forget(sessionId: string): Promise<void> {
     await this.options.cache.delete(historyKey(sessionId))
-  }
-
-  private async cached(sessionId: string, lastSeq: number): Promise<CachedHistory | undefined> {
-    const raw = await this.options.cache.get(historyKey(sessionId))
-    const history = raw ? (JSON.parse(raw) as CachedHistory) : undefined
-    const usable = history !== undefined && history.lastSeq === lastSeq
-    this.options.metrics.cacheLookups.inc({ cache: 'history', result: usable ? 'hit' : 'miss' })
-    return usable ? history : undefined
   }
 
   private async loadTail(db: Queryable, sessionId: string, count: number): Promise<Message[]> {
@@ -173,10 +175,5 @@ export class MessageHistory {
       [sessionId, count]
     )
     return rows.map(toMessage)
-  }
-
-  private async store(sessionId: string, messages: Message[]): Promise<void> {
-    const history: CachedHistory = { lastSeq: messages[messages.length - 1]?.seq ?? 0, messages }
-    await this.options.cache.set(historyKey(sessionId), JSON.stringify(history), HISTORY_TTL_SECONDS)
   }
 }
