@@ -60,8 +60,10 @@ t.test('the monitor starts after ready, probes every interval, and its state rea
   const listed = (await app.inject('/v1/events?type=agent.*')).json().events
   t.same(listed.map((e: { type: string }) => e.type), ['agent.status_changed', 'agent.status_changed', 'agent.failed'], 'visible in the event log API')
 
+  // Due a second after the last probe in PostgreSQL's clock (less 10% timer slack); the margin below
+  // is the jitter between reading that clock and the request reaching the stub on a busy machine.
   const times = stub.requests.map((r) => r.receivedAt)
-  for (let i = 1; i < times.length; i++) t.ok(times[i]! - times[i - 1]! >= 850, `probe ${i} came ${times[i]! - times[i - 1]!} ms after the previous one`)
+  for (let i = 1; i < times.length; i++) t.ok(times[i]! - times[i - 1]! >= 750, `probe ${i} came ${times[i]! - times[i - 1]!} ms after the previous one`)
 
   stub.setDefault({})
   t.ok(await eventually(async () => (await agentStatus(app, 'gpt')) === 'healthy', 8000), 'recovered after two good probes')
@@ -93,7 +95,7 @@ t.test('two replicas on one database: one probe per interval between them, and b
   t.ok(await eventually(async () => (await agentStatus(a.app, 'gpt')) === 'down' && (await agentStatus(b.app, 'gpt')) === 'down', 8000), 'both replicas show gpt down')
   const times = stub.requests.map((r) => r.receivedAt)
   t.ok(times.length >= 3)
-  for (let i = 1; i < times.length; i++) t.ok(times[i]! - times[i - 1]! >= 850, `probe ${i} came ${times[i]! - times[i - 1]!} ms after the previous one`)
+  for (let i = 1; i < times.length; i++) t.ok(times[i]! - times[i - 1]! >= 750, `probe ${i} came ${times[i]! - times[i - 1]!} ms after the previous one`)
   const { rows } = await pool.query("SELECT count(*)::int AS n FROM event_logs WHERE type = 'agent.failed' AND agent_id = 'gpt'")
   t.equal(rows[0].n, 1, 'one transition, written once')
 })
