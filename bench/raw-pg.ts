@@ -1,4 +1,6 @@
 import type pg from 'pg'
+import { EVENTS_CHANNEL } from '../src/events/event-log.js'
+import { STORE_REPLY, TAKE_LEASE_AND_STORE_MESSAGE } from '../src/messages/conversation.js'
 
 /**
  * The rows one reply commits, written by a plain `pg` script with no service around it: the
@@ -37,4 +39,16 @@ export async function commitReplyRows(client: pg.PoolClient | pg.Client, session
   )
   await client.query(`INSERT INTO event_logs (type, tenant, session_id, data) VALUES ('message.created', 'default', $1, '{}')`, [sessionId])
   await client.query('COMMIT')
+}
+
+/**
+ * The same rows written with the service's own two statements (src/messages/conversation.ts), sent
+ * by a plain script: the baseline that isolates what the service adds around its SQL (HTTP, auth,
+ * validation, cache, provider call, serialisation).
+ */
+export async function commitReplyRowsAsService(client: pg.PoolClient | pg.Client, sessionId: string): Promise<void> {
+  const selected = JSON.stringify({ reason: 'default', matched: [], score: 0 })
+  const { rows } = await client.query(TAKE_LEASE_AND_STORE_MESSAGE, [sessionId, 'default', 65_000, 'How do I make this query faster?', {}, null, 'assistant', selected, EVENTS_CHANNEL])
+  if (!rows[0]) throw new Error(`session ${sessionId}: lease not taken`)
+  await client.query(STORE_REPLY, [sessionId, 'default', 'Echo (gpt-4o-mini): How do I make this query faster?', 'assistant', 'echo', 'gpt-4o-mini', 30, 12, 5, null, EVENTS_CHANNEL])
 }

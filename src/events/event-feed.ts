@@ -31,16 +31,23 @@ export function typeMatcher(type: string | undefined): (candidate: string) => bo
 /**
  * The live event feed of one replica. Events are announced with pg_notify in the transaction that
  * writes them, so every replica hears of each committed event exactly when it becomes visible (and
- * never of one that was rolled back); the feed then reads the new rows once and fans them out to
- * its SSE subscribers. One dedicated connection LISTENs; if it drops, the feed reconnects and
- * catches up from the last id it delivered, so subscribers miss nothing.
+ * never of one that was rolled back). The payload names the transaction's id range and event types
+ * (NOTIFY_PAYLOAD): the feed reads exactly that range, once, and fans it out to its subscribers, or
+ * reads nothing when no subscriber wants those types (the common case: no SSE client listening).
+ * Reading ranges rather than "everything after the last id" matters because ids are assigned at
+ * insert and committed in another order: a transaction that took id 10 may commit after the one
+ * that took id 11, and a reader that had moved past 11 would never see 10.
+ * One dedicated connection LISTENs; if it drops, the feed reconnects and catches up from the
+ * largest id it heard of.
  */
 export class EventFeed {
   private client: pg.Client | undefined
+  /** The largest event id announced (or read at start): where a catch-up after a reconnect starts. */
   private lastId = '0'
   private readonly subscribers = new Set<Subscriber>()
   private fetching: Promise<void> | undefined
-  private again = false
+  /** Id ranges announced and not read yet; null asks for a catch-up after lastId. */
+  private pending: Array<[string, string] | null> = []
   private stopped = false
   private reconnectTimer: NodeJS.Timeout | undefined
 
@@ -82,7 +89,7 @@ export class EventFeed {
     const client = new pg.Client({ connectionString: this.connectionString, application_name: 'smalltalk-events' })
     client.on('error', (err) => this.lost(err))
     client.on('end', () => this.lost(new Error('connection ended')))
-    client.on('notification', () => this.fetch())
+    client.on('notification', (message) => this.announced(message.payload))
     try {
       await client.connect()
       await client.query(`LISTEN ${EVENTS_CHANNEL}`)
@@ -92,6 +99,7 @@ export class EventFeed {
     }
     this.client = client
     // Whatever was committed while we were not listening.
+    this.pending.push(null)
     this.fetch()
   }
 
@@ -109,39 +117,65 @@ export class EventFeed {
     this.reconnectTimer.unref()
   }
 
-  /** Reads every event after the last delivered one; concurrent announcements coalesce. */
-  private fetch(): void {
-    if (this.fetching) {
-      this.again = true
+  private announced(payload: string | undefined): void {
+    const [min, max, types] = (payload ?? '').split(':')
+    if (!min || !max || !/^\d+$/.test(min) || !/^\d+$/.test(max)) {
+      // Not our format: read everything after the last id.
+      this.pending.push(null)
+      this.fetch()
       return
     }
+    if (BigInt(max) > BigInt(this.lastId)) this.lastId = max
+    const announcedTypes = (types ?? '').split(',')
+    const wanted = [...this.subscribers].some((subscriber) => announcedTypes.some((type) => subscriber.matches(type)))
+    if (!wanted) return
+    this.pending.push([min, max])
+    this.fetch()
+  }
+
+  /** Reads the announced ranges; announcements that arrive during a read are coalesced into the next. */
+  private fetch(): void {
+    if (this.fetching) return
     this.fetching = (async () => {
-      do {
-        this.again = false
+      while (this.pending.length > 0 && !this.stopped) {
+        const batch = this.pending
+        this.pending = []
         try {
-          await this.deliverNew()
+          await this.deliver(batch)
         } catch (err) {
           this.log.warn({ err: { message: (err as Error).message } }, 'event feed could not read new events')
         }
-      } while (this.again && !this.stopped)
+      }
     })().finally(() => (this.fetching = undefined))
   }
 
-  private async deliverNew(): Promise<void> {
-    for (;;) {
-      const { rows } = await this.pool.query<Row>(
-        'SELECT id, type, tenant, session_id, agent_id, data, created_at FROM event_logs WHERE id > $1 ORDER BY id LIMIT 1000',
-        [this.lastId]
+  private async deliver(batch: Array<[string, string] | null>): Promise<void> {
+    const ranges = batch.filter((range): range is [string, string] => range !== null)
+    const rows: Row[] = []
+    if (ranges.length > 0) {
+      const found = await this.pool.query<Row>(
+        `SELECT e.id, e.type, e.tenant, e.session_id, e.agent_id, e.data, e.created_at
+           FROM event_logs e JOIN unnest($1::bigint[], $2::bigint[]) AS r(lo, hi) ON e.id BETWEEN r.lo AND r.hi`,
+        [ranges.map((range) => range[0]), ranges.map((range) => range[1])]
       )
-      for (const row of rows) {
-        this.lastId = String(row.id)
-        if (this.subscribers.size === 0) continue
-        const event: StoredEvent = { id: String(row.id), type: row.type, sessionId: row.session_id, agentId: row.agent_id, data: row.data, createdAt: row.created_at.toISOString() }
-        for (const subscriber of this.subscribers) {
-          if ((row.tenant === null || row.tenant === subscriber.tenant) && subscriber.matches(row.type)) subscriber.deliver(event)
-        }
+      rows.push(...found.rows)
+    }
+    if (ranges.length < batch.length) {
+      const seen = new Set(rows.map((row) => String(row.id)))
+      const newer = await this.pool.query<Row>('SELECT id, type, tenant, session_id, agent_id, data, created_at FROM event_logs WHERE id > $1 ORDER BY id LIMIT 1000', [this.lastId])
+      for (const row of newer.rows) {
+        if (BigInt(row.id) > BigInt(this.lastId)) this.lastId = String(row.id)
+        if (!seen.has(String(row.id))) rows.push(row)
       }
-      if (rows.length < 1000) return
+      if (newer.rows.length === 1000) this.pending.push(null)
+    }
+    if (this.subscribers.size === 0) return
+    rows.sort((a, b) => (BigInt(a.id) < BigInt(b.id) ? -1 : 1))
+    for (const row of rows) {
+      const event: StoredEvent = { id: String(row.id), type: row.type, sessionId: row.session_id, agentId: row.agent_id, data: row.data, createdAt: row.created_at.toISOString() }
+      for (const subscriber of this.subscribers) {
+        if ((row.tenant === null || row.tenant === subscriber.tenant) && subscriber.matches(row.type)) subscriber.deliver(event)
+      }
     }
   }
 }

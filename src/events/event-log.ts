@@ -34,18 +34,26 @@ export interface StoredEvent {
 export const EVENTS_CHANNEL = 'smalltalk_events'
 
 /**
+ * The NOTIFY payload of a statement that inserted events, read from its `RETURNING id, type` rows
+ * (a CTE or subquery named `e`): `<min id>:<max id>:<distinct types>`. The feed reads exactly that
+ * range, which is visible when the notification arrives (NOTIFY is delivered at commit), and skips
+ * the read when no subscriber wants any of those types.
+ */
+export const NOTIFY_PAYLOAD = `min(e.id)::text || ':' || max(e.id)::text || ':' || string_agg(DISTINCT e.type, ',')`
+
+/**
  * Writes events with the caller's client, so that inside a transaction they commit or vanish with
  * the change they describe: the event log never disagrees with the data. One round trip for all.
  */
 export async function recordEvents(db: Queryable, events: NewEvent[]): Promise<void> {
   if (events.length === 0) return
   await db.query(
-    `WITH inserted AS (
+    `WITH e AS (
        INSERT INTO event_logs (type, tenant, session_id, agent_id, data)
        SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::jsonb[])
-       RETURNING id
+       RETURNING id, type
      )
-     SELECT pg_notify($6, max(id)::text) FROM inserted`,
+     SELECT pg_notify($6, ${NOTIFY_PAYLOAD}) FROM e`,
     [
       events.map((e) => e.type),
       events.map((e) => e.tenant),

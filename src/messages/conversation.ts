@@ -8,7 +8,7 @@ import { selectAgent } from '../agents/router.js'
 import { withTransaction, type Queryable } from '../db/transaction.js'
 import { DomainError, assertStorable } from '../domain-errors.js'
 import { reasonPhrase } from '../errors.js'
-import { EVENTS_CHANNEL, recordEvents } from '../events/event-log.js'
+import { EVENTS_CHANNEL, NOTIFY_PAYLOAD, recordEvents } from '../events/event-log.js'
 import type { ConversationMetrics } from '../metrics/conversation-metrics.js'
 import type { LlmMetrics } from '../metrics/llm-metrics.js'
 import { ProviderError, type ChatTurn } from '../providers/provider.js'
@@ -410,7 +410,7 @@ function unprefixMessage(row: PrefixedMessageRow): MessageRow {
  * active), store the user message at the next seq, link it to the Idempotency-Key ($6, may be null),
  * record message.created and agent.selected, and notify the event feed. No row back: no lease.
  */
-const TAKE_LEASE_AND_STORE_MESSAGE = `
+export const TAKE_LEASE_AND_STORE_MESSAGE = `
 WITH s AS (
   UPDATE sessions
      SET last_seq = last_seq + 1, message_count = message_count + 1,
@@ -432,9 +432,9 @@ WITH s AS (
       ('message.created', NULL::text, jsonb_build_object('messageId', m.id, 'seq', m.seq, 'role', 'user')),
       ('agent.selected', $7::text, $8::jsonb)
     ) AS v(type, agent_id, data)
-  RETURNING id
+  RETURNING id, type
 )
-SELECT s.*, ${PREFIXED_MESSAGE_COLUMNS}, (SELECT pg_notify($9, max(id)::text) FROM e) AS notified
+SELECT s.*, ${PREFIXED_MESSAGE_COLUMNS}, (SELECT pg_notify($9, ${NOTIFY_PAYLOAD}) FROM e) AS notified
   FROM s, m`
 
 /**
@@ -442,7 +442,7 @@ SELECT s.*, ${PREFIXED_MESSAGE_COLUMNS}, (SELECT pg_notify($9, max(id)::text) FR
  * agent's usage in agent_states, record message.created (after agent.selected when a fallback
  * answered, $10), and notify the event feed.
  */
-const STORE_REPLY = `
+export const STORE_REPLY = `
 WITH s AS (
   UPDATE sessions SET last_seq = last_seq + 1, message_count = message_count + 1, reply_lease_until = NULL
    WHERE id = $1
@@ -468,9 +468,9 @@ WITH s AS (
     ) AS v(n, type, data)
    WHERE v.data IS NOT NULL
    ORDER BY v.n
-  RETURNING id
+  RETURNING id, type
 )
-SELECT s.*, ${PREFIXED_MESSAGE_COLUMNS}, (SELECT pg_notify($11, max(id)::text) FROM e) AS notified
+SELECT s.*, ${PREFIXED_MESSAGE_COLUMNS}, (SELECT pg_notify($11, ${NOTIFY_PAYLOAD}) FROM e) AS notified
   FROM s, m`
 
 /** What the model answered, and which agent it was (a fallback when the chosen one failed). */

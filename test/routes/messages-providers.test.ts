@@ -4,7 +4,7 @@ import t, { type Test } from 'tap'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import type { Environment } from '../../src/config.js'
 import { REDIS_URL, buildService, buildTestApp, tempDir, testEnv } from '../helper.js'
-import { LlmStub } from '../support/llm-stub.js'
+import { LlmStub, type StubRequest } from '../support/llm-stub.js'
 import { data, sse } from '../support/sse.js'
 
 // Replies from real provider SDKs (OpenAI, Anthropic, Gemini) talking to a loopback stub of each wire
@@ -47,6 +47,10 @@ agents:
     model: router-test
     systemPrompt: You route.
 `
+
+// The agent health monitor of each test app probes the stub's model endpoints about a second after
+// start: scripted failures are for chat requests only, so that a probe never takes one.
+const chat = (request: StubRequest) => request.kind === 'chat'
 
 interface World {
   stub: LlmStub
@@ -136,7 +140,7 @@ t.test('each provider answers through its own SDK and wire format, with usage an
 t.test('SSE: provider tokens reach the client as they arrive', async (t) => {
   const { stub, app, base } = await world(t)
   const id = await createSession(app)
-  stub.enqueue({ text: ['one', ' two', ' three', ' four', ' five'], deltaDelayMs: 150 })
+  stub.enqueue({ text: ['one', ' two', ' three', ' four', ' five'], deltaDelayMs: 150 }, { when: chat })
   const arrivals: number[] = []
   const started = performance.now()
   const res = await sse(`${base}/v1/sessions/${id}/messages`, { content: 'stream please', agent: 'assistant' }, {
@@ -152,7 +156,7 @@ t.test('SSE: provider tokens reach the client as they arrive', async (t) => {
 t.test('an agent that fails before its first token hands over to its fallback', async (t) => {
   const { stub, app, base } = await world(t, { LLM_MAX_RETRIES: '1' })
   const id = await createSession(app)
-  stub.enqueue({ status: 500 }, { times: 5, when: (r) => r.protocol === 'anthropic' })
+  stub.enqueue({ status: 500 }, { times: 5, when: (r) => chat(r) && r.protocol === 'anthropic' })
   stub.setDefault({ text: 'the assistant steps in' })
   const res = await sse(`${base}/v1/sessions/${id}/messages`, { content: 'fix this bug in my code' })
   t.same(res.events.map((e) => e.event), ['message', 'agent', 'agent', 'delta', 'delta', 'delta', 'delta', 'done'])
@@ -174,7 +178,7 @@ t.test('an agent that fails before its first token hands over to its fallback', 
 t.test('a stream cut after its first token ends with an error event; the partial text is not stored', async (t) => {
   const { stub, app, base } = await world(t)
   const id = await createSession(app)
-  stub.enqueue({ text: 'this reply will break off here', cutAfter: 3 })
+  stub.enqueue({ text: 'this reply will break off here', cutAfter: 3 }, { when: chat })
   stub.setDefault({ text: 'must not be used: no restart after the first token' })
   const res = await sse(`${base}/v1/sessions/${id}/messages`, { content: 'tell me', agent: 'assistant' })
   const kinds = res.events.map((e) => e.event)
@@ -201,7 +205,7 @@ t.test('LLM_TIMEOUT_MS bounds a reply from a provider that never answers: 504', 
 t.test('a provider that rejects the key: 502 naming the agent, no retry, no key in the answer', async (t) => {
   const { stub, app } = await world(t)
   const id = await createSession(app)
-  stub.failNext(1, 401)
+  stub.enqueue({ status: 401 }, { when: chat })
   stub.setDefault({ text: 'not reached' })
   const res = await post(app, id, { content: 'hello', agent: 'assistant' })
   t.equal(res.statusCode, 502)
@@ -223,7 +227,7 @@ t.test('retries exhausted: 502 after LLM_MAX_RETRIES + 1 attempts', async (t) =>
 t.test('a 429 with Retry-After is waited out and the reply succeeds', async (t) => {
   const { stub, app } = await world(t)
   const id = await createSession(app, ['assistant'])
-  stub.failNext(1, 429, { 'retry-after': '1' })
+  stub.enqueue({ status: 429, headers: { 'retry-after': '1' } }, { when: chat })
   stub.setDefault({ text: 'patience pays' })
   const started = Date.now()
   const res = await post(app, id, { content: 'hello' })
