@@ -118,8 +118,7 @@ const messages: FastifyPluginAsyncTypebox = async (fastify) => {
     },
     async (request, reply) => {
       const { after, limit } = request.query
-      const session = await fastify.sessions.getActive(request.tenant, request.params.id)
-      const page = await fastify.history.page(fastify.pg.pool, session.id, session.lastSeq, after, limit)
+      const { session, page } = await fastify.history.page(fastify.sessions, fastify.pg.pool, request.tenant, request.params.id, after, limit)
       const nextCursor = page.lastSeq !== null && page.count === limit && page.lastSeq < session.lastSeq ? page.lastSeq : null
       // The messages are already JSON (as cached, or serialised once from the rows): the body is
       // put together around them instead of going through the response serialiser, which would

@@ -32,6 +32,11 @@ export interface Cache {
    * at lastSeq; undefined unless the list ends exactly there and holds them all.
    */
   readSeqList(key: string, lastSeq: number, after: number, limit: number): Promise<SeqItems | undefined>
+  /**
+   * getRanked and a seq list in one round trip (a session record and its history): the list comes
+   * back as a snapshot, whose windows are checked against the lastSeq the caller reads in the value.
+   */
+  getRankedWithSeqList(rankedKey: string, listKey: string): Promise<{ value: string | undefined; list: SeqListSnapshot | undefined }>
   state(): CacheState
   /** A round trip with a deadline, for the probes: resolves with the latency in ms, rejects on failure. */
   ping(timeoutMs: number): Promise<number>
@@ -46,6 +51,12 @@ export interface SeqItems {
    */
   joined: Buffer
   count: number
+}
+
+/** A seq list as read at one moment. */
+export interface SeqListSnapshot {
+  /** As readSeqList: the items after+1 to min(after + limit, lastSeq) if the list ends at lastSeq and holds them. */
+  window(lastSeq: number, after: number, limit: number): SeqItems | undefined
 }
 
 /** How a ranked value is stored: "<rank0>.<rank1>|<value>", so Redis can compare it in a script. */

@@ -1,4 +1,4 @@
-import { decodeRanked, encodeRanked, isNewer, type Cache, type CacheState, type SeqItems } from './cache.js'
+import { decodeRanked, encodeRanked, isNewer, type Cache, type CacheState, type SeqItems, type SeqListSnapshot } from './cache.js'
 
 /** A seq list in memory: items[i] is numbered lastSeq - items.length + 1 + i. */
 interface SeqList {
@@ -11,7 +11,7 @@ interface Entry {
   expiresAt: number
 }
 
-const EMPTY = Buffer.alloc(0)
+const NOTHING: SeqItems = { joined: Buffer.alloc(0), count: 0 }
 
 /**
  * The in-process stand-in for Redis on a developer's machine: per-key TTLs and a bound on the number
@@ -73,13 +73,28 @@ export class MemoryCache implements Cache {
   }
 
   async readSeqList(key: string, lastSeq: number, after: number, limit: number): Promise<SeqItems | undefined> {
+    if (lastSeq - after <= 0) return NOTHING
+    return this.snapshot(key)?.window(lastSeq, after, limit)
+  }
+
+  async getRankedWithSeqList(rankedKey: string, listKey: string): Promise<{ value: string | undefined; list: SeqListSnapshot | undefined }> {
+    return { value: await this.getRanked(rankedKey), list: this.snapshot(listKey) }
+  }
+
+  private snapshot(key: string): SeqListSnapshot | undefined {
     const list = this.readList(key)
-    if (!list || list.lastSeq !== lastSeq) return undefined
-    const count = Math.min(limit, lastSeq - after)
-    if (count <= 0) return { joined: EMPTY, count: 0 }
-    const start = after + 1 - (list.lastSeq - list.items.length + 1)
-    if (start < 0) return undefined
-    return { joined: Buffer.from(list.items.slice(start, start + count).join(',')), count }
+    if (!list) return undefined
+    const { items, lastSeq: listLastSeq } = list
+    return {
+      window(lastSeq, after, limit) {
+        const count = Math.min(limit, lastSeq - after)
+        if (count <= 0) return NOTHING
+        if (listLastSeq !== lastSeq) return undefined
+        const start = after + 1 - (lastSeq - items.length + 1)
+        if (start < 0) return undefined
+        return { joined: Buffer.from(items.slice(start, start + count).join(',')), count }
+      }
+    }
   }
 
   get size(): number {

@@ -1,4 +1,5 @@
 import type { Cache } from '../cache/cache.js'
+import type { SessionRecord, SessionStore } from '../sessions/session-store.js'
 import type { Queryable } from '../db/transaction.js'
 import type { ConversationMetrics } from '../metrics/conversation-metrics.js'
 
@@ -124,21 +125,25 @@ export class MessageHistory {
   constructor(private readonly options: HistoryOptions) {}
 
   /**
-   * Messages after `after` in seq order, at most `limit`, for a session whose newest seq is
-   * `lastSeq`: from the cache when it holds that window, else from PostgreSQL.
+   * A page of history for the API: messages after `after` in seq order, at most `limit`, of an
+   * active session of this tenant (404 or 410 otherwise, as SessionStore.getActive). The session
+   * record and the cached list are read in one round trip; the list serves the page when it ends at
+   * the record's lastSeq and holds the whole window, else PostgreSQL does.
    */
-  async page(db: Queryable, sessionId: string, lastSeq: number, after: number, limit: number): Promise<HistoryPage> {
+  async page(sessions: SessionStore, db: Queryable, tenant: string, sessionId: string, after: number, limit: number): Promise<{ session: SessionRecord; page: HistoryPage }> {
+    const { record: session, list } = await sessions.getActiveWithList(tenant, sessionId, historyKey(sessionId))
     // Nothing after `after` yet: the session record says so, no need to read anything.
-    if (after >= lastSeq) return EMPTY_PAGE
-    const cached = await this.options.cache.readSeqList(historyKey(sessionId), lastSeq, after, limit)
+    if (after >= session.lastSeq) return { session, page: EMPTY_PAGE }
+    const cached = list?.window(session.lastSeq, after, limit)
     this.options.metrics.cacheLookups.inc({ cache: 'history', result: cached ? 'hit' : 'miss' })
-    if (cached) return { json: cached.joined, count: cached.count, lastSeq: after + cached.count }
+    if (cached) return { session, page: { json: cached.joined, count: cached.count, lastSeq: after + cached.count } }
     const { rows } = await db.query<MessageRow>(
       `SELECT ${MESSAGE_COLUMNS} FROM chat_messages WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3`,
-      [sessionId, after, limit]
+      [session.id, after, limit]
     )
     const last = rows[rows.length - 1]
-    return { json: Buffer.from(rows.map((row) => JSON.stringify(toMessage(row))).join(',')), count: rows.length, lastSeq: last ? Number(last.seq) : null }
+    const json = Buffer.from(rows.map((row) => JSON.stringify(toMessage(row))).join(','))
+    return { session, page: { json, count: rows.length, lastSeq: last ? Number(last.seq) : null } }
   }
 
   /** The newest `count` messages, oldest first (the model's context). */

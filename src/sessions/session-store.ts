@@ -1,5 +1,5 @@
 import type pg from 'pg'
-import type { Cache } from '../cache/cache.js'
+import type { Cache, SeqListSnapshot } from '../cache/cache.js'
 import { withTransaction, type Queryable } from '../db/transaction.js'
 import { DomainError, assertStorable } from '../domain-errors.js'
 import { recordEvents } from '../events/event-log.js'
@@ -121,9 +121,25 @@ export class SessionStore {
     return record
   }
 
+  /**
+   * getActive, with the cached seq list `listKey` (the session's history) read in the same round
+   * trip to the cache. The list is for the caller to check against the record's lastSeq.
+   */
+  async getActiveWithList(tenant: string, id: string, listKey: string): Promise<{ record: SessionRecord; list: SeqListSnapshot | undefined }> {
+    const { value, list } = await this.options.cache.getRankedWithSeqList(sessionKey(id), listKey)
+    const record = await this.resolve(id, value)
+    if (!record || record.tenant !== tenant) throw notFound()
+    assertActive(record, this.now())
+    return { record, list }
+  }
+
   /** Reads through the cache; PostgreSQL on a miss (or with Redis down). */
   async find(id: string): Promise<SessionRecord | undefined> {
-    const cached = await this.options.cache.getRanked(sessionKey(id))
+    return this.resolve(id, await this.options.cache.getRanked(sessionKey(id)))
+  }
+
+  /** The record from its cached value, else from PostgreSQL (and cached again). */
+  private async resolve(id: string, cached: string | undefined): Promise<SessionRecord | undefined> {
     this.options.metrics.cacheLookups.inc({ cache: 'session', result: cached ? 'hit' : 'miss' })
     if (cached) return JSON.parse(cached) as SessionRecord
     const record = await this.load(this.options.pool, id)

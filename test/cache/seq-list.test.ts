@@ -57,13 +57,16 @@ for (const [name, make, options] of backends) {
     t.equal(await read(cache, 'l', 7, 0, 10), undefined, 'the list is behind the caller\'s lastSeq: a miss')
   })
 
-  t.test(`${name}: only the newest maxLength items are kept; older windows miss`, options, async (t) => {
+  t.test(`${name}: the newest maxLength items are kept (Redis trims by batches, up to a quarter more); older windows miss`, options, async (t) => {
     const cache = await make(t)
-    await appendAll(cache, 'l', range(1, 10), 4)
-    t.equal(await read(cache, 'l', 10, 6, 10), joined(7, 8, 9, 10), 'the newest 4')
-    t.equal(await read(cache, 'l', 10, 8, 1), joined(9))
-    t.equal(await read(cache, 'l', 10, 5, 10), undefined, 'seq 6 was trimmed: the window is not held')
-    t.equal(await read(cache, 'l', 10, 0, 2), undefined, 'the first page is not held')
+    for (let last = 1; last <= 30; last++) {
+      await appendAll(cache, 'l', [last], 8)
+      const held = Math.min(last, 8)
+      t.equal(await read(cache, 'l', last, last - held, 20), joined(...range(last - held + 1, last)), `after ${last}: the newest ${held}`)
+      if (last > 10) t.equal(await read(cache, 'l', last, last - 11, 20), undefined, `after ${last}: no more than 10 kept`)
+    }
+    t.equal(await read(cache, 'l', 30, 26, 2), joined(27, 28))
+    t.equal(await read(cache, 'l', 30, 0, 2), undefined, 'the first page is not held')
   })
 
   t.test(`${name}: appends that do not continue the list never leave a gap`, options, async (t) => {
@@ -137,18 +140,43 @@ t.test('memory: a list expires with its TTL and counts as one entry of the bound
   t.equal(await cache.get('a'), undefined, 'a list is not a string value')
 })
 
-t.test('redis: a list has the TTL given and lives under the key prefix', { skip: redisUnavailable() }, async (t) => {
+t.test('redis: a list is an index and its items, with the TTL given, under the key prefix', { skip: redisUnavailable() }, async (t) => {
   const cache = await redisCache(t)
   const direct = new Redis(REDIS_URL as string)
   t.teardown(() => direct.quit())
   await cache.appendToSeqList('l', 1, item(1), 10, 30)
+  await cache.appendToSeqList('l', 2, 'ünï', 10, 30)
   const key = `${cache.client.options.keyPrefix}l`
-  t.same(await direct.lrange(key, 0, -1), [`1|${item(1)}`], 'stored as "<seq>|<item>"')
-  const ttl = await direct.ttl(key)
-  t.ok(ttl > 0 && ttl <= 30, `TTL set (${ttl} s)`)
-  await direct.expire(key, 5)
-  await cache.appendToSeqList('l', 2, item(2), 10, 30)
-  t.ok((await direct.ttl(key)) > 5, 'renewed by an append')
+  const hex = (n: number) => n.toString(16).padStart(12, '0')
+  const first = Buffer.byteLength(item(1)) + 1
+  t.equal(await direct.get(key), hex(2) + hex(0) + hex(0) + hex(first) + hex(first + Buffer.byteLength('ünï') + 1), 'index: last seq, base, offsets in bytes')
+  t.equal(await direct.get(`${key}:items`), `${item(1)},ünï,`, 'items, each followed by a comma')
+  for (const k of [key, `${key}:items`]) {
+    const ttl = await direct.ttl(k)
+    t.ok(ttl > 0 && ttl <= 30, `TTL set (${ttl} s)`)
+    await direct.expire(k, 5)
+  }
+  await cache.appendToSeqList('l', 3, item(3), 10, 30)
+  t.ok((await direct.ttl(key)) > 5 && (await direct.ttl(`${key}:items`)) > 5, 'both renewed by an append')
+})
+
+t.test('redis: an index whose items are gone or changed is not a list', { skip: redisUnavailable() }, async (t) => {
+  const cache = await redisCache(t)
+  const direct = new Redis(REDIS_URL as string)
+  t.teardown(() => direct.quit())
+  const key = `${cache.client.options.keyPrefix}l`
+  await appendAll(cache, 'l', range(1, 3))
+  await direct.del(`${key}:items`)
+  t.equal(await read(cache, 'l', 3, 0, 10), undefined, 'items evicted: a miss')
+  await appendAll(cache, 'l', [4])
+  t.equal(await direct.exists(key), 0, 'an append drops such an index')
+  t.equal(await read(cache, 'l', 4, 0, 10), undefined)
+
+  await appendAll(cache, 'm', range(1, 3))
+  await direct.append(`${key.slice(0, -1)}m:items`, 'junk')
+  t.equal(await read(cache, 'm', 3, 0, 10), undefined, 'items of another length than the index says: a miss')
+  await appendAll(cache, 'm', [4])
+  t.equal(await read(cache, 'm', 4, 0, 10), undefined, 'and the next append drops them')
 })
 
 t.test('redis: concurrent appends in any order leave a true run or no list, never a wrong one', { skip: redisUnavailable() }, async (t) => {

@@ -30,10 +30,10 @@ function read(app: FastifyInstance, id: string, query = '', headers: Record<stri
   return app.inject({ url: `/v1/sessions/${id}/messages${query ? `?${query}` : ''}`, headers })
 }
 
-/** smalltalk_cache_lookups_total{cache="history"}, by result. */
-async function historyLookups(app: FastifyInstance): Promise<{ hit: number; miss: number }> {
+/** smalltalk_cache_lookups_total{cache="history"} (or "session"), by result. */
+async function historyLookups(app: FastifyInstance, cache = 'history'): Promise<{ hit: number; miss: number }> {
   const metric = await app.metricsRegistry.getSingleMetric('smalltalk_cache_lookups_total')?.get()
-  const value = (result: string) => metric?.values.find((v) => v.labels.cache === 'history' && v.labels.result === result)?.value ?? 0
+  const value = (result: string) => metric?.values.find((v) => v.labels.cache === cache && v.labels.result === result)?.value ?? 0
   return { hit: value('hit'), miss: value('miss') }
 }
 
@@ -56,6 +56,12 @@ for (const [name, cacheEnv, options] of backends) {
     t.equal(warm.statusCode, 200)
     t.equal(warm.headers['content-type'], 'application/json; charset=utf-8')
     t.same(await historyLookups(app), { hit: before.hit + 1, miss: before.miss }, 'served from the cache')
+    // The session record evicted alone: read from PostgreSQL, the history still from the cache.
+    await app.cache.delete(`session:${id}`)
+    const sessions = await historyLookups(app, 'session')
+    t.equal((await read(app, id, 'limit=200')).body, warm.body, 'the same page')
+    t.same(await historyLookups(app, 'session'), { hit: sessions.hit, miss: sessions.miss + 1 }, 'the record missed')
+    t.same(await historyLookups(app), { hit: before.hit + 2, miss: before.miss }, 'the history hit')
     const body = warm.json() as { messages: Array<{ seq: number; role: string; content: string }>; nextCursor: number | null }
     t.same(body.messages.map((m) => m.seq), Array.from({ length: 2 * TEXTS.length }, (_, i) => i + 1), 'in seq order')
     t.same(body.messages.filter((m) => m.role === 'user').map((m) => m.content), TEXTS, 'the texts, byte for byte')
@@ -87,15 +93,15 @@ for (const [name, cacheEnv, options] of backends) {
   t.test(`${name}: a session with more messages than the cache holds: older pages come from PostgreSQL`, options, async (t) => {
     const app = await start(t, await testEnv(t, { ...cacheEnv, CONTEXT_MESSAGES: '4' }))
     const id = await createSession(app)
-    // The cache keeps the newest max(CONTEXT_MESSAGES, 100) messages.
-    for (let i = 1; i <= 52; i++) await post(app, id, `message ${i}`)
+    // The cache keeps the newest max(CONTEXT_MESSAGES, 100) messages (Redis up to a quarter more).
+    for (let i = 1; i <= 64; i++) await post(app, id, `message ${i}`)
     const before = await historyLookups(app)
     const first = (await read(app, id, 'limit=10')).json()
     t.same(first.messages.map((m: { seq: number }) => m.seq), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
     t.equal(first.nextCursor, 10)
     t.same(await historyLookups(app), { hit: before.hit, miss: before.miss + 1 }, 'seq 1 is no longer cached: a miss')
-    const newest = (await read(app, id, 'after=94&limit=50')).json()
-    t.same(newest.messages.map((m: { seq: number }) => m.seq), [95, 96, 97, 98, 99, 100, 101, 102, 103, 104])
+    const newest = (await read(app, id, 'after=118&limit=50')).json()
+    t.same(newest.messages.map((m: { seq: number }) => m.seq), [119, 120, 121, 122, 123, 124, 125, 126, 127, 128])
     t.equal(newest.nextCursor, null)
     t.same(await historyLookups(app), { hit: before.hit + 1, miss: before.miss + 1 }, 'the newest ones are')
     const walked: number[] = []
@@ -104,7 +110,7 @@ for (const [name, cacheEnv, options] of backends) {
       walked.push(...page.messages.map((m: { seq: number }) => m.seq))
       cursor = page.nextCursor
     }
-    t.same(walked, Array.from({ length: 104 }, (_, i) => i + 1), 'walking the cursor across both sources')
+    t.same(walked, Array.from({ length: 128 }, (_, i) => i + 1), 'walking the cursor across both sources')
   })
 
   t.test(`${name}: a read after DELETE is a 410, never served from the cache; other tenants get a 404`, options, async (t) => {
