@@ -25,6 +25,8 @@ export interface Cache {
    * deleted, so that a list is never anything but a true run of consecutive items.
    */
   appendToSeqList(key: string, seq: number, item: string, maxLength: number, ttlSeconds: number): Promise<void>
+  /** Deletes seq lists, with everything a backend keeps for them. */
+  deleteSeqLists(...keys: string[]): Promise<void>
   /** Stores `items`, numbered up to `lastSeq`, unless the list already ends at lastSeq or later. */
   replaceSeqList(key: string, lastSeq: number, items: readonly string[], ttlSeconds: number): Promise<void>
   /**

@@ -50,6 +50,10 @@ export class MemoryCache implements Cache {
     for (const key of keys) this.entries.delete(key)
   }
 
+  async deleteSeqLists(...keys: string[]): Promise<void> {
+    await this.delete(...keys)
+  }
+
   async appendToSeqList(key: string, seq: number, item: string, maxLength: number, ttlSeconds: number): Promise<void> {
     const list = this.readList(key)
     if (list) {

@@ -226,6 +226,10 @@ export class RedisCache implements Cache {
     }
   }
 
+  async deleteSeqLists(...keys: string[]): Promise<void> {
+    await this.delete(...keys.flatMap((key) => [key, itemsKey(key)]))
+  }
+
   async appendToSeqList(key: string, seq: number, item: string, maxLength: number, ttlSeconds: number): Promise<void> {
     if (!this.usable()) return this.markUnsynced([key, itemsKey(key)])
     try {

@@ -171,7 +171,7 @@ export class MessageHistory {
   }
 
   async forget(sessionId: string): Promise<void> {
-    await this.options.cache.delete(historyKey(sessionId))
+    await this.options.cache.deleteSeqLists(historyKey(sessionId))
   }
 
   private async loadTail(db: Queryable, sessionId: string, count: number): Promise<Message[]> {

@@ -112,13 +112,19 @@ for (const [name, make, options] of backends) {
     t.equal((await cache.readSeqList('u', items.length, 3, 2))?.joined.toString(), items.slice(3, 5).join(','), 'a window in the middle')
   })
 
-  t.test(`${name}: delete drops a list`, options, async (t) => {
+  t.test(`${name}: deleteSeqLists (or deleting the key) drops a list`, options, async (t) => {
     const cache = await make(t)
     await appendAll(cache, 'l', range(1, 3))
-    await cache.delete('l')
-    t.equal(await read(cache, 'l', 3, 0, 10), undefined)
-    await appendAll(cache, 'l', [4])
-    t.equal(await read(cache, 'l', 4, 0, 10), undefined, 'not revived by a later append')
+    await appendAll(cache, 'm', range(1, 3))
+    await cache.deleteSeqLists('l', 'missing')
+    await cache.delete('m')
+    for (const key of ['l', 'm']) {
+      t.equal(await read(cache, key, 3, 0, 10), undefined, `${key} is gone`)
+      await appendAll(cache, key, [4])
+      t.equal(await read(cache, key, 4, 0, 10), undefined, `${key} is not revived by a later append`)
+      await appendAll(cache, key, [1])
+      t.equal(await read(cache, key, 1, 0, 10), joined(1), `${key} starts again at seq 1`)
+    }
   })
 }
 
@@ -158,6 +164,17 @@ t.test('redis: a list is an index and its items, with the TTL given, under the k
   }
   await cache.appendToSeqList('l', 3, item(3), 10, 30)
   t.ok((await direct.ttl(key)) > 5 && (await direct.ttl(`${key}:items`)) > 5, 'both renewed by an append')
+})
+
+t.test('redis: deleteSeqLists removes the index and the items', { skip: redisUnavailable() }, async (t) => {
+  const cache = await redisCache(t)
+  const direct = new Redis(REDIS_URL as string)
+  t.teardown(() => direct.quit())
+  const key = `${cache.client.options.keyPrefix}l`
+  await appendAll(cache, 'l', range(1, 3))
+  t.equal(await direct.exists(key, `${key}:items`), 2)
+  await cache.deleteSeqLists('l')
+  t.equal(await direct.exists(key, `${key}:items`), 0)
 })
 
 t.test('redis: an index whose items are gone or changed is not a list', { skip: redisUnavailable() }, async (t) => {
