@@ -1,7 +1,9 @@
 // The conversation benchmarks of issue 4, against the production build (dist/) on a real PostgreSQL
 // and Redis, each figure beside a baseline measured in the same run:
 //   1. POST /v1/sessions/:id/messages (JSON, echo provider), 50 connections over 100 sessions,
-//      versus a raw `pg` script committing the same rows with the same pool size;
+//      versus a raw `pg` script committing the same rows with the same pool size (and, for the
+//      record, the same script announcing its events with pg_notify in the transaction, as the
+//      service does for the event stream);
 //   2. GET .../messages?limit=50 with the cache warm, versus GET / on the same server;
 //   3. SSE replies of 100 deltas: replies per second and time to first delta.
 // Usage: npm run bench:conversations (DATABASE_URL and REDIS_URL default to the local servers).
@@ -82,8 +84,13 @@ async function postMessages(url: string, sessions: string[]) {
   return { perSecond: result['2xx'] / result.duration, p50: result.latency.p50, p99: result.latency.p99, non2xx: result.non2xx, errors: result.errors }
 }
 
-/** The same rows, committed by a plain script: lease + user message + 2 events; reply + agent state + event. */
-async function rawBaseline(databaseUrl: string, sessions: string[]) {
+/**
+ * The same rows, committed by a plain script: lease + user message + 2 events; reply + agent state
+ * + event. With `notify`, each transaction also announces its events with pg_notify, as the
+ * service's do: PostgreSQL serialises the commits of notifying transactions, WAL flush included.
+ */
+async function rawBaseline(databaseUrl: string, sessions: string[], notify = false) {
+  const announce = notify ? `SELECT pg_notify('smalltalk_bench', max(id)::text) FROM e` : 'SELECT count(*) FROM e'
   const pool = new pg.Pool({ connectionString: databaseUrl, max: POOL })
   let done = 0
   let next = 0
@@ -104,7 +111,7 @@ async function rawBaseline(databaseUrl: string, sessions: string[]) {
         const seq = Number(rows[0].last_seq)
         await client.query(`INSERT INTO chat_messages (session_id, seq, role, content) VALUES ($1, $2, 'user', $3)`, [id, seq, 'How do I make this query faster?'])
         await client.query(
-          `INSERT INTO event_logs (type, tenant, session_id, data) SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::jsonb[])`,
+          `WITH e AS (INSERT INTO event_logs (type, tenant, session_id, data) SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::jsonb[]) RETURNING id) ${announce}`,
           [['message.created', 'agent.selected'], ['default', 'default'], [id, id], ['{}', '{}']]
         )
         await client.query('COMMIT')
@@ -123,7 +130,7 @@ async function rawBaseline(databaseUrl: string, sessions: string[]) {
            ON CONFLICT (session_id, agent_id) DO UPDATE SET reply_count = agent_states.reply_count + 1, last_used_at = now()`,
           [id]
         )
-        await client.query(`INSERT INTO event_logs (type, tenant, session_id, data) VALUES ('message.created', 'default', $1, '{}')`, [id])
+        await client.query(`WITH e AS (INSERT INTO event_logs (type, tenant, session_id, data) VALUES ('message.created', 'default', $1, '{}') RETURNING id) ${announce}`, [id])
         await client.query('COMMIT')
         done += 1
         latencies.push(performance.now() - started)
@@ -202,12 +209,15 @@ try {
   const baselineSessions = await createSessions(server.url, SESSIONS)
   const posts: Awaited<ReturnType<typeof postMessages>>[] = []
   const raws: Awaited<ReturnType<typeof rawBaseline>>[] = []
+  const notifying: Awaited<ReturnType<typeof rawBaseline>>[] = []
   for (let run = 0; run < RUNS; run++) {
     // Alternate the order so that a noisy neighbour does not always hit the same side.
     if (run % 2 === 0) {
       posts.push(await postMessages(server.url, sessions))
       raws.push(await rawBaseline(database.url, baselineSessions))
+      notifying.push(await rawBaseline(database.url, baselineSessions, true))
     } else {
+      notifying.push(await rawBaseline(database.url, baselineSessions, true))
       raws.push(await rawBaseline(database.url, baselineSessions))
       posts.push(await postMessages(server.url, sessions))
     }
@@ -227,6 +237,7 @@ try {
 
   const postRate = median(posts.map((p) => p.perSecond))
   const rawRate = median(raws.map((r) => r.perSecond))
+  const notifyingRate = median(notifying.map((r) => r.perSecond))
   const historyRate = median(history.map((h) => h.perSecond))
   const rootRate = median(roots.map((r) => r.perSecond))
   const report = {
@@ -241,7 +252,9 @@ try {
       rawPgPerSecond: raws.map((r) => r.perSecond),
       rawPgP99Ms: median(raws.map((r) => r.p99)),
       ratio: postRate / rawRate,
-      target: 0.5
+      target: 0.5,
+      rawPgWithNotifyPerSecond: notifying.map((r) => r.perSecond),
+      ratioToRawPgWithNotify: postRate / notifyingRate
     },
     history: { perSecond: history.map((h) => h.perSecond), p99Ms: median(history.map((h) => h.p99)), rootPerSecond: roots.map((r) => r.perSecond), ratio: historyRate / rootRate, target: 0.5 },
     sse: { parallel: 10, ...sse }
@@ -253,6 +266,7 @@ Conversation benchmarks (${DURATION} s x ${RUNS} runs, median; spread = (max - m
   POST messages (JSON, echo)  ${fmt(postRate)} msg/s  p99 ${fmt(report.messages.serviceP99Ms)} ms  spread ${fmt(spread(posts.map((p) => p.perSecond)) * 100)}%  non-2xx ${report.messages.serviceNon2xx.join('/')}
   raw pg, same rows           ${fmt(rawRate)} tx-pairs/s  p99 ${fmt(report.messages.rawPgP99Ms)} ms  spread ${fmt(spread(raws.map((r) => r.perSecond)) * 100)}%
   ratio                       ${fmt(report.messages.ratio, 2)} (target >= 0.5)
+  raw pg + pg_notify in tx    ${fmt(notifyingRate)} tx-pairs/s  spread ${fmt(spread(notifying.map((r) => r.perSecond)) * 100)}%  (service / this: ${fmt(report.messages.ratioToRawPgWithNotify, 2)})
   GET messages?limit=50       ${fmt(historyRate)} req/s  p99 ${fmt(report.history.p99Ms)} ms  spread ${fmt(spread(history.map((h) => h.perSecond)) * 100)}%
   GET /                       ${fmt(rootRate)} req/s  spread ${fmt(spread(roots.map((r) => r.perSecond)) * 100)}%
   ratio                       ${fmt(report.history.ratio, 2)} (target >= 0.5)
