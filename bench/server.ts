@@ -3,7 +3,7 @@ import pino, { type Logger } from 'pino'
 import { Counter, Registry } from 'prom-client'
 import { buildApp } from '../src/app.js'
 import { Lifecycle } from '../src/lifecycle.js'
-import { loggerOptions } from '../src/logger.js'
+import { logDestination, loggerOptions } from '../src/logger.js'
 import { SERVICE_VERSION } from '../src/paths.js'
 import { loadedStubs } from './stubs/loaded.js'
 import type { LogSetting, Variant } from './variants.js'
@@ -30,11 +30,12 @@ if (!spec || !process.send) throw new Error('bench/server.ts is started by bench
 const send = (message: ServerMessage) => process.send?.(message)
 
 function createBenchLogger(setting: LogSetting, file: string): Logger {
-  // The service's own options (level, redaction); never pretty, whatever the terminal.
+  // The service's own options (level, redaction) and destination (src/logger.ts), to a file instead
+  // of stdout; never pretty, whatever the terminal.
   const { transport: _transport, ...options } = loggerOptions(spec?.env.LOG_LEVEL ?? 'info')
   if (setting.target === 'discard') return pino(options, { write: () => {} })
   const dest = setting.target === 'dev-null' ? '/dev/null' : file
-  return pino(options, pino.destination({ dest, sync: setting.sync, minLength: setting.minLength ?? 0, periodicFlush: setting.periodicFlush ?? 0 }))
+  return pino(options, logDestination(dest, { sync: setting.sync, minLength: setting.minLength ?? 0, periodicFlush: setting.periodicFlush ?? 0 }))
 }
 
 function buildBare(environment: string, hook: Variant['bareHook']): FastifyInstance {

@@ -1,5 +1,9 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { readFileSync } from 'node:fs'
+import { Writable } from 'node:stream'
+import pino from 'pino'
+import { buildApp } from '../src/app.js'
+import { loggerOptions } from '../src/logger.js'
 import { buildService, buildTestApp, eventually, testEnv } from './helper.js'
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
@@ -124,4 +128,49 @@ t.test('request ids are taken from X-Request-Id', async (t) => {
   app.get('/id', async (req) => ({ id: req.id }))
   const res = await app.inject({ method: 'GET', url: '/id', headers: { 'x-request-id': 'abc-123' } })
   t.equal(res.json().id, 'abc-123')
+})
+
+/** The api instance with its production logger options, its lines captured (parsed) instead of written. */
+async function buildLoggedApp(t: Test, env: Record<string, string>) {
+  const lines: Record<string, unknown>[] = []
+  const stream = new Writable({
+    write(chunk, _encoding, done) {
+      for (const line of String(chunk).split('\n').filter(Boolean)) lines.push(JSON.parse(line))
+      done()
+    }
+  })
+  const { transport: _pretty, ...options } = loggerOptions('info')
+  const app = await buildApp({ env: { ...(await testEnv(t)), LOG_LEVEL: 'info', ...env }, logger: pino(options, stream) })
+  t.teardown(() => app.close())
+  return { app, lines }
+}
+
+t.test('one access line per api request, with its request id, status and duration', async (t) => {
+  const { app, lines } = await buildLoggedApp(t, {})
+  app.get('/boom', async () => {
+    throw new Error('kaput')
+  })
+  await app.ready()
+  lines.length = 0
+  await app.inject({ method: 'GET', url: '/?x=1', headers: { 'x-request-id': 'req-abc', authorization: 'Bearer sk-secret' } })
+  await app.inject({ method: 'GET', url: '/no/such/route' })
+  await app.inject({ method: 'GET', url: '/boom' })
+
+  const access = lines.filter((l) => 'responseTimeMs' in l)
+  t.equal(access.length, 3, 'one line per request, no "incoming request" lines')
+  t.match(access[0], { level: 30, reqId: 'req-abc', method: 'GET', url: '/?x=1', statusCode: 200, msg: 'request completed' })
+  t.type(access[0]?.responseTimeMs, 'number')
+  t.notOk('req' in (access[0] ?? {}) || 'res' in (access[0] ?? {}), 'no serialised request or response objects')
+  t.match(access[1], { level: 30, method: 'GET', url: '/no/such/route', statusCode: 404, msg: 'request completed' })
+  t.match(access[2], { level: 30, method: 'GET', url: '/boom', statusCode: 500, msg: 'request completed' })
+  t.match(lines.find((l) => l.level === 50), { reqId: access[2]?.reqId, err: { message: 'kaput' } }, 'the 500 is logged with its error, under the same request id')
+  t.notMatch(JSON.stringify(lines), /sk-secret/, 'no credentials')
+})
+
+t.test('ACCESS_LOG=false: no access lines, other logging unchanged', async (t) => {
+  const { app, lines } = await buildLoggedApp(t, { ACCESS_LOG: 'false' })
+  await app.ready()
+  lines.length = 0
+  t.equal((await app.inject({ method: 'GET', url: '/' })).statusCode, 200)
+  t.equal(lines.filter((l) => 'responseTimeMs' in l).length, 0)
 })

@@ -1,7 +1,13 @@
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { Writable } from 'node:stream'
+import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import pino from 'pino'
-import { loggerOptions } from '../src/logger.js'
+import { logDestination, loggerOptions } from '../src/logger.js'
 
 function capture(level?: string) {
   const lines: Record<string, unknown>[] = []
@@ -33,4 +39,44 @@ t.test('an invalid LOG_LEVEL still gives a working logger (the config plugin rep
   t.equal(loggerOptions('loud').level, 'info')
   t.equal(loggerOptions('debug').level, 'debug')
   t.equal(loggerOptions(undefined).level, 'info')
+})
+
+t.test('the log destination writes whole JSON lines, multi-byte text intact, async or sync', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'smalltalk-log-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  for (const sync of [false, true]) {
+    const file = join(dir, `log-${sync}.ndjson`)
+    const { transport: _pretty, ...options } = loggerOptions('info')
+    const destination = logDestination(file, { sync })
+    const log = pino(options, destination)
+    const texts = ['plain', 'héllo wörld', 'emoji 🎉 and ✓', 'x'.repeat(20_000)]
+    for (let i = 0; i < 2000; i++) log.child({ reqId: `req-${i}` }).info({ i, text: texts[i % texts.length], apiKey: 'sk-x' }, 'line')
+    await new Promise<void>((resolve, reject) => log.flush((err) => (err ? reject(err) : resolve())))
+    destination.end()
+    await once(destination, 'close')
+    const lines = (await readFile(file, 'utf8')).split('\n').filter(Boolean).map((line) => JSON.parse(line) as Record<string, unknown>)
+    t.equal(lines.length, 2000, `sync ${sync}: every line written`)
+    t.same(lines.map((l) => l.i), Array.from({ length: 2000 }, (_, i) => i), 'in order')
+    t.ok(lines.every((l, i) => l.text === texts[i % texts.length] && l.reqId === `req-${i}` && l.apiKey === '[redacted]'), 'text intact, bindings and redaction applied')
+  }
+})
+
+t.test('lines logged just before the process exits reach stdout (a pipe, as in a container)', async (t) => {
+  const script = [
+    "import { createLogger } from './src/logger.ts'",
+    "const log = createLogger('info')",
+    "for (let i = 0; i < 5000; i++) log.info({ i }, 'burst')",
+    'process.exit(3)'
+  ].join('\n')
+  const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+    cwd: fileURLToPath(new URL('..', import.meta.url)),
+    stdio: ['ignore', 'pipe', 'inherit']
+  })
+  let stdout = ''
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk))
+  const [code] = (await once(child, 'close')) as [number]
+  t.equal(code, 3)
+  const lines = stdout.split('\n').filter(Boolean).map((line) => JSON.parse(line) as { i: number })
+  t.equal(lines.length, 5000, 'none lost at exit')
+  t.equal(lines.at(-1)?.i, 4999)
 })
