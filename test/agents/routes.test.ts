@@ -91,7 +91,7 @@ t.test('GET /v1/agents/:agentId answers one agent with its health', async (t) =>
     name: 'Coder',
     provider: 'echo',
     configuredProvider: 'anthropic',
-    model: 'claude-3-5-haiku-latest',
+    model: 'claude-haiku-4-5',
     status: 'healthy',
     fallback: 'assistant',
     health: { status: 'healthy', checkedAt: null, message: 'answers with the built-in echo provider (no ANTHROPIC_API_KEY)' }

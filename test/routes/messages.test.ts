@@ -10,7 +10,7 @@ import type { Message as StoredMessage } from '../../src/messages/message-store.
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 const ISO = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/
-const MODELS: Record<string, string> = { assistant: 'gpt-4o-mini', coder: 'claude-3-5-haiku-latest', writer: 'gemini-2.0-flash' }
+const MODELS: Record<string, string> = { assistant: 'gpt-4o-mini', coder: 'claude-haiku-4-5', writer: 'gemini-2.5-flash' }
 const echo = (agent: string, content: string) => `Echo (${MODELS[agent]}): ${content}`
 
 type Message = Omit<StoredMessage, 'role'> & { role: 'user' | 'assistant' }
@@ -182,7 +182,7 @@ t.test('the agent named in the body answers; one outside the session or unknown 
 
   const res = await post(app, id, { content: 'please debug this python function', agent: 'writer' })
   t.equal(res.statusCode, 201, res.body)
-  t.match(res.json().reply, { agent: 'writer', model: 'gemini-2.0-flash', provider: 'echo', content: echo('writer', 'please debug this python function') })
+  t.match(res.json().reply, { agent: 'writer', model: 'gemini-2.5-flash', provider: 'echo', content: echo('writer', 'please debug this python function') })
 
   const notInSession = await post(app, id, { content: 'hi', agent: 'coder' })
   const body = assertErrorBody(t, notInSession, 400, 'AGENT_NOT_IN_SESSION')
