@@ -29,9 +29,9 @@ export function typeMatcher(type: string | undefined): (candidate: string) => bo
 }
 
 /**
- * The live event feed of one replica. Events are announced with pg_notify in the transaction that
- * writes them, so every replica hears of each committed event exactly when it becomes visible (and
- * never of one that was rolled back). The payload names the transaction's id range and event types
+ * The live event feed of one replica. Events are announced with pg_notify right after the commit
+ * that writes them (event-log.ts `announce`), so every replica hears of each committed event as soon
+ * as it is visible, and never of one that was rolled back. The payload names the transaction's id range and event types
  * (NOTIFY_PAYLOAD): the feed reads exactly that range, once, and fans it out to its subscribers, or
  * reads nothing when no subscriber wants those types (the common case: no SSE client listening).
  * Reading ranges rather than "everything after the last id" matters because ids are assigned at

@@ -5,10 +5,10 @@ import type { LlmRouter } from '../agents/llm-router.js'
 import { CircuitOpenError, deadlineSignal, type ProviderGuard } from '../agents/provider-guard.js'
 import type { AgentRegistry } from '../agents/registry.js'
 import { selectAgent } from '../agents/router.js'
-import { withTransaction, type Queryable } from '../db/transaction.js'
+import { afterCommit, withTransaction, type Queryable } from '../db/transaction.js'
 import { DomainError, assertStorable } from '../domain-errors.js'
 import { reasonPhrase } from '../errors.js'
-import { EVENTS_CHANNEL, NOTIFY_PAYLOAD, recordEvents } from '../events/event-log.js'
+import { NOTIFY_PAYLOAD, announce, recordEvents } from '../events/event-log.js'
 import type { ConversationMetrics } from '../metrics/conversation-metrics.js'
 import type { LlmMetrics } from '../metrics/llm-metrics.js'
 import { ProviderError, type ChatTurn } from '../providers/provider.js'
@@ -113,7 +113,7 @@ export class ConversationService {
     //    The agent is chosen from the cached record's agents (write-through, dropped on PATCH).
     selection = this.select(cached, input, routed)
     const { rows } = await pool
-      .query<SessionRow & PrefixedMessageRow & { lease_token: string }>(TAKE_LEASE_AND_STORE_MESSAGE, [
+      .query<SessionRow & PrefixedMessageRow & { lease_token: string; notify_payload: string }>(TAKE_LEASE_AND_STORE_MESSAGE, [
         cached.id,
         tenant,
         leaseMs,
@@ -121,8 +121,7 @@ export class ConversationService {
         input.metadata ?? {},
         idempotencyKey ?? null,
         selection.agent.id,
-        JSON.stringify({ reason: selection.reason, matched: selection.matched, score: selection.score }),
-        EVENTS_CHANNEL
+        JSON.stringify({ reason: selection.reason, matched: selection.matched, score: selection.score })
       ])
     if (!rows[0]) {
       await this.refuse(tenant, cached.id).catch(async (err) => {
@@ -134,6 +133,7 @@ export class ConversationService {
     const session = toRecord(rows[0] as SessionRow)
     leaseToken = (rows[0] as { lease_token: string }).lease_token
     const message = toMessage(unprefixMessage(rows[0] as PrefixedMessageRow))
+    void announce(pool, (rows[0] as { notify_payload: string }).notify_payload)
     metrics.messages.inc({ role: 'user' })
     // Both cache writes at once: one round trip to Redis, not two.
     await Promise.all([this.options.sessions.cacheRecord(session), this.options.history.append(session.id, message)])
@@ -252,12 +252,12 @@ export class ConversationService {
       usage.inputTokens,
       usage.outputTokens,
       latencyMs,
-      answer.fallbackFrom ? JSON.stringify({ reason: 'fallback', fallbackFrom: answer.fallbackFrom.id }) : null,
-      EVENTS_CHANNEL
+      answer.fallbackFrom ? JSON.stringify({ reason: 'fallback', fallbackFrom: answer.fallbackFrom.id }) : null
     ]
     const store = async (db: Queryable) => {
-      const { rows } = await db.query<SessionRow & PrefixedMessageRow>(STORE_REPLY, params)
-      const row = rows[0] as SessionRow & PrefixedMessageRow
+      const { rows } = await db.query<SessionRow & PrefixedMessageRow & { notify_payload: string }>(STORE_REPLY, params)
+      const row = rows[0] as SessionRow & PrefixedMessageRow & { notify_payload: string }
+      if (!afterCommit(db, (client) => announce(client, row.notify_payload))) void announce(db, row.notify_payload)
       return { result: { message, reply: toMessage(unprefixMessage(row)) }, updated: toRecord(row) }
     }
     if (!idempotencyKey) return store(this.options.pool)
@@ -408,7 +408,8 @@ function unprefixMessage(row: PrefixedMessageRow): MessageRow {
 /**
  * Step 1 of a reply, one statement: take the lease (only if none is running and the session is
  * active), store the user message at the next seq, link it to the Idempotency-Key ($6, may be null),
- * record message.created and agent.selected, and notify the event feed. No row back: no lease.
+ * record message.created and agent.selected. No row back: no lease. The caller announces the events
+ * after the statement (`announce`: never inside the writing transaction).
  */
 export const TAKE_LEASE_AND_STORE_MESSAGE = `
 WITH s AS (
@@ -434,13 +435,13 @@ WITH s AS (
     ) AS v(type, agent_id, data)
   RETURNING id, type
 )
-SELECT s.*, ${PREFIXED_MESSAGE_COLUMNS}, (SELECT pg_notify($9, ${NOTIFY_PAYLOAD}) FROM e) AS notified
+SELECT s.*, ${PREFIXED_MESSAGE_COLUMNS}, (SELECT ${NOTIFY_PAYLOAD} FROM e) AS notify_payload
   FROM s, m`
 
 /**
  * Step 3 of a reply, one statement: store the reply at the next seq, release the lease, count the
  * agent's usage in agent_states, record message.created (after agent.selected when a fallback
- * answered, $10), and notify the event feed.
+ * answered, $10). The caller announces the events after the commit.
  */
 export const STORE_REPLY = `
 WITH s AS (
@@ -470,7 +471,7 @@ WITH s AS (
    ORDER BY v.n
   RETURNING id, type
 )
-SELECT s.*, ${PREFIXED_MESSAGE_COLUMNS}, (SELECT pg_notify($11, ${NOTIFY_PAYLOAD}) FROM e) AS notified
+SELECT s.*, ${PREFIXED_MESSAGE_COLUMNS}, (SELECT ${NOTIFY_PAYLOAD} FROM e) AS notify_payload
   FROM s, m`
 
 /** What the model answered, and which agent it was (a fallback when the chosen one failed). */
