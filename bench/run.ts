@@ -30,8 +30,8 @@ import { selectVariants } from './variants.js'
 //   BENCH_ONLY         throughput | startup               BENCH_STARTUP_RUNS  starts with DATABASE_URL (5)
 //   BENCH_EMBEDDED_RUNS starts on the embedded PostgreSQL (2)
 //   BENCH_IDLE_MS      idle time before reading RSS (2000) BENCH_SETTLE_S     longest wait for RSS to settle (30)
-//   BENCH_QUIET_WAIT   seconds to wait for a quiet machine before each run (5)
-//   BENCH_RETRY_BUDGET seconds that may go to measuring disturbed runs again (30)
+//   BENCH_QUIET_WAIT   seconds to wait for a quiet machine before each run (10)
+//   BENCH_RETRY_BUDGET seconds that may go to measuring disturbed runs again (120)
 //   BENCH_PAIRS        pairs of 1 s slices, bare then full (alternating), after the rounds (12)
 //   BENCH_SKIP_BUILD=1 when dist/ is already built from the current sources
 //   DATABASE_URL, REDIS_URL: the servers to use (a scratch database is created and dropped);
@@ -60,8 +60,8 @@ const settings = {
   embeddedRuns: Math.round(setting('BENCH_EMBEDDED_RUNS', 2)),
   idleMs: setting('BENCH_IDLE_MS', 2000),
   settleMs: setting('BENCH_SETTLE_S', 30) * 1000,
-  quietWaitMs: setting('BENCH_QUIET_WAIT', 5) * 1000,
-  retryBudgetSeconds: setting('BENCH_RETRY_BUDGET', 30),
+  quietWaitMs: setting('BENCH_QUIET_WAIT', 10) * 1000,
+  retryBudgetSeconds: setting('BENCH_RETRY_BUDGET', 120),
   pairedSlices: Math.round(setting('BENCH_PAIRS', 12)),
   only: process.env.BENCH_ONLY ?? ''
 }

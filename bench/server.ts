@@ -35,7 +35,9 @@ function createBenchLogger(setting: LogSetting, file: string): Logger {
   const { transport: _transport, ...options } = loggerOptions(spec?.env.LOG_LEVEL ?? 'info')
   if (setting.target === 'discard') return pino(options, { write: () => {} })
   const dest = setting.target === 'dev-null' ? '/dev/null' : file
-  return pino(options, logDestination(dest, { sync: setting.sync, minLength: setting.minLength ?? 0, periodicFlush: setting.periodicFlush ?? 0 }))
+  const destination = { sync: setting.sync, minLength: setting.minLength ?? 0, periodicFlush: setting.periodicFlush ?? 0 }
+  if (setting.stream === 'string') return pino(options, pino.destination({ dest, ...destination }))
+  return pino(options, logDestination(dest, destination))
 }
 
 function buildBare(environment: string, hook: Variant['bareHook']): FastifyInstance {

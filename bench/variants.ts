@@ -12,7 +12,7 @@ export interface Substitution {
 }
 
 export interface LogSetting {
-  /** pino.destination({ sync }); the production logger (pino's default stream) is asynchronous. */
+  /** logDestination (src/logger.ts) with { sync }; the production logger is asynchronous. */
   sync: boolean
   /** sonic-boom minLength: bytes buffered before a write (0 = write as soon as possible). */
   minLength?: number
@@ -20,6 +20,8 @@ export interface LogSetting {
   periodicFlush?: number
   /** Where lines go: a file (default), /dev/null (no disk), or nowhere (formatted, never written). */
   target?: 'file' | 'dev-null' | 'discard'
+  /** 'string': pino.destination() as pino makes it by default (sonic-boom's string mode), not src/logger.ts's. */
+  stream?: 'string'
 }
 
 export interface Variant {
@@ -67,7 +69,7 @@ export const VARIANTS: Variant[] = [
   },
   {
     name: 'full',
-    description: 'buildApp in production configuration: access log at info (async pino, as the default stdout stream), route metrics, under-pressure',
+    description: 'buildApp in production configuration: access log at info (the asynchronous destination of src/logger.ts, to a file), route metrics, under-pressure',
     role: 'target',
     kind: 'app',
     log: asyncLog
@@ -82,8 +84,16 @@ export const VARIANTS: Variant[] = [
     bareHook: 'sync'
   },
   {
+    name: 'string-mode-log',
+    description: "full, but the log written through pino's default destination (sonic-boom's string mode, as shipped before src/logger.ts's buffer mode)",
+    role: 'info',
+    kind: 'app',
+    log: { sync: false, stream: 'string' }
+  },
+  {
     name: 'full-sync-log',
-    description: 'full, but the log written with pino.destination({ sync: true })',
+    extra: true,
+    description: 'full, but the log written synchronously (logDestination with { sync: true })',
     role: 'info',
     kind: 'app',
     log: { sync: true }
@@ -120,7 +130,7 @@ export const VARIANTS: Variant[] = [
   {
     name: 'buffered-log',
     extra: true,
-    description: 'full, the log written in 4 KiB batches (pino.destination({ minLength: 4096, periodicFlush: 1000 }))',
+    description: 'full, the log written in 4 KiB batches (logDestination with { minLength: 4096, periodicFlush: 1000 })',
     role: 'candidate',
     kind: 'app',
     log: bufferedLog
