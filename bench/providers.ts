@@ -5,10 +5,11 @@
 //      latency minus the latency of the same chat completion called directly with the same SDK;
 //      beside it, the latency of a plain `pg` script committing the same rows (the floor that the
 //      two durable commits set on this disk).
-//   2. Streaming 100 tokens over SSE: time to first delta through the service minus the SDK's own
+//   2. 50 connections over 100 sessions: replies per second against the raw `pg` baseline of the
+//      conversation benchmarks (bench/raw-pg.ts), interleaved runs.
+//   3. Streaming 100 tokens over SSE: time to first delta through the service minus the SDK's own
 //      time to first token against the stub, and deltas per second.
 // Usage: npm run bench:providers (DATABASE_URL and REDIS_URL default to the local servers).
-import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -17,14 +18,16 @@ import OpenAI from 'openai'
 import pg from 'pg'
 import { PROJECT_ROOT } from '../src/paths.js'
 import { LlmStub } from '../test/support/llm-stub.js'
+import { createSessions, postMessages, rawReplyLoad, startBenchServer, type BenchServer, type LoadResult } from './conversation-load.js'
 import { prepareDatabase } from './database.js'
 import { commitReplyRows, commitReplyRowsAsService } from './raw-pg.js'
 import { median } from './report.js'
-import { freePort, SERVER_SCRIPT } from './startup.js'
 
 const DATABASE_URL = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
 const RUNS = Number(process.env.BENCH_RUNS ?? 3)
+const DURATION = Number(process.env.BENCH_DURATION ?? 8)
+const POOL = 10
 const REPLIES = Number(process.env.BENCH_REPLIES ?? 400)
 const STREAMS = Number(process.env.BENCH_STREAMS ?? 200)
 const WARMUP = 50
@@ -43,52 +46,6 @@ const MANIFEST = `agents:
     temperature: 0.7
     maxTokens: 256
 `
-
-interface Server {
-  child: ChildProcess
-  url: string
-}
-
-async function startServer(databaseUrl: string, stub: LlmStub): Promise<Server> {
-  const dir = mkdtempSync(join(tmpdir(), 'smalltalk-bench-'))
-  const agentsFile = join(dir, 'agents.yaml')
-  writeFileSync(agentsFile, MANIFEST)
-  const [port, healthPort] = [await freePort(), await freePort()]
-  const child = spawn(process.execPath, ['--max-semi-space-size=2', SERVER_SCRIPT], {
-    cwd: PROJECT_ROOT,
-    env: {
-      PATH: process.env.PATH,
-      NODE_ENV: 'production',
-      HOST: '127.0.0.1',
-      PORT: String(port),
-      HEALTH_PORT: String(healthPort),
-      DATABASE_URL: databaseUrl,
-      REDIS_URL,
-      REDIS_KEY_PREFIX: `bench:${port}:`,
-      AGENTS_FILE: agentsFile,
-      OPENAI_API_KEY: KEY,
-      OPENAI_BASE_URL: stub.openaiBaseUrl,
-      // The monitor's probes would be extra stub calls in the middle of the measurement.
-      AGENT_HEALTH_CHECK_INTERVAL: '3600',
-      LOG_LEVEL: 'info'
-    },
-    // The access log is written (production configuration) and thrown away.
-    stdio: ['ignore', 'ignore', 'inherit']
-  })
-  const url = `http://127.0.0.1:${port}`
-  for (let i = 0; i < 300; i++) {
-    if ((await fetch(`http://127.0.0.1:${healthPort}/ready`).then((r) => r.status, () => 0)) === 200) return { child, url }
-    await sleep(100)
-  }
-  child.kill('SIGKILL')
-  throw new Error('server did not become ready')
-}
-
-async function createSessions(url: string, count: number): Promise<string[]> {
-  const ids: string[] = []
-  for (let i = 0; i < count; i++) ids.push((await (await fetch(`${url}/v1/sessions`, { method: 'POST' })).json()).id)
-  return ids
-}
 
 const percentile = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] ?? 0
 const sortedCopy = (values: number[]) => [...values].sort((a, b) => a - b)
@@ -168,9 +125,17 @@ const fmt = (n: number, digits = 1) => n.toFixed(digits)
 
 const database = await prepareDatabase(DATABASE_URL)
 const stub = await LlmStub.start()
-let server: Server | undefined
+let server: BenchServer | undefined
 try {
-  server = await startServer(database.url, stub)
+  const dir = mkdtempSync(join(tmpdir(), 'smalltalk-bench-'))
+  const agentsFile = join(dir, 'agents.yaml')
+  writeFileSync(agentsFile, MANIFEST)
+  server = await startBenchServer({
+    databaseUrl: database.url,
+    redisUrl: REDIS_URL,
+    poolSize: POOL,
+    env: { AGENTS_FILE: agentsFile, OPENAI_API_KEY: KEY, OPENAI_BASE_URL: stub.openaiBaseUrl }
+  })
   const client = new OpenAI({ apiKey: KEY, baseURL: stub.openaiBaseUrl, maxRetries: 0 })
   const sessions = await createSessions(server.url, 20)
   const rawSessions = await createSessions(server.url, 20)
@@ -200,7 +165,23 @@ try {
   }
   await pgClient.end()
 
-  // 2. SSE replies of 100 tokens: time to first delta through the service against the SDK's own.
+  // 2. Throughput at 50 connections over 100 sessions, against the raw pg baseline.
+  const loadSessions = await createSessions(server.url, 100)
+  const baselineSessions = await createSessions(server.url, 100)
+  const load = { connections: 50, durationSeconds: DURATION }
+  const posts: LoadResult[] = []
+  const raws: LoadResult[] = []
+  for (let run = 0; run < RUNS; run++) {
+    if (run % 2 === 0) {
+      posts.push(await postMessages(server.url, loadSessions, load))
+      raws.push(await rawReplyLoad(database.url, baselineSessions, { ...load, poolSize: POOL }))
+    } else {
+      raws.push(await rawReplyLoad(database.url, baselineSessions, { ...load, poolSize: POOL }))
+      posts.push(await postMessages(server.url, loadSessions, load))
+    }
+  }
+
+  // 3. SSE replies of 100 tokens: time to first delta through the service against the SDK's own.
   stub.setDefault({ text: TOKENS_100 })
   const streamSessions = await createSessions(server.url, 10)
   for (let i = 0; i < 20; i++) await serviceStream(server.url, streamSessions[i % 10]!)
@@ -249,12 +230,24 @@ try {
     }
   })
   const pick = <T>(rounds: T[], key: keyof T) => median(rounds.map((r) => r[key] as number))
+  const postRate = median(posts.map((p) => p.perSecond))
+  const rawRate = median(raws.map((r) => r.perSecond))
   const report = {
     date: new Date().toISOString(),
     command: 'npm run bench:providers',
     database: database.description,
-    settings: { runs: RUNS, repliesPerRun: REPLIES, streamsPerRun: STREAMS, provider: 'openai SDK -> loopback stub (zero latency)' },
+    settings: { runs: RUNS, repliesPerRun: REPLIES, streamsPerRun: STREAMS, durationSeconds: DURATION, poolSize: POOL, provider: 'openai SDK -> loopback stub (zero latency)' },
     replies: { rounds: replies, overheadP50Ms: pick(replies, 'overheadP50Ms'), overheadP99Ms: pick(replies, 'overheadP99Ms'), targets: { p50Ms: 2, p99Ms: 10 } },
+    throughput: {
+      connections: 50,
+      sessions: 100,
+      servicePerSecond: posts.map((p) => p.perSecond),
+      serviceP99Ms: median(posts.map((p) => p.p99)),
+      serviceNon2xx: posts.map((p) => p.non2xx),
+      rawPgPerSecond: raws.map((r) => r.perSecond),
+      ratio: postRate / rawRate,
+      target: 0.5
+    },
     streaming: { rounds: streams, overheadP99Ms: pick(streams, 'overheadP99Ms'), target: { p99Ms: 5 } }
   }
   mkdirSync(join(PROJECT_ROOT, 'bench', 'results'), { recursive: true })
@@ -266,6 +259,9 @@ Provider benchmarks (OpenAI SDK against a zero-latency loopback stub; ${RUNS} ro
   raw pg, same rows           p50 ${fmt(pick(replies, 'rawCommitsP50Ms'), 2)} ms p99 ${fmt(pick(replies, 'rawCommitsP99Ms'), 2)} ms (11 statements, 2 commits)
   raw pg, the service's SQL   p50 ${fmt(pick(replies, 'rawServiceSqlP50Ms'), 2)} ms p99 ${fmt(pick(replies, 'rawServiceSqlP99Ms'), 2)} ms (its 2 statements, 2 durable commits: the floor of the overhead)
   overhead                    p50 ${fmt(report.replies.overheadP50Ms, 2)} ms (${spread(replies, 'overheadP50Ms')}; target < 2)  p99 ${fmt(report.replies.overheadP99Ms, 2)} ms (${spread(replies, 'overheadP99Ms')}; target < 10)
+  50 connections, JSON        ${fmt(postRate, 0)} replies/s (${posts.map((p) => fmt(p.perSecond, 0)).join(' / ')}), p99 ${fmt(report.throughput.serviceP99Ms, 0)} ms, non-2xx ${posts.map((p) => p.non2xx).join('/')}
+  raw pg, same rows           ${fmt(rawRate, 0)} pairs/s (${raws.map((r) => fmt(r.perSecond, 0)).join(' / ')})
+  ratio                       ${fmt(report.throughput.ratio, 2)} (target >= 0.5)
   SSE, 100 tokens             first delta p50 ${fmt(pick(streams, 'firstDeltaP50Ms'), 2)} ms p99 ${fmt(pick(streams, 'firstDeltaP99Ms'), 2)} ms; SDK first token p50 ${fmt(pick(streams, 'sdkFirstTokenP50Ms'), 2)} ms p99 ${fmt(pick(streams, 'sdkFirstTokenP99Ms'), 2)} ms
   first-delta overhead        p50 ${fmt(pick(streams, 'overheadP50Ms'), 2)} ms  p99 ${fmt(report.streaming.overheadP99Ms, 2)} ms (${spread(streams, 'overheadP99Ms')}; target < 5)
   delta throughput            ${fmt(pick(streams, 'deltasPerSecondPerStream'), 0)} deltas/s per stream, ${fmt(pick(streams, 'deltasPerReply'), 0)} deltas per reply

@@ -1,5 +1,4 @@
 import type pg from 'pg'
-import { announce } from '../src/events/event-log.js'
 import { STORE_REPLY, TAKE_LEASE_AND_STORE_MESSAGE } from '../src/messages/conversation.js'
 
 /**
@@ -43,14 +42,12 @@ export async function commitReplyRows(client: pg.PoolClient | pg.Client, session
 
 /**
  * The same rows written with the service's own two statements (src/messages/conversation.ts), sent
- * by a plain script: the baseline that isolates what the service adds around its SQL (HTTP, auth,
- * validation, cache, provider call, serialisation).
+ * by a plain script: the floor under the service, which adds HTTP, auth, validation, the cache, the
+ * provider call, serialisation and the (batched) NOTIFY of its events.
  */
 export async function commitReplyRowsAsService(client: pg.PoolClient | pg.Client, sessionId: string): Promise<void> {
   const selected = JSON.stringify({ reason: 'default', matched: [], score: 0 })
   const { rows } = await client.query(TAKE_LEASE_AND_STORE_MESSAGE, [sessionId, 'default', 65_000, 'How do I make this query faster?', {}, null, 'assistant', selected])
   if (!rows[0]) throw new Error(`session ${sessionId}: lease not taken`)
-  await announce(client, rows[0].notify_payload)
-  const { rows: stored } = await client.query(STORE_REPLY, [sessionId, 'default', 'Echo (gpt-4o-mini): How do I make this query faster?', 'assistant', 'echo', 'gpt-4o-mini', 30, 12, 5, null])
-  await announce(client, stored[0].notify_payload)
+  await client.query(STORE_REPLY, [sessionId, 'default', 'Echo (gpt-4o-mini): How do I make this query faster?', 'assistant', 'echo', 'gpt-4o-mini', 30, 12, 5, null])
 }

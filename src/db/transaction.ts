@@ -2,7 +2,7 @@ import type pg from 'pg'
 
 export type Queryable = Pick<pg.Pool, 'query'> | pg.PoolClient
 
-type AfterCommit = (client: pg.PoolClient) => Promise<void>
+type AfterCommit = (pool: pg.Pool) => Promise<void> | void
 
 // The work each open withTransaction client runs once its transaction has committed.
 const pendingAfterCommit = new WeakMap<object, AfterCommit[]>()
@@ -30,7 +30,13 @@ export async function withTransaction<T>(pool: pg.Pool, work: (client: pg.PoolCl
     await client.query('COMMIT')
     pendingAfterCommit.delete(client)
     // Tasks are best effort (announcements): the transaction is committed whatever they do.
-    for (const task of queue) await task(client).catch(() => undefined)
+    for (const task of queue) {
+      try {
+        await task(pool)
+      } catch {
+        // ignored: see above
+      }
+    }
     return result
   } catch (err) {
     await client.query('ROLLBACK').catch(() => {

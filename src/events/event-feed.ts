@@ -118,19 +118,22 @@ export class EventFeed {
   }
 
   private announced(payload: string | undefined): void {
-    const [min, max, types] = (payload ?? '').split(':')
-    if (!min || !max || !/^\d+$/.test(min) || !/^\d+$/.test(max)) {
-      // Not our format: read everything after the last id.
-      this.pending.push(null)
-      this.fetch()
-      return
+    let wanted = false
+    for (const entry of (payload ?? '').split(';')) {
+      const [min, max, types] = entry.split(':')
+      if (!min || !max || !/^\d+$/.test(min) || !/^\d+$/.test(max)) {
+        // Not our format: read everything after the last id.
+        this.pending.push(null)
+        wanted = true
+        continue
+      }
+      if (BigInt(max) > BigInt(this.lastId)) this.lastId = max
+      const announcedTypes = (types ?? '').split(',')
+      if (![...this.subscribers].some((subscriber) => announcedTypes.some((type) => subscriber.matches(type)))) continue
+      this.pending.push([min, max])
+      wanted = true
     }
-    if (BigInt(max) > BigInt(this.lastId)) this.lastId = max
-    const announcedTypes = (types ?? '').split(',')
-    const wanted = [...this.subscribers].some((subscriber) => announcedTypes.some((type) => subscriber.matches(type)))
-    if (!wanted) return
-    this.pending.push([min, max])
-    this.fetch()
+    if (wanted) this.fetch()
   }
 
   /** Reads the announced ranges; announcements that arrive during a read are coalesced into the next. */

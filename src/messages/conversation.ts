@@ -112,8 +112,11 @@ export class ConversationService {
     //    statement (one round trip, atomic by itself), so the pool connection is held for one commit.
     //    The agent is chosen from the cached record's agents (write-through, dropped on PATCH).
     selection = this.select(cached, input, routed)
-    const { rows } = await pool
-      .query<SessionRow & PrefixedMessageRow & { lease_token: string; notify_payload: string }>(TAKE_LEASE_AND_STORE_MESSAGE, [
+    // Named: each pooled connection parses and plans the statement once, then only binds values.
+    const { rows } = await pool.query<SessionRow & PrefixedMessageRow & { lease_token: string; notify_payload: string }>({
+      name: 'smalltalk-take-lease',
+      text: TAKE_LEASE_AND_STORE_MESSAGE,
+      values: [
         cached.id,
         tenant,
         leaseMs,
@@ -122,7 +125,8 @@ export class ConversationService {
         idempotencyKey ?? null,
         selection.agent.id,
         JSON.stringify({ reason: selection.reason, matched: selection.matched, score: selection.score })
-      ])
+      ]
+    })
     if (!rows[0]) {
       await this.refuse(tenant, cached.id).catch(async (err) => {
         // The cached record said active; the row says otherwise: drop the stale record.
@@ -133,7 +137,7 @@ export class ConversationService {
     const session = toRecord(rows[0] as SessionRow)
     leaseToken = (rows[0] as { lease_token: string }).lease_token
     const message = toMessage(unprefixMessage(rows[0] as PrefixedMessageRow))
-    void announce(pool, (rows[0] as { notify_payload: string }).notify_payload)
+    announce(pool, (rows[0] as { notify_payload: string }).notify_payload)
     metrics.messages.inc({ role: 'user' })
     // Both cache writes at once: one round trip to Redis, not two.
     await Promise.all([this.options.sessions.cacheRecord(session), this.options.history.append(session.id, message)])
@@ -255,9 +259,10 @@ export class ConversationService {
       answer.fallbackFrom ? JSON.stringify({ reason: 'fallback', fallbackFrom: answer.fallbackFrom.id }) : null
     ]
     const store = async (db: Queryable) => {
-      const { rows } = await db.query<SessionRow & PrefixedMessageRow & { notify_payload: string }>(STORE_REPLY, params)
+      // Named: each pooled connection parses and plans the statement once, then only binds values.
+      const { rows } = await db.query<SessionRow & PrefixedMessageRow & { notify_payload: string }>({ name: 'smalltalk-store-reply', text: STORE_REPLY, values: params })
       const row = rows[0] as SessionRow & PrefixedMessageRow & { notify_payload: string }
-      if (!afterCommit(db, (client) => announce(client, row.notify_payload))) void announce(db, row.notify_payload)
+      if (!afterCommit(db, (pool) => announce(pool, row.notify_payload))) announce(this.options.pool, row.notify_payload)
       return { result: { message, reply: toMessage(unprefixMessage(row)) }, updated: toRecord(row) }
     }
     if (!idempotencyKey) return store(this.options.pool)

@@ -56,3 +56,24 @@ t.test('a subscriber gets only its types and tenant; a rolled-back event never a
   )
   t.match(health, [{ type: 'agent.status_changed', agentId: 'coder', data: { to: 'down' } }], 'tenant-less events reach every tenant that asks for them')
 })
+
+t.test('announcements of one event-loop turn travel in one NOTIFY and all arrive', async (t) => {
+  const app = await buildTestApp(t, await testEnv(t))
+  await app.ready()
+  const got: StoredEvent[] = []
+  app.eventFeed.subscribe({ tenant: 'acme', matches: () => true, deliver: (event) => got.push(event) })
+  const payloads: string[] = []
+  const listener = await app.pg.pool.connect()
+  t.teardown(() => listener.release())
+  listener.on('notification', (message) => payloads.push(message.payload ?? ''))
+  await listener.query('LISTEN smalltalk_events')
+
+  const ids = Array.from({ length: 20 }, () => randomUUID())
+  await Promise.all(ids.map((sessionId) => recordEvents(app.pg.pool, [{ type: 'session.created', tenant: 'acme', sessionId }])))
+  t.ok(await eventually(() => got.length === 20, 5_000), `all 20 events arrive (${got.length})`)
+  t.same(new Set(got.map((event) => event.sessionId)), new Set(ids))
+  const entries = payloads.flatMap((payload) => payload.split(';'))
+  t.equal(entries.length, 20, 'one entry per committed statement')
+  t.ok(payloads.length < 20, `batched into ${payloads.length} notifications`)
+  await listener.query('UNLISTEN *')
+})
