@@ -142,7 +142,10 @@ export class RedisCache implements Cache {
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
       retryStrategy: (attempt) => Math.min(100 * 2 ** Math.min(attempt, 5), 2000),
-      connectionName: 'smalltalk-server'
+      connectionName: 'smalltalk-server',
+      // Commands issued in the same event-loop turn (a reply's record and history writes, many
+      // requests' lookups under load) go out in one socket write: a write costs more than a command.
+      enableAutoPipelining: true
     })
     this.client.defineCommand('setRanked', { numberOfKeys: 1, lua: SET_RANKED_SCRIPT })
     this.client.defineCommand('appendSeq', { numberOfKeys: 2, lua: APPEND_SEQ_SCRIPT })
