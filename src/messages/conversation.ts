@@ -112,6 +112,10 @@ export class ConversationService {
     //    statement (one round trip, atomic by itself), so the pool connection is held for one commit.
     //    The agent is chosen from the cached record's agents (write-through, dropped on PATCH).
     selection = this.select(cached, input, routed)
+    // The context before this message, read while the statement runs (checked against it below).
+    const contextBefore = this.options.contextMessages > 1
+      ? this.options.history.recent(pool, cached.id, cached.lastSeq, this.options.contextMessages - 1).catch(() => undefined)
+      : Promise.resolve([] as Message[])
     // Named: each pooled connection parses and plans the statement once, then only binds values.
     const { rows } = await pool.query<SessionRow & PrefixedMessageRow & { lease_token: string; notify_payload: string }>({
       name: 'smalltalk-take-lease',
@@ -139,8 +143,9 @@ export class ConversationService {
     const message = toMessage(unprefixMessage(rows[0] as PrefixedMessageRow))
     announce(pool, (rows[0] as { notify_payload: string }).notify_payload)
     metrics.messages.inc({ role: 'user' })
-    // Both cache writes at once: one round trip to Redis, not two.
-    await Promise.all([this.options.sessions.cacheRecord(session), this.options.history.append(session.id, message)])
+    // Both cache writes at once, while the model is asked; awaited before the reply's own writes
+    // (so the history list grows in order) and before anything is answered.
+    const cacheWrites = Promise.all([this.options.sessions.cacheRecord(session), this.options.history.append(session.id, message)]).catch(() => undefined)
     const chosen = (selection as AgentSelection).agent
     await sink.message(message)
     await sink.agent({
@@ -156,9 +161,18 @@ export class ConversationService {
     //    chosen one fails before its first delta).
     let answer: Answer
     try {
-      const context = await this.options.history.recent(pool, session.id, session.lastSeq, this.options.contextMessages)
+      const before = await contextBefore
+      let context: Message[]
+      if (before && session.lastSeq === cached.lastSeq + 1) {
+        context = [...before, message]
+      } else {
+        // The cached record was behind the row: read the context again, after the writes.
+        await cacheWrites
+        context = await this.options.history.recent(pool, session.id, session.lastSeq, this.options.contextMessages)
+      }
       answer = await this.produce(chosen, context, sink)
     } catch (err) {
+      await cacheWrites
       const failure = this.describeFailure(err, chosen, message.id)
       await this.fail(tenant, session, chosen, failure, idempotencyKey, leaseToken, leaseMs)
       metrics.replyLatency.observe({ agent: chosen.id, outcome: 'error' }, (performance.now() - started) / 1000)
@@ -166,6 +180,7 @@ export class ConversationService {
     }
 
     // 3. Store the reply, release the lease, record the outcome for the idempotency key: one commit.
+    await cacheWrites
     const latencyMs = Math.round(performance.now() - started)
     const result = await this.storeReply(tenant, session, answer, latencyMs, message, idempotencyKey).catch((err) => {
       // The database went away after the model answered: free the session as soon as it is back,
