@@ -17,7 +17,7 @@ import {
   type StartupSummary,
   type VariantSummary
 } from './report.js'
-import { measureStartup, type StartupSample } from './startup.js'
+import { measureStartup, npmStartNodeFlags, type StartupSample } from './startup.js'
 import { measureThroughput, type PairedRatio } from './throughput.js'
 import { selectVariants } from './variants.js'
 
@@ -128,7 +128,7 @@ try {
     paired = measured.paired
   }
   if (settings.only !== 'throughput') {
-    log('\n== Start-up: node dist/src/server.js to /ready 200 ==')
+    log(`\n== Start-up: ${['node', ...npmStartNodeFlags(), 'dist/src/server.js'].join(' ')} (npm start) to /ready 200 ==`)
     if (process.env.BENCH_SKIP_BUILD !== '1') {
       const buildStarted = Date.now()
       execFileSync('npm', ['run', 'build', '--silent'], { cwd: PROJECT_ROOT, stdio: 'inherit' })
@@ -223,7 +223,7 @@ if (bare && full) {
 }
 const primary = startups[0]
 if (primary) {
-  log('\n== Start-up and idle memory (node dist/src/server.js) ==')
+  log(`\n== Start-up and idle memory (${['node', ...npmStartNodeFlags(), 'dist/src/server.js'].join(' ')}) ==`)
   log(startupTable(startups))
   verdicts.push(`${primary.readyMsMedian < TARGET_READY_MS ? 'PASS' : 'FAIL'} start-up to /ready 200: ${Math.round(primary.readyMsMedian)} ms median; target < ${TARGET_READY_MS} ms`)
   const settled = primary.samples.find((sample) => sample.rssSettledMb !== undefined)

@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { request } from 'node:http'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -35,6 +36,14 @@ export interface StartupOptions {
 
 export const SERVER_SCRIPT = join(PROJECT_ROOT, 'dist', 'src', 'server.js')
 
+/** The node flags of `npm start` (package.json's start script), so the service starts here as it does there. */
+export function npmStartNodeFlags(): string[] {
+  const pkg = JSON.parse(readFileSync(join(PROJECT_ROOT, 'package.json'), 'utf8')) as { scripts?: { start?: string } }
+  const match = /^node((?:\s+--\S+)*)\s+dist\/src\/server\.js$/.exec(pkg.scripts?.start ?? '')
+  if (!match) throw new Error(`package.json's start script is not "node [--flags] dist/src/server.js": teach bench/startup.ts the new one`)
+  return (match[1] ?? '').split(/\s+/).filter(Boolean)
+}
+
 import { freeLoopbackPort as freePort } from '../src/db/embedded-postgres.js'
 
 export { freePort }
@@ -70,9 +79,9 @@ async function waitForSettledRss(pid: number, startMb: number, maxMs: number): P
 }
 
 /**
- * One start of the compiled service, as `npm start` runs it (`node dist/src/server.js`; npm's own
- * start-up and the prestart build are not counted): spawn, poll /ready every 10 ms until 200, idle,
- * read VmRSS, SIGTERM, wait for the exit.
+ * One start of the compiled service, as `npm start` runs it (`node <its flags> dist/src/server.js`;
+ * npm's own start-up and the prestart build are not counted): spawn, poll /ready every 10 ms until
+ * 200, idle, read VmRSS, SIGTERM, wait for the exit.
  */
 export async function measureStartup(opts: StartupOptions): Promise<StartupSample> {
   const healthPort = await freePort()
@@ -85,7 +94,7 @@ export async function measureStartup(opts: StartupOptions): Promise<StartupSampl
     ...opts.env
   }
   const started = performance.now()
-  const child = spawn(process.execPath, [SERVER_SCRIPT], { cwd: PROJECT_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(process.execPath, [...npmStartNodeFlags(), SERVER_SCRIPT], { cwd: PROJECT_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] })
   const output: string[] = []
   const keep = (chunk: Buffer) => {
     output.push(...chunk.toString().split('\n').filter(Boolean))
