@@ -3,7 +3,7 @@ import { alternatingTurns, callController, NO_SDK_TIMEOUT_MS } from './call.js'
 import { failure, fromHttpFailure, fromStreamError, fromTransportError, invalidResponse, streamEndedEarly, timedOut, type CallContext } from './errors.js'
 import type { ChatChunk, ChatRequest, ProbeRequest, Provider, ProviderError } from './provider.js'
 
-export const ANTHROPIC_DEFAULT_BASE_URL = 'https://api.anthropic.com'
+export { ANTHROPIC_DEFAULT_BASE_URL } from './call.js'
 
 export interface AnthropicClientOptions {
   apiKey: string

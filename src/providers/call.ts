@@ -1,5 +1,10 @@
 import type { ChatTurn } from './provider.js'
 
+// The providers' public APIs, used when neither the agent nor the environment names a base URL.
+export const OPENAI_DEFAULT_BASE_URL = 'https://api.openai.com/v1'
+export const ANTHROPIC_DEFAULT_BASE_URL = 'https://api.anthropic.com'
+export const GEMINI_DEFAULT_BASE_URL = 'https://generativelanguage.googleapis.com'
+
 /**
  * A controller for one provider call: it aborts when the caller's signal does, and `release()` aborts
  * it too, so that a call the caller stopped reading (an early `return()` of the stream) closes its

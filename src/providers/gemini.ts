@@ -3,7 +3,7 @@ import { alternatingTurns, callController } from './call.js'
 import { failure, fromHttpFailure, fromStreamError, fromTransportError, invalidResponse, streamEndedEarly, type CallContext } from './errors.js'
 import type { ChatChunk, ChatRequest, ProbeRequest, Provider, ProviderError } from './provider.js'
 
-export const GEMINI_DEFAULT_BASE_URL = 'https://generativelanguage.googleapis.com'
+export { GEMINI_DEFAULT_BASE_URL } from './call.js'
 
 export interface GeminiClientOptions {
   apiKey: string

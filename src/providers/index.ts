@@ -1,9 +1,7 @@
 import type { AgentDefinition } from '../agents/agent.js'
-import { ANTHROPIC_DEFAULT_BASE_URL, AnthropicProvider, createAnthropicClient } from './anthropic.js'
+import { ANTHROPIC_DEFAULT_BASE_URL, GEMINI_DEFAULT_BASE_URL, OPENAI_DEFAULT_BASE_URL } from './call.js'
 import { EchoProvider } from './echo.js'
-import { createGeminiClient, GEMINI_DEFAULT_BASE_URL, GeminiProvider } from './gemini.js'
-import { createOpenAiClient, OPENAI_DEFAULT_BASE_URL, OpenAiProvider } from './openai.js'
-import type { Provider } from './provider.js'
+import type { ChatChunk, ChatRequest, ProbeRequest, Provider } from './provider.js'
 
 /** The part of the configuration the providers read (a subset of Config, so tests can pass less). */
 export interface ProviderConfig {
@@ -121,15 +119,56 @@ export function createProvider(definition: AgentDefinition, config: ProviderConf
   const endpoint = endpointFor(definition, config)
   const apiKey = endpoint.apiKey ?? NO_KEY_PLACEHOLDER
   const common = { baseUrl: endpoint.baseUrl, apiKey: endpoint.apiKey }
+  // Each SDK is loaded on the first call that needs it: a service whose agents run on echo (no key
+  // set) or on one provider never loads the others (the three SDKs weigh about 45 MB of RSS).
   switch (definition.provider) {
     case 'openai':
     case 'openai-compatible': {
       const name = definition.provider
-      return cache.provider(name, endpoint, () => new OpenAiProvider({ ...common, name, client: cache.client(endpoint, () => createOpenAiClient({ apiKey, baseUrl: endpoint.baseUrl })) }))
+      return cache.provider(name, endpoint, () =>
+        new LazyProvider(name, async () => {
+          const { OpenAiProvider, createOpenAiClient } = await import('./openai.js')
+          return new OpenAiProvider({ ...common, name, client: cache.client(endpoint, () => createOpenAiClient({ apiKey, baseUrl: endpoint.baseUrl })) })
+        })
+      )
     }
     case 'anthropic':
-      return cache.provider('anthropic', endpoint, () => new AnthropicProvider({ ...common, client: cache.client(endpoint, () => createAnthropicClient({ apiKey, baseUrl: endpoint.baseUrl })) }))
+      return cache.provider('anthropic', endpoint, () =>
+        new LazyProvider('anthropic', async () => {
+          const { AnthropicProvider, createAnthropicClient } = await import('./anthropic.js')
+          return new AnthropicProvider({ ...common, client: cache.client(endpoint, () => createAnthropicClient({ apiKey, baseUrl: endpoint.baseUrl })) })
+        })
+      )
     case 'gemini':
-      return cache.provider('gemini', endpoint, () => new GeminiProvider({ ...common, client: cache.client(endpoint, () => createGeminiClient({ apiKey, baseUrl: endpoint.baseUrl })) }))
+      return cache.provider('gemini', endpoint, () =>
+        new LazyProvider('gemini', async () => {
+          const { GeminiProvider, createGeminiClient } = await import('./gemini.js')
+          return new GeminiProvider({ ...common, client: cache.client(endpoint, () => createGeminiClient({ apiKey, baseUrl: endpoint.baseUrl })) })
+        })
+      )
+  }
+}
+
+/** A provider whose adapter (and SDK) is imported on its first call. */
+export class LazyProvider implements Provider {
+  private loaded: Promise<Provider> | undefined
+
+  constructor(
+    readonly name: string,
+    private readonly load: () => Promise<Provider>
+  ) {}
+
+  /** The adapter itself (OpenAiProvider, AnthropicProvider, GeminiProvider), imported if need be. */
+  adapter(): Promise<Provider> {
+    this.loaded ??= this.load()
+    return this.loaded
+  }
+
+  async *stream(request: ChatRequest): AsyncGenerator<ChatChunk> {
+    yield* (await this.adapter()).stream(request)
+  }
+
+  async probe(request: ProbeRequest): Promise<void> {
+    return (await this.adapter()).probe(request)
   }
 }

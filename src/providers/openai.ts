@@ -4,7 +4,7 @@ import { callController, NO_SDK_TIMEOUT_MS } from './call.js'
 import { failure, fromHttpFailure, fromStreamError, fromTransportError, invalidResponse, streamEndedEarly, timedOut, type CallContext } from './errors.js'
 import type { ChatChunk, ChatRequest, ProbeRequest, Provider, ProviderError } from './provider.js'
 
-export const OPENAI_DEFAULT_BASE_URL = 'https://api.openai.com/v1'
+export { OPENAI_DEFAULT_BASE_URL } from './call.js'
 
 export interface OpenAiClientOptions {
   apiKey: string

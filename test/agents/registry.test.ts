@@ -5,6 +5,7 @@ import { AnthropicProvider } from '../../src/providers/anthropic.js'
 import { EchoProvider } from '../../src/providers/echo.js'
 import { GeminiProvider } from '../../src/providers/gemini.js'
 import { OpenAiProvider } from '../../src/providers/openai.js'
+import type { LazyProvider } from '../../src/providers/index.js'
 
 function agent(id: string, provider: AgentDefinition['provider'], extra: Partial<AgentDefinition> = {}): AgentDefinition {
   return { id, name: id, description: '', provider, model: 'm', systemPrompt: '', temperature: 0.7, maxTokens: 100, expertise: [], ...extra }
@@ -42,10 +43,11 @@ t.test('an openai-compatible agent with neither its own baseUrl nor OPENAI_BASE_
 t.test('with keys every agent gets its real provider, named after the manifest', async (t) => {
   const registry = new AgentRegistry(team, { OPENAI_API_KEY: 'k', ANTHROPIC_API_KEY: 'k', GEMINI_API_KEY: 'k', OPENAI_BASE_URL: 'http://127.0.0.1:9/v1' })
   t.same(registry.echoSubstitutions(), [])
-  t.ok(registry.providerFor('gpt') instanceof OpenAiProvider)
-  t.ok(registry.providerFor('claude') instanceof AnthropicProvider)
-  t.ok(registry.providerFor('flash') instanceof GeminiProvider)
-  t.ok(registry.providerFor('ollama') instanceof OpenAiProvider)
+  const adapter = (id: string) => (registry.providerFor(id) as LazyProvider).adapter()
+  t.ok((await adapter('gpt')) instanceof OpenAiProvider)
+  t.ok((await adapter('claude')) instanceof AnthropicProvider)
+  t.ok((await adapter('flash')) instanceof GeminiProvider)
+  t.ok((await adapter('ollama')) instanceof OpenAiProvider)
   t.ok(registry.providerFor('offline') instanceof EchoProvider)
   for (const agent of team) {
     t.equal(registry.effectiveProvider(agent.id), agent.provider, agent.id)

@@ -3,7 +3,7 @@ import type { AgentDefinition } from '../../src/agents/agent.js'
 import { AnthropicProvider } from '../../src/providers/anthropic.js'
 import { EchoProvider } from '../../src/providers/echo.js'
 import { GeminiProvider } from '../../src/providers/gemini.js'
-import { createProvider, endpointFor, missingSetting, ProviderCache } from '../../src/providers/index.js'
+import { createProvider, endpointFor, missingSetting, ProviderCache, type LazyProvider } from '../../src/providers/index.js'
 import { OpenAiProvider } from '../../src/providers/openai.js'
 
 function agent(provider: AgentDefinition['provider'], extra: Partial<AgentDefinition> = {}): AgentDefinition {
@@ -47,9 +47,11 @@ t.test('openai-compatible sends OPENAI_API_KEY only to OPENAI_BASE_URL', async (
 
 t.test('createProvider: the adapter for each provider, named after the manifest; one per endpoint in a cache', async (t) => {
   const env = { ...keys, OPENAI_BASE_URL: 'http://127.0.0.1:1/v1', ECHO_TOKEN_DELAY_MS: 5 }
-  t.type(createProvider(agent('openai'), env), OpenAiProvider)
-  t.type(createProvider(agent('anthropic'), env), AnthropicProvider)
-  t.type(createProvider(agent('gemini'), env), GeminiProvider)
+  // The SDK adapters are imported on first use (LazyProvider); echo is built at once.
+  const adapter = (definition: AgentDefinition) => (createProvider(definition, env) as LazyProvider).adapter()
+  t.type(await adapter(agent('openai')), OpenAiProvider)
+  t.type(await adapter(agent('anthropic')), AnthropicProvider)
+  t.type(await adapter(agent('gemini')), GeminiProvider)
   t.type(createProvider(agent('echo'), env), EchoProvider)
   t.equal(createProvider(agent('openai-compatible'), env).name, 'openai-compatible')
 
@@ -61,4 +63,15 @@ t.test('createProvider: the adapter for each provider, named after the manifest;
   t.not(createProvider(agent('openai'), { ...env, OPENAI_API_KEY: 'sk-other' }, cache), a, 'another key')
   t.equal(createProvider(agent('echo'), env, cache), createProvider(agent('echo', { id: 'b' }), env, cache))
   t.throws(() => createProvider(agent('gemini'), {}), { message: /no GEMINI_API_KEY/ })
+})
+
+t.test('a provider loads its adapter (and SDK) on first use, once, and answers through it', async (t) => {
+  const provider = createProvider(agent('anthropic'), { ...keys, ANTHROPIC_BASE_URL: 'http://127.0.0.1:1' }) as LazyProvider
+  t.equal(provider.name, 'anthropic', 'named before anything is loaded')
+  const [first, second] = await Promise.all([provider.adapter(), provider.adapter()])
+  t.type(first, AnthropicProvider)
+  t.equal(first, second, 'loaded once, even when asked twice at once')
+  const controller = new AbortController()
+  // Port 1 refuses connections: the call goes through the adapter and fails as a connection error.
+  await t.rejects(provider.probe({ model: 'm', mode: 'models', signal: controller.signal }), { name: 'ProviderError', kind: 'connection' })
 })
