@@ -6,7 +6,7 @@ import autocannon from 'autocannon'
 import pg from 'pg'
 import { PROJECT_ROOT } from '../src/paths.js'
 import { commitReplyRows } from './raw-pg.js'
-import { freePort, SERVER_SCRIPT } from './startup.js'
+import { freePort, npmStartNodeFlags, SERVER_SCRIPT } from './startup.js'
 
 export interface BenchServer {
   child: ChildProcess
@@ -21,10 +21,10 @@ export interface BenchServerOptions {
   env?: Record<string, string>
 }
 
-/** `node dist/src/server.js` as `npm start` runs it, on loopback ports, ready (GET /ready 200). */
+/** `node dist/src/server.js` with `npm start`'s node flags, on loopback ports, ready (GET /ready 200). */
 export async function startBenchServer(options: BenchServerOptions): Promise<BenchServer> {
   const [port, healthPort] = [await freePort(), await freePort()]
-  const child = spawn(process.execPath, ['--max-semi-space-size=2', SERVER_SCRIPT], {
+  const child = spawn(process.execPath, [...npmStartNodeFlags(), SERVER_SCRIPT], {
     cwd: PROJECT_ROOT,
     env: {
       PATH: process.env.PATH,

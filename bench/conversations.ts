@@ -148,7 +148,7 @@ Conversation benchmarks (${DURATION} s x ${RUNS} runs, median; spread = (max - m
   raw pg, same rows           ${fmt(rawRate)} tx-pairs/s  p99 ${fmt(report.messages.rawPgP99Ms)} ms  spread ${fmt(spread(raws.map((r) => r.perSecond)) * 100)}%
   ratio                       ${fmt(report.messages.ratio, 2)} (target >= 0.5)
   raw pg, the service's SQL   ${fmt(serviceSqlRate)} pairs/s  spread ${fmt(spread(serviceSql.map((r) => r.perSecond)) * 100)}%  (service / this: ${fmt(report.messages.ratioToRawServiceSql, 2)})
-  GET messages?limit=50       ${fmt(historyRate)} req/s  p99 ${fmt(report.history.p99Ms)} ms  spread ${fmt(spread(history.map((h) => h.perSecond)) * 100)}%
+  GET messages?limit=50       ${fmt(historyRate)} req/s  p99 ${fmt(report.history.p99Ms)} ms  spread ${fmt(spread(history.map((h) => h.perSecond)) * 100)}%  non-2xx ${history.map((h) => h.non2xx).join('/')}
   GET /                       ${fmt(rootRate)} req/s  spread ${fmt(spread(roots.map((r) => r.perSecond)) * 100)}%
   ratio                       ${fmt(report.history.ratio, 2)} (target >= 0.5)
   SSE, 100 deltas, 10 at once ${fmt(sse.repliesPerSecond, 1)} replies/s, ${fmt(sse.deltasPerReply)} deltas/reply, first delta p50 ${fmt(sse.firstDeltaP50Ms, 1)} ms p99 ${fmt(sse.firstDeltaP99Ms, 1)} ms
