@@ -42,6 +42,8 @@ export default fp(
     const definitions = await loadManifest(file, { env: config })
     const registry = new AgentRegistry(definitions, config)
     fastify.decorate('agents', registry)
+    // The SDKs of the agents' providers, loaded before the service reports ready.
+    fastify.addHook('onReady', async () => registry.preload())
     const llmMetrics = new LlmMetrics(
       fastify.metricsRegistry,
       registry.list().map((agent) => ({ id: agent.id, provider: agent.effectiveProvider, model: agent.model, fallback: agent.fallback }))

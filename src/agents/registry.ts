@@ -1,5 +1,5 @@
 import { EchoProvider } from '../providers/echo.js'
-import { createProvider, missingSetting, ProviderCache, type ProviderConfig } from '../providers/index.js'
+import { createProvider, LazyProvider, missingSetting, ProviderCache, type ProviderConfig } from '../providers/index.js'
 import type { Provider } from '../providers/provider.js'
 import type { AgentDefinition, AgentStatus } from './agent.js'
 
@@ -117,6 +117,17 @@ export class AgentRegistry {
     const previous = entry.health.status
     entry.health = { status, checkedAt: checkedAt.toISOString(), message: message ?? entry.health.message }
     return previous
+  }
+
+  /**
+   * Loads the SDKs of the providers the agents use (each is imported lazily, on first use): called
+   * once the service is up, so that neither the first request nor the first health probe pays for
+   * an SDK's import. A keyless service (every agent on echo) loads none.
+   */
+  async preload(): Promise<void> {
+    const lazy = new Set<LazyProvider>()
+    for (const entry of this.entries.values()) if (entry.provider instanceof LazyProvider) lazy.add(entry.provider)
+    await Promise.all([...lazy].map((provider) => provider.adapter().catch(() => undefined)))
   }
 
   /** The provider that answers for this agent (echo when its key is missing). */
