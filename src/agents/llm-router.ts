@@ -1,7 +1,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { LlmMetrics } from '../metrics/llm-metrics.js'
 import type { AgentDefinition } from './agent.js'
-import { deadlineSignal, type ProviderGuard } from './provider-guard.js'
+import { deadline, type ProviderGuard } from './provider-guard.js'
 import type { AgentRegistry } from './registry.js'
 
 export interface LlmRouterOptions {
@@ -33,7 +33,8 @@ export class LlmRouter {
     const router = agents.get(this.options.routerAgentId)
     if (!router || candidates.length === 0) return undefined
     if (candidates.length === 1) return candidates[0]
-    const signal = deadlineSignal(this.options.timeoutMs, this.options.shutdownSignal)
+    const routerDeadline = deadline(this.options.timeoutMs, this.options.shutdownSignal)
+    const signal = routerDeadline.signal
     try {
       const { text } = await guard.run({
         agent: router,
@@ -58,6 +59,8 @@ export class LlmRouter {
       log.warn({ router: router.id, answer: text.slice(0, 100) }, 'the LLM router named no candidate agent; scoring decides')
     } catch (err) {
       log.warn({ router: router.id, err: { name: (err as Error).name, message: (err as Error).message } }, 'the LLM router failed; scoring decides')
+    } finally {
+      routerDeadline.dispose()
     }
     metrics.routerDecisions.inc({ outcome: 'fallback' })
     return undefined

@@ -245,14 +245,40 @@ function exceedsDeadline(signal: AbortSignal, delayMs: number): boolean {
 
 const deadlines = new WeakMap<AbortSignal, number>()
 
+export interface Deadline {
+  /** Aborts with a TimeoutError at the deadline, or with the parent's reason when it aborts first. */
+  signal: AbortSignal
+  /** Releases the timer and the parent's listener: call it when the work is done. */
+  dispose(): void
+}
+
 /**
- * A signal that aborts with a TimeoutError after `ms` or when `parent` aborts, and whose deadline
- * the guard can read (to skip a retry that could not finish in time).
+ * A deadline `ms` from now under `parent` (the shutdown signal), whose time the guard can read (to
+ * skip a retry that could not finish in time). Unlike AbortSignal.timeout plus AbortSignal.any, it
+ * is released as soon as the reply is done: a busy replica would otherwise hold one live timer and
+ * one listener on the shutdown signal per reply of the last LLM_TIMEOUT_MS (60 s by default).
  */
-export function deadlineSignal(ms: number, parent: AbortSignal): AbortSignal {
-  const signal = AbortSignal.any([AbortSignal.timeout(ms), parent])
+export function deadline(ms: number, parent: AbortSignal): Deadline {
+  const controller = new AbortController()
+  const { signal } = controller
   deadlines.set(signal, Date.now() + ms)
-  return signal
+  const onParentAbort = () => controller.abort(parent.reason)
+  const timer = setTimeout(() => controller.abort(new DOMException(`The deadline of ${ms} ms passed`, 'TimeoutError')), ms)
+  timer.unref()
+  if (parent.aborted) onParentAbort()
+  else parent.addEventListener('abort', onParentAbort, { once: true })
+  return {
+    signal,
+    dispose() {
+      clearTimeout(timer)
+      parent.removeEventListener('abort', onParentAbort)
+    }
+  }
+}
+
+/** The signal of a deadline that is never released early (tests, one-off calls). */
+export function deadlineSignal(ms: number, parent: AbortSignal): AbortSignal {
+  return deadline(ms, parent).signal
 }
 
 function describe(err: unknown): string {

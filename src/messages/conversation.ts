@@ -2,7 +2,7 @@ import type pg from 'pg'
 import type { FastifyBaseLogger } from 'fastify'
 import type { AgentDefinition, AgentSelection } from '../agents/agent.js'
 import type { LlmRouter } from '../agents/llm-router.js'
-import { CircuitOpenError, deadlineSignal, type ProviderGuard } from '../agents/provider-guard.js'
+import { CircuitOpenError, deadline, type ProviderGuard } from '../agents/provider-guard.js'
 import type { AgentRegistry } from '../agents/registry.js'
 import { selectAgent } from '../agents/router.js'
 import { afterCommit, withTransaction, type Queryable } from '../db/transaction.js'
@@ -201,8 +201,17 @@ export class ConversationService {
    * so the client never sees two different beginnings).
    */
   private async produce(first: AgentDefinition, context: Message[], sink: ReplySink): Promise<Answer> {
+    const replyDeadline = deadline(this.options.llmTimeoutMs, this.options.shutdownSignal)
+    try {
+      return await this.produceWithin(first, context, sink, replyDeadline.signal)
+    } finally {
+      replyDeadline.dispose()
+    }
+  }
+
+  /** `produce` under the reply's deadline signal. */
+  private async produceWithin(first: AgentDefinition, context: Message[], sink: ReplySink, signal: AbortSignal): Promise<Answer> {
     const { agents, guard, llmMetrics, log } = this.options
-    const signal = deadlineSignal(this.options.llmTimeoutMs, this.options.shutdownSignal)
     const messages = context.map((m): ChatTurn => ({ role: m.role, content: m.content }))
     const tried = new Set<string>()
     const failures: unknown[] = []

@@ -247,3 +247,22 @@ t.test('rejected requests (400) do not open the breaker; breakers are per provid
   s.stub.setDefault({ text: 'b answers' })
   t.equal((await s.call({ agentId: 'b' })).text, 'b answers', "model-b's breaker is its own")
 })
+
+t.test('a deadline aborts with a TimeoutError, follows its parent, and can be released early', async (t) => {
+  const { deadline } = await import('../../src/agents/provider-guard.js')
+  const timed = deadline(50, NEVER)
+  await new Promise((resolve) => setTimeout(resolve, 120))
+  t.equal(timed.signal.reason?.name, 'TimeoutError', 'aborted at the deadline')
+
+  const shutdown = new AbortController()
+  const child = deadline(10_000, shutdown.signal)
+  shutdown.abort(new DOMException('stopping', 'AbortError'))
+  t.equal(child.signal.reason?.name, 'AbortError', "the parent's reason")
+
+  const parent = new AbortController()
+  const released = deadline(50, parent.signal)
+  released.dispose()
+  await new Promise((resolve) => setTimeout(resolve, 120))
+  parent.abort()
+  t.notOk(released.signal.aborted, 'a released deadline neither times out nor follows its parent')
+})
