@@ -47,6 +47,7 @@ export class LlmRouter {
           maxTokens: 20
         },
         signal,
+        deadlineAt: routerDeadline.at,
         onDelta: () => undefined,
         // One attempt: a retry would rarely fit in the router's short deadline.
         maxRetries: 0

@@ -1,6 +1,7 @@
 import { CircuitState, ConsecutiveBreaker, ExponentialBackoff, circuitBreaker, handleWhen, type CircuitBreakerPolicy, type IBackoff } from 'cockatiel'
 import type { FastifyBaseLogger } from 'fastify'
 import type { BreakerState, LlmMetrics, LlmOutcome } from '../metrics/llm-metrics.js'
+import { sleep } from '../providers/call.js'
 import { ProviderError, type ChatRequest, type Provider } from '../providers/provider.js'
 import type { AgentDefinition } from './agent.js'
 
@@ -47,6 +48,8 @@ export interface GuardedCall {
   request: Omit<ChatRequest, 'signal'>
   /** The reply's deadline and the shutdown: bounds every attempt and every backoff. */
   signal: AbortSignal
+  /** When the signal's deadline passes (Date.now() time), to skip a retry that could not finish in time. */
+  deadlineAt?: number
   /** Receives each delta as it arrives (the SSE client's back-pressure is awaited). */
   onDelta(text: string): Promise<void> | void
   /** Attempts after the first (default: the guard's maxRetries); the LLM router uses 0. */
@@ -109,7 +112,7 @@ export class ProviderGuard {
         const delay = Math.max(backoff.duration, retryAfter)
         // A wait that would outlast the reply's deadline is not worth starting: fail now, so that a
         // fallback agent still has time to answer.
-        if (exceedsDeadline(signal, delay)) throw err
+        if (call.deadlineAt !== undefined && Date.now() + delay >= call.deadlineAt) throw err
         this.options.metrics.retries.inc({ provider: provider.name, model: agent.model })
         this.options.log.info({ agent: agent.id, provider: provider.name, attempt: attempt + 1, delayMs: Math.round(delay), err: describe(err) }, 'retrying LLM call')
         await sleep(delay, signal)
@@ -237,31 +240,24 @@ function outcomeOf(err: unknown, signal: AbortSignal): LlmOutcome {
   return 'error'
 }
 
-/** The reply's deadline, read from the timeout signal's remaining time when it is known. */
-function exceedsDeadline(signal: AbortSignal, delayMs: number): boolean {
-  const deadline = deadlines.get(signal)
-  return deadline !== undefined && Date.now() + delayMs >= deadline
-}
-
-const deadlines = new WeakMap<AbortSignal, number>()
-
 export interface Deadline {
   /** Aborts with a TimeoutError at the deadline, or with the parent's reason when it aborts first. */
   signal: AbortSignal
+  /** The deadline, as a Date.now() time. */
+  at: number
   /** Releases the timer and the parent's listener: call it when the work is done. */
   dispose(): void
 }
 
 /**
- * A deadline `ms` from now under `parent` (the shutdown signal), whose time the guard can read (to
- * skip a retry that could not finish in time). Unlike AbortSignal.timeout plus AbortSignal.any, it
+ * A deadline `ms` from now under `parent` (the shutdown signal). Unlike AbortSignal.timeout plus AbortSignal.any, it
  * is released as soon as the reply is done: a busy replica would otherwise hold one live timer and
  * one listener on the shutdown signal per reply of the last LLM_TIMEOUT_MS (60 s by default).
  */
 export function deadline(ms: number, parent: AbortSignal): Deadline {
   const controller = new AbortController()
   const { signal } = controller
-  deadlines.set(signal, Date.now() + ms)
+  const at = Date.now() + ms
   const onParentAbort = () => controller.abort(parent.reason)
   const timer = setTimeout(() => controller.abort(new DOMException(`The deadline of ${ms} ms passed`, 'TimeoutError')), ms)
   timer.unref()
@@ -269,6 +265,7 @@ export function deadline(ms: number, parent: AbortSignal): Deadline {
   else parent.addEventListener('abort', onParentAbort, { once: true })
   return {
     signal,
+    at,
     dispose() {
       clearTimeout(timer)
       parent.removeEventListener('abort', onParentAbort)
@@ -276,25 +273,6 @@ export function deadline(ms: number, parent: AbortSignal): Deadline {
   }
 }
 
-/** The signal of a deadline that is never released early (tests, one-off calls). */
-export function deadlineSignal(ms: number, parent: AbortSignal): AbortSignal {
-  return deadline(ms, parent).signal
-}
-
 function describe(err: unknown): string {
   return err instanceof Error ? err.message : String(err)
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const onAbort = () => {
-      clearTimeout(timer)
-      reject(signal.reason)
-    }
-    const timer = setTimeout(() => {
-      signal.removeEventListener('abort', onAbort)
-      resolve()
-    }, ms)
-    signal.addEventListener('abort', onAbort, { once: true })
-  })
 }

@@ -2,7 +2,7 @@ import type pg from 'pg'
 import type { FastifyBaseLogger } from 'fastify'
 import type { AgentDefinition, AgentSelection } from '../agents/agent.js'
 import type { LlmRouter } from '../agents/llm-router.js'
-import { CircuitOpenError, deadline, type ProviderGuard } from '../agents/provider-guard.js'
+import { CircuitOpenError, deadline, type Deadline, type ProviderGuard } from '../agents/provider-guard.js'
 import type { AgentRegistry } from '../agents/registry.js'
 import { selectAgent } from '../agents/router.js'
 import { afterCommit, withTransaction, type Queryable } from '../db/transaction.js'
@@ -203,14 +203,15 @@ export class ConversationService {
   private async produce(first: AgentDefinition, context: Message[], sink: ReplySink): Promise<Answer> {
     const replyDeadline = deadline(this.options.llmTimeoutMs, this.options.shutdownSignal)
     try {
-      return await this.produceWithin(first, context, sink, replyDeadline.signal)
+      return await this.produceWithin(first, context, sink, replyDeadline)
     } finally {
       replyDeadline.dispose()
     }
   }
 
   /** `produce` under the reply's deadline signal. */
-  private async produceWithin(first: AgentDefinition, context: Message[], sink: ReplySink, signal: AbortSignal): Promise<Answer> {
+  private async produceWithin(first: AgentDefinition, context: Message[], sink: ReplySink, replyDeadline: Deadline): Promise<Answer> {
+    const { signal } = replyDeadline
     const { agents, guard, llmMetrics, log } = this.options
     const messages = context.map((m): ChatTurn => ({ role: m.role, content: m.content }))
     const tried = new Set<string>()
@@ -226,6 +227,7 @@ export class ConversationService {
           provider,
           request: { model: agent.model, systemPrompt: agent.systemPrompt, messages, temperature: agent.temperature, maxTokens: agent.maxTokens },
           signal,
+          deadlineAt: replyDeadline.at,
           onDelta: (text) => {
             sent = true
             return sink.delta(text)

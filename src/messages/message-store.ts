@@ -54,42 +54,6 @@ export function toMessage(row: MessageRow): Message {
   return message
 }
 
-export interface NewMessage {
-  sessionId: string
-  seq: number
-  role: Message['role']
-  content: string
-  metadata?: Record<string, unknown>
-  agent?: string
-  provider?: string
-  model?: string
-  inputTokens?: number
-  outputTokens?: number
-  latencyMs?: number
-}
-
-export async function insertMessage(db: Queryable, message: NewMessage): Promise<Message> {
-  const { rows } = await db.query<MessageRow>(
-    `INSERT INTO chat_messages (session_id, seq, role, content, metadata, agent, provider, model, input_tokens, output_tokens, latency_ms)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-     RETURNING ${MESSAGE_COLUMNS}`,
-    [
-      message.sessionId,
-      message.seq,
-      message.role,
-      message.content,
-      message.metadata ?? {},
-      message.agent ?? null,
-      message.provider ?? null,
-      message.model ?? null,
-      message.inputTokens ?? null,
-      message.outputTokens ?? null,
-      message.latencyMs ?? null
-    ]
-  )
-  return toMessage(rows[0] as MessageRow)
-}
-
 /**
  * The newest messages of a session, cached as a seq list of their JSON (as the API shows them), so
  * that a page of history is a slice of that list sent as it is: never parsed, never re-serialised.

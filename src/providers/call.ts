@@ -52,3 +52,19 @@ export function alternatingTurns(systemPrompt: string, messages: ChatTurn[]): Co
   }
   return { system, turns }
 }
+
+/** Waits `ms`, or rejects with the signal's reason (not a generic AbortError) as soon as it aborts. */
+export function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  signal.throwIfAborted()
+  return new Promise((resolve, reject) => {
+    const onAbort = () => {
+      clearTimeout(timer)
+      reject(signal.reason)
+    }
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort)
+      resolve()
+    }, ms)
+    signal.addEventListener('abort', onAbort, { once: true })
+  })
+}

@@ -1,3 +1,4 @@
+import { sleep } from './call.js'
 import type { ChatChunk, ChatRequest, ProbeRequest, Provider } from './provider.js'
 
 export interface EchoProviderOptions {
@@ -68,20 +69,4 @@ export class EchoProvider implements Provider {
   async probe(request: ProbeRequest): Promise<void> {
     request.signal.throwIfAborted()
   }
-}
-
-/** Waits `ms`, or rejects with the signal's reason as soon as it aborts. */
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  signal.throwIfAborted()
-  return new Promise((resolve, reject) => {
-    const onAbort = () => {
-      clearTimeout(timer)
-      reject(signal.reason)
-    }
-    const timer = setTimeout(() => {
-      signal.removeEventListener('abort', onAbort)
-      resolve()
-    }, ms)
-    signal.addEventListener('abort', onAbort, { once: true })
-  })
 }

@@ -2,7 +2,7 @@ import t, { type Test } from 'tap'
 import pino from 'pino'
 import { Registry } from 'prom-client'
 import type { AgentDefinition } from '../../src/agents/agent.js'
-import { CircuitOpenError, ProviderGuard, deadlineSignal, type ProviderGuardOptions, type TrafficSample } from '../../src/agents/provider-guard.js'
+import { CircuitOpenError, ProviderGuard, deadline, type Deadline, type ProviderGuardOptions, type TrafficSample } from '../../src/agents/provider-guard.js'
 import { AgentRegistry } from '../../src/agents/registry.js'
 import { LlmMetrics } from '../../src/metrics/llm-metrics.js'
 import { ProviderError } from '../../src/providers/provider.js'
@@ -35,7 +35,7 @@ interface Setup {
   registry: Registry
   agents: AgentRegistry
   traffic: Array<{ agent: string } & TrafficSample>
-  call(options?: { signal?: AbortSignal; deltas?: string[]; maxRetries?: number; agentId?: string }): Promise<{ text: string; usage: { inputTokens: number; outputTokens: number } }>
+  call(options?: { deadline?: Deadline; deltas?: string[]; maxRetries?: number; agentId?: string }): Promise<{ text: string; usage: { inputTokens: number; outputTokens: number } }>
   metric(name: string, labels: Record<string, string>): Promise<number | undefined>
 }
 
@@ -72,7 +72,8 @@ async function setup(t: Test, options: Partial<ProviderGuardOptions> = {}, defin
         agent: definition,
         provider: agents.providerFor(definition),
         request: { model: definition.model, systemPrompt: definition.systemPrompt, messages: [{ role: 'user', content: 'hello' }], temperature: 0.5, maxTokens: 100 },
-        signal: callOptions.signal ?? NEVER,
+        signal: callOptions.deadline?.signal ?? NEVER,
+        ...(callOptions.deadline ? { deadlineAt: callOptions.deadline.at } : {}),
         onDelta: (text) => void callOptions.deltas?.push(text),
         ...(callOptions.maxRetries === undefined ? {} : { maxRetries: callOptions.maxRetries })
       })
@@ -155,7 +156,7 @@ t.test('a Retry-After beyond the deadline fails at once instead of waiting', asy
   const s = await setup(t)
   s.stub.failNext(1, 429, { 'retry-after': '30' })
   const started = Date.now()
-  const err = await s.call({ signal: deadlineSignal(2_000, NEVER) }).catch((e: unknown) => e)
+  const err = await s.call({ deadline: deadline(2_000, NEVER) }).catch((e: unknown) => e)
   t.ok(err instanceof ProviderError && err.kind === 'rate_limited', 'the 429 is the answer')
   t.ok(Date.now() - started < 1_500, 'no 30 s wait')
   t.equal(s.stub.chatRequests().length, 1)
@@ -176,7 +177,7 @@ t.test('the deadline ends a call to a provider that never answers', async (t) =>
   const s = await setup(t)
   s.stub.enqueue({ hang: true })
   const started = Date.now()
-  const err = await s.call({ signal: deadlineSignal(300, NEVER) }).catch((e: unknown) => e)
+  const err = await s.call({ deadline: deadline(300, NEVER) }).catch((e: unknown) => e)
   const took = Date.now() - started
   t.equal((err as Error).name, 'TimeoutError')
   t.ok(took < 2_000, `ended ${took} ms after a 300 ms deadline`)
@@ -190,7 +191,7 @@ t.test('a shutdown cancels a call without counting against the provider', async 
   s.stub.enqueue({ hang: true })
   const shutdown = new AbortController()
   setTimeout(() => shutdown.abort(new DOMException('shutting down', 'AbortError')), 100)
-  const err = await s.call({ signal: deadlineSignal(10_000, shutdown.signal) }).catch((e: unknown) => e)
+  const err = await s.call({ deadline: deadline(10_000, shutdown.signal) }).catch((e: unknown) => e)
   t.equal((err as Error).name, 'AbortError')
   t.equal(await s.metric('smalltalk_llm_requests_total', { provider: 'openai', model: 'model-a', outcome: 'cancelled' }), 1)
   t.equal(s.guard.breakerState(s.agents.get('a') as AgentDefinition, 'openai'), 'closed', 'the breaker did not count it')
@@ -249,7 +250,6 @@ t.test('rejected requests (400) do not open the breaker; breakers are per provid
 })
 
 t.test('a deadline aborts with a TimeoutError, follows its parent, and can be released early', async (t) => {
-  const { deadline } = await import('../../src/agents/provider-guard.js')
   const timed = deadline(50, NEVER)
   await new Promise((resolve) => setTimeout(resolve, 120))
   t.equal(timed.signal.reason?.name, 'TimeoutError', 'aborted at the deadline')
