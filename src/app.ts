@@ -21,6 +21,7 @@ import messageRoutes from '../routes/messages/index.js'
 import eventRoutes from '../routes/events/index.js'
 import type { Environment } from './config.js'
 import { AccessLog } from './access-log.js'
+import { closeConnectionsWhenIdle } from './connection-drain.js'
 import { installErrorHandlers } from './errors.js'
 import { validatorCompiler } from './validation.js'
 import { Lifecycle } from './lifecycle.js'
@@ -62,6 +63,7 @@ export async function buildApp(opts: BuildOptions): Promise<FastifyInstance> {
     bodyLimit,
     trustProxy: opts.env.TRUST_PROXY === 'true'
   }).withTypeProvider<TypeBoxTypeProvider>()
+  closeConnectionsWhenIdle(app)
   app.setValidatorCompiler(validatorCompiler)
   // JSON only: a text/plain body is an unsupported media type (415), not a string to coerce.
   app.removeContentTypeParser('text/plain')

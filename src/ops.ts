@@ -6,6 +6,7 @@ import health from '../plugins/health.js'
 import metricsEndpoint from '../plugins/metrics-endpoint.js'
 import { QuietLog } from './access-log.js'
 import { commonServerOptions } from './app.js'
+import { closeConnectionsWhenIdle } from './connection-drain.js'
 import type { Environment } from './config.js'
 import { installErrorHandlers } from './errors.js'
 import type { Lifecycle } from './lifecycle.js'
@@ -23,6 +24,7 @@ export interface BuildOpsOptions {
  */
 export async function buildOps(opts: BuildOpsOptions): Promise<FastifyInstance> {
   const ops = Fastify({ ...commonServerOptions(opts.logger, opts.env), logController: new QuietLog() })
+  closeConnectionsWhenIdle(ops)
   await ops.register(config, { env: opts.env })
   installErrorHandlers(ops)
   await ops.register(health, { lifecycle: opts.lifecycle })

@@ -63,12 +63,9 @@ closeWithGrace(
       lifecycle.abortReplies()
     }, config.SHUTDOWN_TIMEOUT_MS - margin)
     // The api first (stop accepting, let in-flight requests finish, close Redis and PostgreSQL),
-    // the ops instance last so that liveness keeps answering while the api drains.
-    // Fastify closes the idle keep-alive connections once, when close starts; a connection whose
-    // response finishes during the drain becomes idle later and would hold the server open.
-    const sweep = setInterval(() => app?.server.closeIdleConnections(), 100)
+    // the ops instance last so that liveness keeps answering while the api drains. Connections are
+    // closed as soon as they carry no request (connection-drain.ts).
     await app?.close()
-    clearInterval(sweep)
     clearTimeout(endReplies)
     await ops?.close()
     log.info({ durationMs: Date.now() - started }, 'shutdown complete')

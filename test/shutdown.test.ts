@@ -1,4 +1,6 @@
-import { request } from 'node:http'
+import { Agent, request } from 'node:http'
+import { connect } from 'node:net'
+import { once } from 'node:events'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { createTestDatabase } from './helper.js'
@@ -10,9 +12,9 @@ interface SlowUpload {
 }
 
 /** A request that stays in flight for as long as the test likes: the body is sent in two parts. */
-function slowUpload(baseUrl: string): SlowUpload {
+function slowUpload(baseUrl: string, agent?: Agent): SlowUpload {
   const body = JSON.stringify({ content: 'x'.repeat(64) })
-  const req = request(`${baseUrl}/`, { method: 'POST', headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } })
+  const req = request(`${baseUrl}/`, { method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } })
   const response = new Promise<{ status: number; body: string }>((resolve, reject) => {
     req.on('response', (res) => {
       let text = ''
@@ -50,6 +52,34 @@ t.test('SIGTERM: readiness turns 503 at once, the in-flight request completes, e
   t.equal(await server.exited, 0, 'clean exit')
   t.match(server.output(), /shutting down: readiness is now 503/)
   t.match(server.output(), /shutdown complete/)
+})
+
+t.test('SIGTERM: open connections without a request in flight do not hold the drain', async (t) => {
+  const server = await startServerProcess({ DATABASE_URL: await createTestDatabase(t), SHUTDOWN_TIMEOUT_MS: '30000' })
+  t.teardown(() => server.child.kill('SIGKILL'))
+  // A client's pre-connect (no request yet) on each port, which Node never counts as idle...
+  const sockets = await Promise.all(
+    [server.apiUrl, server.opsUrl].map(async (url) => {
+      const socket = connect(Number(new URL(url).port), '127.0.0.1')
+      await once(socket, 'connect')
+      socket.on('error', () => undefined)
+      return socket
+    })
+  )
+  // ...and a keep-alive connection whose request is answered during the drain.
+  const agent = new Agent({ keepAlive: true })
+  t.teardown(() => agent.destroy())
+  const upload = slowUpload(server.apiUrl, agent)
+  await sleep(200)
+  const started = Date.now()
+  server.child.kill('SIGTERM')
+  await sleep(200)
+  upload.finish()
+  t.equal((await upload.response).status, 404, 'the in-flight request got its answer')
+  t.equal(await server.exited, 0, 'clean exit')
+  const elapsed = Date.now() - started
+  t.ok(elapsed < 5000, `the drain ended with the last request, not a connection timeout (${elapsed} ms)`)
+  for (const socket of sockets) t.ok(socket.destroyed || socket.readableEnded, 'the idle connection was closed by the server')
 })
 
 t.test('a shutdown that outlives SHUTDOWN_TIMEOUT_MS is forced, with exit code 1', async (t) => {

@@ -9,6 +9,7 @@ import { SseStream } from '../sse.js'
 const MAX_BACKLOG_BYTES = 1_048_576
 const HEARTBEAT_MS = 15_000
 const RESUME_LIMIT = 10_000
+const RESUME_DEDUP_MS = 30_000
 
 const Event = Type.Object({
   id: Type.String({ description: 'Increasing; pass as `after` (or Last-Event-ID) to read on from it' }),
@@ -72,13 +73,17 @@ const events: FastifyPluginAsyncTypebox = async (fastify) => {
       const queued: StoredEvent[] = []
       let live = false
 
+      // Ids the resume read sent: an event committed just before that read can also be announced to
+      // the live feed after it, and must not go out twice. (Ids are not compared by order: a
+      // transaction that took a smaller id may commit, and be announced, after a larger one.)
+      const sentByResume = new Set<string>()
       const deliver = (event: StoredEvent) => {
         if (!live) {
           queued.push(event)
           return
         }
+        if (sentByResume.delete(event.id)) return
         sse.write(frame(event))
-        lastSent = event.id
         if (sse.backlogBytes > MAX_BACKLOG_BYTES) {
           request.log.warn('event stream client too slow: closing it (it can resume with Last-Event-ID)')
           sse.end()
@@ -98,14 +103,19 @@ const events: FastifyPluginAsyncTypebox = async (fastify) => {
       let sent = 0
       while (lastSent !== null && sent < RESUME_LIMIT && !sse.isClosed) {
         const page = await fastify.eventFeed.backlog(tenant, lastSent, type, 200)
-        for (const event of page.events) await sse.send(event.type, event.id, event)
+        for (const event of page.events) {
+          await sse.send(event.type, event.id, event)
+          sentByResume.add(event.id)
+        }
         if (page.events.length > 0) lastSent = page.events[page.events.length - 1]?.id ?? lastSent
         sent += page.events.length
         if (!page.nextCursor) break
       }
-      for (const event of queued) if (lastSent === null || BigInt(event.id) > BigInt(lastSent)) sse.write(frame(event))
+      for (const event of queued) if (!sentByResume.delete(event.id)) sse.write(frame(event))
       queued.length = 0
       live = true
+      // Announcements of what the resume read arrive within moments; after that the ids are dead weight.
+      if (sentByResume.size > 0) setTimeout(() => sentByResume.clear(), RESUME_DEDUP_MS).unref()
       return reply
     }
   )

@@ -2,6 +2,8 @@ import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { createParser, type EventSourceMessage } from 'eventsource-parser'
 import { buildTestApp, eventually, testEnv } from '../helper.js'
+import { EVENTS_CHANNEL } from '../../src/events/event-log.js'
+import { OPEN_TENANT } from '../../plugins/auth.js'
 
 const json = { 'content-type': 'application/json' }
 
@@ -70,6 +72,25 @@ t.test('resume with Last-Event-ID: what was missed, then live, nothing twice', a
   t.same(received.slice(0, 2), ids.slice(1), 'the two missed events first')
   t.equal(new Set(received).size, received.length, 'no duplicates')
   t.equal(stream.events[2]?.event, 'session.created', 'then the live one')
+})
+
+t.test('an event both read by the resume and announced after it goes out once', async (t) => {
+  const app = await listening(t, await testEnv(t))
+  await app.inject({ method: 'POST', url: '/v1/sessions' })
+  const [first] = (await app.inject('/v1/events')).json().events
+  // Committed without an announcement yet: the resume reads it, and the announcement comes after,
+  // as when a commit lands just before the resume's read and its NOTIFY just after.
+  const { rows } = await app.pg.pool.query<{ id: string }>(
+    "INSERT INTO event_logs (type, tenant, data) VALUES ('session.updated', $1, '{}') RETURNING id::text",
+    [OPEN_TENANT]
+  )
+  const late = rows[0]?.id as string
+  const stream = await follow(t, app, '', { 'last-event-id': first.id })
+  t.ok(await eventually(() => stream.events.length >= 1, 5000), 'the resume sent the committed event')
+  await app.pg.pool.query('SELECT pg_notify($1, $2)', [EVENTS_CHANNEL, `${late}:${late}:session.updated`])
+  const live = (await app.inject({ method: 'POST', url: '/v1/sessions' })).json()
+  t.ok(await eventually(() => stream.events.some((e) => JSON.parse(e.data).sessionId === live.id), 5000), 'the next live event arrives')
+  t.same(stream.events.map((e) => e.id).filter((id) => id === late), [late], 'the resumed event went out once')
 })
 
 t.test('a tenant follows only its own events', async (t) => {
