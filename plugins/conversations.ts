@@ -45,7 +45,7 @@ export default fp(
       unknownAgents: (ids) => ids.filter((id) => !agents.has(id)),
       defaultAgents: () => agents.defaultAgentIds()
     })
-    const history = new MessageHistory({ cache: fastify.cache, metrics, cacheSize: Math.max(config.CONTEXT_MESSAGES, 100) })
+    const history = new MessageHistory({ cache: fastify.cache, metrics, cacheSize: Math.max(config.CONTEXT_MESSAGES, 100), pageCacheBytes: config.HISTORY_PAGE_CACHE_MB * 1_048_576 })
     const idempotency = new IdempotencyKeys(pool, config.LLM_TIMEOUT_MS + 10_000)
     const conversations = new ConversationService({
       pool,

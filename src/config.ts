@@ -56,6 +56,7 @@ export const EnvSchema = Type.Object({
   SESSION_CLEANUP_INTERVAL: Positive(300),
   SESSION_PURGE_AFTER: Positive(86_400),
   EVENT_RETENTION_DAYS: Positive(30),
+  HISTORY_PAGE_CACHE_MB: NonNegative(32),
 
   // Agents and LLM providers
   AGENTS_FILE: Type.String({ default: 'agents/default.yaml' }),

@@ -3,6 +3,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import { recordEvents, type NewEvent } from '../events/event-log.js'
 import type { LlmMetrics } from '../metrics/llm-metrics.js'
 import { ProviderError, type ProbeMode, type Provider } from '../providers/provider.js'
+import { LazyProvider } from '../providers/index.js'
 import type { AgentStatus } from './agent.js'
 import type { AgentRegistry } from './registry.js'
 
@@ -654,6 +655,17 @@ export class HealthMonitor {
 
   /** One probe, bounded by the probe timeout even if the provider ignores its signal. */
   private async probe(target: ProbeTarget): Promise<ProbeResult> {
+    // The SDK is imported on an agent's first call: that one-off load (seconds on a busy machine) is
+    // not the provider's latency, so it happens before the clock starts.
+    let provider: Provider = target.provider
+    if (provider instanceof LazyProvider) {
+      try {
+        provider = await provider.adapter()
+      } catch (err) {
+        const error = this.describeProbeError(err)
+        return { observation: { kind: 'failure', count: 1, reason: `probe failed: ${error}`, source: 'probe' }, latencyMs: 0, error }
+      }
+    }
     const controller = new AbortController()
     const stop = this.stopController.signal
     const onStop = () => controller.abort(stop.reason)
@@ -668,7 +680,7 @@ export class HealthMonitor {
     const started = performance.now()
     try {
       if (stop.aborted) throw stop.reason
-      await Promise.race([target.provider.probe({ model: target.model, mode: this.options.probeMode, signal: controller.signal }), aborted])
+      await Promise.race([provider.probe({ model: target.model, mode: this.options.probeMode, signal: controller.signal }), aborted])
       const latencyMs = Math.round(performance.now() - started)
       if (latencyMs >= this.slowProbeMs) {
         return { observation: { kind: 'warn', reason: `probe slow: ${latencyMs} ms (limit ${this.slowProbeMs} ms)`, source: 'probe' }, latencyMs, error: null }

@@ -1,7 +1,8 @@
-import type { Cache } from '../cache/cache.js'
+import type { Cache, SeqListSnapshot } from '../cache/cache.js'
 import type { SessionRecord, SessionStore } from '../sessions/session-store.js'
 import type { Queryable } from '../db/transaction.js'
 import type { ConversationMetrics } from '../metrics/conversation-metrics.js'
+import { HistoryPages } from './history-pages.js'
 
 /** A stored message as the API shows it. Assistant messages carry the provider fields. */
 export interface Message {
@@ -66,48 +67,75 @@ export interface HistoryOptions {
   metrics: ConversationMetrics
   /** How many of the newest messages the cache keeps per session. */
   cacheSize: number
+  /** HISTORY_PAGE_CACHE_MB in bytes: finished history responses kept in this replica (0: none). */
+  pageCacheBytes?: number
 }
 
-/** A page of history: its messages as the inside of a JSON array. */
-export interface HistoryPage {
-  /** The messages' JSON objects joined by commas, as UTF-8 bytes. */
-  json: Buffer
-  count: number
-  /** seq of the page's last message (null when the page is empty). */
-  lastSeq: number | null
-}
-
-const EMPTY_PAGE: HistoryPage = { json: Buffer.alloc(0), count: 0, lastSeq: null }
+/** The start of a history response; the messages' JSON goes in between, then the cursor. */
+const LIST_START = Buffer.from('{"messages":[')
+const EMPTY_LIST = Buffer.from('{"messages":[],"nextCursor":null}')
 
 /**
  * Message history: PostgreSQL is the truth; the newest `cacheSize` messages of each session are
  * kept in the cache (write-through after each commit) for the model's context and history reads.
  * A cached list is used only when it ends at the session's newest seq (the session record says
- * which) and holds the whole window asked for; anything else is read from PostgreSQL.
+ * which) and holds the whole window asked for; anything else is read from PostgreSQL. Finished
+ * history responses are also kept in this replica's memory (HistoryPages), checked against the
+ * session record at every read.
  */
 export class MessageHistory {
-  constructor(private readonly options: HistoryOptions) {}
+  private readonly pages: HistoryPages
+
+  constructor(private readonly options: HistoryOptions) {
+    this.pages = new HistoryPages(options.pageCacheBytes ?? 0)
+  }
 
   /**
-   * A page of history for the API: messages after `after` in seq order, at most `limit`, of an
-   * active session of this tenant (404 or 410 otherwise, as SessionStore.getActive). The session
-   * record and the cached list are read in one round trip; the list serves the page when it ends at
-   * the record's lastSeq and holds the whole window, else PostgreSQL does.
+   * The response body of a history read (`{"messages":[...],"nextCursor":...}`): messages after
+   * `after` in seq order, at most `limit`, of an active session of this tenant (404 or 410
+   * otherwise, as SessionStore.getActive). The session record is always read (from the cache, or
+   * PostgreSQL): a page kept at the record's newest seq is answered as it is. Otherwise the record
+   * and the cached list come in one round trip (a second one when a kept page had gone stale), and
+   * the list serves the page when it ends at the record's lastSeq and holds the whole window, else
+   * PostgreSQL does.
    */
-  async page(sessions: SessionStore, db: Queryable, tenant: string, sessionId: string, after: number, limit: number): Promise<{ session: SessionRecord; page: HistoryPage }> {
-    const { record: session, list } = await sessions.getActiveWithList(tenant, sessionId, historyKey(sessionId))
+  async page(sessions: SessionStore, db: Queryable, tenant: string, sessionId: string, after: number, limit: number): Promise<Buffer> {
+    const kept = this.pages.has(sessionId, after, limit)
+    let session: SessionRecord
+    let list: SeqListSnapshot | undefined
+    if (kept) session = await sessions.getActive(tenant, sessionId)
+    else ({ record: session, list } = await sessions.getActiveWithList(tenant, sessionId, historyKey(sessionId)))
     // Nothing after `after` yet: the session record says so, no need to read anything.
-    if (after >= session.lastSeq) return { session, page: EMPTY_PAGE }
-    const cached = list?.window(session.lastSeq, after, limit)
-    this.options.metrics.cacheLookups.inc({ cache: 'history', result: cached ? 'hit' : 'miss' })
-    if (cached) return { session, page: { json: cached.joined, count: cached.count, lastSeq: after + cached.count } }
-    const { rows } = await db.query<MessageRow>(
-      `SELECT ${MESSAGE_COLUMNS} FROM chat_messages WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3`,
-      [session.id, after, limit]
-    )
-    const last = rows[rows.length - 1]
-    const json = Buffer.from(rows.map((row) => JSON.stringify(toMessage(row))).join(','))
-    return { session, page: { json, count: rows.length, lastSeq: last ? Number(last.seq) : null } }
+    if (after >= session.lastSeq) return EMPTY_LIST
+    const { metrics } = this.options
+    if (this.pages.enabled) {
+      const body = this.pages.get(sessionId, after, limit, session.lastSeq)
+      metrics.cacheLookups.inc({ cache: 'history_page', result: body ? 'hit' : 'miss' })
+      if (body) return body
+    }
+    const cached = kept ? await this.options.cache.readSeqList(historyKey(sessionId), session.lastSeq, after, limit) : list?.window(session.lastSeq, after, limit)
+    metrics.cacheLookups.inc({ cache: 'history', result: cached ? 'hit' : 'miss' })
+    let json: Buffer
+    let count: number
+    // seq of the page's last message (a cached list numbers its items by position).
+    let pageLastSeq: number
+    if (cached) {
+      json = cached.joined
+      count = cached.count
+      pageLastSeq = after + count
+    } else {
+      const { rows } = await db.query<MessageRow>(
+        `SELECT ${MESSAGE_COLUMNS} FROM chat_messages WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3`,
+        [session.id, after, limit]
+      )
+      json = Buffer.from(rows.map((row) => JSON.stringify(toMessage(row))).join(','))
+      count = rows.length
+      pageLastSeq = Number(rows[rows.length - 1]?.seq ?? after)
+    }
+    const nextCursor = count > 0 && count === limit && pageLastSeq < session.lastSeq ? pageLastSeq : null
+    const body = Buffer.concat([LIST_START, json, Buffer.from(`],"nextCursor":${nextCursor}}`)])
+    this.pages.set(sessionId, after, limit, session.lastSeq, body)
+    return body
   }
 
   /** The newest `count` messages, oldest first (the model's context). */

@@ -37,7 +37,7 @@ export class ConversationMetrics {
     })
     this.cacheLookups = new promClient.Counter({
       name: 'smalltalk_cache_lookups_total',
-      help: 'Cache reads by cache (session, history) and result (hit, miss)',
+      help: 'Cache reads by cache (session, history, history_page) and result (hit, miss)',
       labelNames: ['cache', 'result'],
       registers
     })

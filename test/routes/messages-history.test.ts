@@ -39,9 +39,12 @@ async function historyLookups(app: FastifyInstance, cache = 'history'): Promise<
 
 const TEXTS = ['plain', 'héllo wörld ✓', '😀 👨‍👩‍👧‍👦 family', 'e\u0301 combining', 'quotes " \\ and \n newline', "'; DROP TABLE chat_messages; --", '中文 العربية ｆｕｌｌ', 'pipes | and, commas,']
 
+// These read the shared cache (Redis or in-process) at every read: the replica's kept responses
+// (HISTORY_PAGE_CACHE_MB) are off here and tested on their own below.
+const NO_PAGES = { HISTORY_PAGE_CACHE_MB: '0' }
 const backends: Array<[string, Environment, { skip: string | false }]> = [
-  ['redis', { REDIS_URL }, { skip: redisUnavailable() }],
-  ['in-process cache', {}, { skip: false }]
+  ['redis', { REDIS_URL, ...NO_PAGES }, { skip: redisUnavailable() }],
+  ['in-process cache', { ...NO_PAGES }, { skip: false }]
 ]
 
 for (const [name, cacheEnv, options] of backends) {
@@ -135,7 +138,7 @@ for (const [name, cacheEnv, options] of backends) {
 }
 
 t.test('redis: a history list that lost appends is not served; the next reply brings it up to date', { skip: redisUnavailable() }, async (t) => {
-  const app = await start(t, await testEnv(t, { REDIS_URL }))
+  const app = await start(t, await testEnv(t, { REDIS_URL, ...NO_PAGES }))
   const id = await createSession(app)
   await post(app, id, 'first')
   const firstTwo = (await read(app, id)).json().messages.map((m: unknown) => JSON.stringify(m))
@@ -155,4 +158,49 @@ t.test('redis: a history list that lost appends is not served; the next reply br
   const rebuilt = await historyLookups(app)
   t.same((await read(app, id)).json().messages.map((m: { seq: number }) => m.seq), [1, 2, 3, 4, 5, 6])
   t.equal((await historyLookups(app)).hit, rebuilt.hit + 1, 'served from the rebuilt list')
+})
+
+t.test('kept history responses: served while the session has no new message, on any replica, never past its end or to another tenant', { skip: redisUnavailable() }, async (t) => {
+  const env = await testEnv(t, { REDIS_URL, API_KEYS: `${KEY}:acme,other-${KEY}:globex` })
+  // Two replicas sharing PostgreSQL and Redis, each with its own kept responses.
+  const a = await start(t, env)
+  const b = await start(t, env)
+  const acme = { authorization: `Bearer ${KEY}` }
+  const id = await createSession(a, acme)
+  await post(a, id, 'first', acme)
+
+  const first = await read(a, id, 'limit=50', acme)
+  const pages = await historyLookups(a, 'history_page')
+  const lists = await historyLookups(a)
+  const again = await read(a, id, 'limit=50', acme)
+  t.equal(again.body, first.body, 'the same body')
+  t.same(await historyLookups(a, 'history_page'), { hit: pages.hit + 1, miss: pages.miss }, 'a kept response')
+  t.same(await historyLookups(a), lists, 'the cached list was not read')
+
+  // A post on the other replica: the record's newest seq moved, so the kept response is not used.
+  await post(b, id, 'second', acme)
+  const current = (await read(a, id, 'limit=50', acme)).json()
+  t.same(current.messages.map((m: { content: string }) => m.content), ['first', 'Echo (gpt-4o-mini): first', 'second', 'Echo (gpt-4o-mini): second'], 'current after the other replica\'s post')
+  t.same(await historyLookups(a, 'history_page'), { hit: pages.hit + 1, miss: pages.miss + 1 })
+  t.equal((await read(a, id, 'limit=2', acme)).json().nextCursor, 2, 'each window kept apart')
+  t.equal((await read(a, id, 'limit=2', acme)).json().nextCursor, 2)
+
+  const foreign = await read(a, id, 'limit=50', { authorization: `Bearer other-${KEY}` })
+  t.equal(foreign.statusCode, 404, 'another tenant: 404, though the response is kept')
+  t.notMatch(foreign.body, /first/)
+
+  t.equal((await b.inject({ method: 'DELETE', url: `/v1/sessions/${id}`, headers: acme })).statusCode, 204)
+  const gone = await read(a, id, 'limit=50', acme)
+  t.equal(gone.statusCode, 410, 'deleted on the other replica: 410, though the response is kept')
+  t.notMatch(gone.body, /first/)
+})
+
+t.test('HISTORY_PAGE_CACHE_MB=0 keeps no responses', async (t) => {
+  const app = await start(t, await testEnv(t, { HISTORY_PAGE_CACHE_MB: '0' }))
+  const id = await createSession(app)
+  await post(app, id, 'hello')
+  const lists = await historyLookups(app)
+  t.equal((await read(app, id)).body, (await read(app, id)).body)
+  t.same(await historyLookups(app, 'history_page'), { hit: 0, miss: 0 })
+  t.same(await historyLookups(app), { hit: lists.hit + 2, miss: lists.miss }, 'both reads from the cached list')
 })
