@@ -79,6 +79,7 @@ const messages: FastifyPluginAsyncTypebox = async (fastify) => {
       const sse = new SseStream(reply)
       const send = (event: string, data: unknown) => sse.send(event, `${seq}-${++counter}`, data)
       const sink: ReplySink = {
+        live: true,
         message: (message: Message) => {
           seq = message.seq
           return send('message', message)
@@ -128,7 +129,7 @@ const messages: FastifyPluginAsyncTypebox = async (fastify) => {
 }
 
 /** The JSON route needs no streaming: the result comes back whole. */
-const NO_SINK: ReplySink = { message: () => undefined, agent: () => undefined, delta: () => undefined }
+const NO_SINK: ReplySink = { live: false, message: () => undefined, agent: () => undefined, delta: () => undefined }
 
 /** An idempotent retry over SSE: the first outcome, replayed as the same sequence of events. */
 async function replay(send: (event: string, data: unknown) => Promise<void>, statusCode: number, body: unknown, setSeq: (seq: number) => void): Promise<void> {

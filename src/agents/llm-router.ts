@@ -44,7 +44,9 @@ export class LlmRouter {
           systemPrompt: INSTRUCTIONS,
           messages: [{ role: 'user', content: routingPrompt(content, candidates) }],
           temperature: 0,
-          maxTokens: 20
+          maxTokens: 20,
+          // Only the whole answer matters: one response, no token stream.
+          stream: false
         },
         signal,
         deadlineAt: routerDeadline.at,

@@ -139,7 +139,8 @@ export class ProviderGuard {
         for await (const chunk of provider.stream({ ...call.request, signal })) {
           if (chunk.type === 'delta') {
             if (text === '' && chunk.text !== '') {
-              this.options.metrics.timeToFirstToken.observe(labels, (performance.now() - started) / 1000)
+              // A whole answer (stream: false) has no first token to time: its latency is the duration.
+              if (call.request.stream !== false) this.options.metrics.timeToFirstToken.observe(labels, (performance.now() - started) / 1000)
               onFirstDelta()
             }
             text += chunk.text

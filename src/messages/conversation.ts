@@ -36,6 +36,11 @@ export type PostOutcome = { replayed: false; result: PostResult } | { replayed: 
  * and stored regardless.
  */
 export interface ReplySink {
+  /**
+   * Whether deltas reach a client as they come (SSE). When not (a JSON reply), the provider is asked
+   * for the whole answer in one response.
+   */
+  readonly live: boolean
   message(message: Message): Promise<void> | void
   agent(selection: { agent: string; name: string; reason: AgentSelection['reason']; matched: string[]; provider: string; model: string }): Promise<void> | void
   delta(text: string): Promise<void> | void
@@ -225,7 +230,7 @@ export class ConversationService {
         const { text, usage } = await guard.run({
           agent,
           provider,
-          request: { model: agent.model, systemPrompt: agent.systemPrompt, messages, temperature: agent.temperature, maxTokens: agent.maxTokens },
+          request: { model: agent.model, systemPrompt: agent.systemPrompt, messages, temperature: agent.temperature, maxTokens: agent.maxTokens, stream: sink.live },
           signal,
           deadlineAt: replyDeadline.at,
           onDelta: (text) => {

@@ -56,7 +56,7 @@ export class LlmMetrics {
     })
     this.timeToFirstToken = new promClient.Histogram({
       name: 'smalltalk_llm_time_to_first_token_seconds',
-      help: 'Time from an LLM provider call to its first text delta',
+      help: 'Time from a streamed LLM provider call (SSE replies) to its first text delta',
       labelNames: ['provider', 'model'],
       buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30],
       registers

@@ -1,5 +1,5 @@
 import Anthropic, { APIConnectionError, APIConnectionTimeoutError, APIError } from '@anthropic-ai/sdk'
-import { alternatingTurns, callController, NO_SDK_TIMEOUT_MS } from './call.js'
+import { alternatingTurns, callController, NO_SDK_TIMEOUT_MS, type ConversationTurns } from './call.js'
 import { failure, fromHttpFailure, fromStreamError, fromTransportError, invalidResponse, streamEndedEarly, timedOut, type CallContext } from './errors.js'
 import type { ChatChunk, ChatRequest, ProbeRequest, Provider, ProviderError } from './provider.js'
 
@@ -53,10 +53,15 @@ export class AnthropicProvider implements Provider {
     const context = this.context(request.model, request.signal)
     request.signal.throwIfAborted()
     const { system, turns } = alternatingTurns(request.systemPrompt, request.messages)
+    if (request.stream === false) {
+      yield* this.whole(request, system, turns, context)
+      return
+    }
 
     const call = callController(request.signal)
     let events = 0
     let stopped = false
+    let read = false
     const usage: Usage = { input: 0, cacheCreation: 0, cacheRead: 0, output: 0 }
     try {
       const stream = await this.client.messages.create(
@@ -86,13 +91,37 @@ export class AnthropicProvider implements Provider {
             break
         }
       }
+      read = true
     } catch (err) {
       throw failure(err, context, (e) => this.toProviderError(e, context))
     } finally {
-      call.release()
+      call.release(read)
     }
     if (request.signal.aborted) throw request.signal.reason
     if (!stopped) throw events === 0 ? invalidResponse(context, 'an empty event stream') : streamEndedEarly(context, 'message_stop')
+    yield { type: 'usage', inputTokens: usage.input + usage.cacheCreation + usage.cacheRead, outputTokens: usage.output }
+  }
+
+  /** The message in one response (`stream: false`): its text blocks as one delta, then its usage. */
+  private async *whole(request: ChatRequest, system: string, turns: ConversationTurns['turns'], context: CallContext): AsyncGenerator<ChatChunk> {
+    const call = callController(request.signal)
+    let message: Anthropic.Message
+    try {
+      message = await this.client.messages.create(
+        { model: request.model, max_tokens: request.maxTokens, ...(system === '' ? {} : { system }), messages: turns, stream: false },
+        { signal: call.signal }
+      )
+    } catch (err) {
+      call.release()
+      throw failure(err, context, (e) => this.toProviderError(e, context))
+    }
+    call.release(true)
+    if (!message?.stop_reason || !Array.isArray(message.content)) throw invalidResponse(context, 'a message without content or stop_reason')
+    let text = ''
+    for (const block of message.content) if (block.type === 'text') text += block.text
+    if (text !== '') yield { type: 'delta', text }
+    const usage: Usage = { input: 0, cacheCreation: 0, cacheRead: 0, output: 0 }
+    addUsage(usage, message.usage)
     yield { type: 'usage', inputTokens: usage.input + usage.cacheCreation + usage.cacheRead, outputTokens: usage.output }
   }
 

@@ -8,19 +8,21 @@ export const GEMINI_DEFAULT_BASE_URL = 'https://generativelanguage.googleapis.co
 /**
  * A controller for one provider call: it aborts when the caller's signal does, and `release()` aborts
  * it too, so that a call the caller stopped reading (an early `return()` of the stream) closes its
- * connection at once whatever the SDK does about it. The SDK gets `controller.signal`; the caller's
- * own signal stays untouched, so `signal.aborted` still tells a caller's abort from our release.
+ * connection at once whatever the SDK does about it. A call read to its end has nothing left to close
+ * (`release(true)`): aborting it anyway costs an exception object and the SDK's abort handlers on
+ * every reply. The SDK gets `controller.signal`; the caller's own signal stays untouched, so
+ * `signal.aborted` still tells a caller's abort from our release.
  */
-export function callController(signal: AbortSignal): { signal: AbortSignal; release: () => void } {
+export function callController(signal: AbortSignal): { signal: AbortSignal; release: (finished?: boolean) => void } {
   const controller = new AbortController()
   const onAbort = () => controller.abort(signal.reason)
   if (signal.aborted) onAbort()
   else signal.addEventListener('abort', onAbort, { once: true })
   return {
     signal: controller.signal,
-    release: () => {
+    release: (finished = false) => {
       signal.removeEventListener('abort', onAbort)
-      controller.abort()
+      if (!finished) controller.abort()
     }
   }
 }

@@ -1,4 +1,4 @@
-import { GoogleGenAI, type GenerateContentConfig, type GenerateContentResponse } from '@google/genai'
+import { GoogleGenAI, type Content, type GenerateContentConfig, type GenerateContentResponse } from '@google/genai'
 import { alternatingTurns, callController } from './call.js'
 import { failure, fromHttpFailure, fromStreamError, fromTransportError, invalidResponse, streamEndedEarly, type CallContext } from './errors.js'
 import type { ChatChunk, ChatRequest, ProbeRequest, Provider, ProviderError } from './provider.js'
@@ -85,9 +85,14 @@ export class GeminiProvider implements Provider {
       abortSignal: call.signal,
       automaticContinuation: false
     }
+    if (request.stream === false) {
+      yield* this.whole(request.model, contents, config, call, context)
+      return
+    }
     let events = 0
     let finished = false
     let usage: ChatChunk | undefined
+    let read = false
     try {
       const stream = await this.client.models.generateContentStream({ model: request.model, contents, config })
       for await (const chunk of stream) {
@@ -96,24 +101,33 @@ export class GeminiProvider implements Provider {
         const text = textOf(chunk)
         if (text !== '') yield { type: 'delta', text }
         if (candidate?.finishReason) finished = true
-        const metadata = chunk.usageMetadata
-        if (metadata) {
-          usage = {
-            type: 'usage',
-            inputTokens: metadata.promptTokenCount ?? 0,
-            // Thinking models bill their thoughts as output.
-            outputTokens: (metadata.candidatesTokenCount ?? 0) + (metadata.thoughtsTokenCount ?? 0)
-          }
-        }
+        if (chunk.usageMetadata) usage = usageOf(chunk)
       }
+      read = true
     } catch (err) {
       throw failure(err, context, (e) => this.toProviderError(e, context))
     } finally {
-      call.release()
+      call.release(read)
     }
     if (request.signal.aborted) throw request.signal.reason
     if (!finished) throw events === 0 ? invalidResponse(context, 'an empty event stream') : streamEndedEarly(context, 'a finishReason')
     if (usage) yield usage
+  }
+
+  /** The answer in one response (`stream: false`, generateContent): its text as one delta, then its usage. */
+  private async *whole(model: string, contents: Content[], config: GenerateContentConfig, call: ReturnType<typeof callController>, context: CallContext): AsyncGenerator<ChatChunk> {
+    let response: GenerateContentResponse
+    try {
+      response = await this.client.models.generateContent({ model, contents, config })
+    } catch (err) {
+      call.release()
+      throw failure(err, context, (e) => this.toProviderError(e, context))
+    }
+    call.release(true)
+    if (!response?.candidates?.[0]?.finishReason) throw invalidResponse(context, 'an answer without a candidate finishReason')
+    const text = textOf(response)
+    if (text !== '') yield { type: 'delta', text }
+    yield usageOf(response) ?? { type: 'usage', inputTokens: 0, outputTokens: 0 }
   }
 
   /**
@@ -165,6 +179,17 @@ export class GeminiProvider implements Provider {
 }
 
 /** The text parts of the first candidate (thought summaries left out). */
+function usageOf(chunk: GenerateContentResponse): ChatChunk | undefined {
+  const metadata = chunk.usageMetadata
+  if (!metadata) return undefined
+  return {
+    type: 'usage',
+    inputTokens: metadata.promptTokenCount ?? 0,
+    // Thinking models bill their thoughts as output.
+    outputTokens: (metadata.candidatesTokenCount ?? 0) + (metadata.thoughtsTokenCount ?? 0)
+  }
+}
+
 function textOf(chunk: GenerateContentResponse): string {
   const parts = chunk.candidates?.[0]?.content?.parts ?? []
   let text = ''

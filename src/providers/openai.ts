@@ -1,5 +1,5 @@
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError } from 'openai'
-import type { ChatCompletionCreateParamsStreaming, ChatCompletionMessageParam } from 'openai/resources/chat/completions'
+import type { ChatCompletion, ChatCompletionCreateParamsStreaming, ChatCompletionMessageParam } from 'openai/resources/chat/completions'
 import { callController, NO_SDK_TIMEOUT_MS } from './call.js'
 import { failure, fromHttpFailure, fromStreamError, fromTransportError, invalidResponse, streamEndedEarly, timedOut, type CallContext } from './errors.js'
 import type { ChatChunk, ChatRequest, ProbeRequest, Provider, ProviderError } from './provider.js'
@@ -60,6 +60,10 @@ export class OpenAiProvider implements Provider {
     const messages: ChatCompletionMessageParam[] = []
     if (request.systemPrompt !== '') messages.push({ role: 'system', content: request.systemPrompt })
     for (const turn of request.messages) messages.push({ role: turn.role, content: turn.content })
+    if (request.stream === false) {
+      yield* this.whole(request, messages, context)
+      return
+    }
     const body: ChatCompletionCreateParamsStreaming = {
       model: request.model,
       messages,
@@ -73,6 +77,7 @@ export class OpenAiProvider implements Provider {
     let events = 0
     let finished = false
     let usage: ChatChunk | undefined
+    let read = false
     try {
       const stream = await this.client.chat.completions.create(body, { signal: call.signal })
       for await (const chunk of stream) {
@@ -83,15 +88,37 @@ export class OpenAiProvider implements Provider {
         if (choice?.finish_reason) finished = true
         if (chunk.usage) usage = { type: 'usage', inputTokens: chunk.usage.prompt_tokens ?? 0, outputTokens: chunk.usage.completion_tokens ?? 0 }
       }
+      read = true
     } catch (err) {
       throw failure(err, context, (e) => this.toProviderError(e, context))
     } finally {
-      call.release()
+      call.release(read)
     }
     // The SDK ends a stream quietly when its signal aborts: the caller still gets the reason.
     if (request.signal.aborted) throw request.signal.reason
     if (!finished) throw events === 0 ? invalidResponse(context, 'an empty event stream') : streamEndedEarly(context, 'a finish_reason')
     if (usage) yield usage
+  }
+
+  /** The completion in one response (`stream: false`): its text as one delta, then its usage. */
+  private async *whole(request: ChatRequest, messages: ChatCompletionMessageParam[], context: CallContext): AsyncGenerator<ChatChunk> {
+    const call = callController(request.signal)
+    let completion: ChatCompletion
+    try {
+      completion = await this.client.chat.completions.create(
+        { model: request.model, messages, temperature: request.temperature, ...this.maxTokens(request.maxTokens), stream: false },
+        { signal: call.signal }
+      )
+    } catch (err) {
+      call.release()
+      throw failure(err, context, (e) => this.toProviderError(e, context))
+    }
+    call.release(true)
+    const choice = completion.choices?.[0]
+    if (!choice?.finish_reason) throw invalidResponse(context, choice ? 'a choice without a finish_reason' : 'a completion without choices')
+    const text = choice.message?.content
+    if (typeof text === 'string' && text !== '') yield { type: 'delta', text }
+    yield { type: 'usage', inputTokens: completion.usage?.prompt_tokens ?? 0, outputTokens: completion.usage?.completion_tokens ?? 0 }
   }
 
   /**

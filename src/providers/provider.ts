@@ -14,6 +14,13 @@ export interface ChatRequest {
   messages: ChatTurn[]
   temperature: number
   maxTokens: number
+  /**
+   * false: the caller wants the whole answer only (a JSON reply, the router), so the adapter asks for
+   * the completion in one response instead of a token stream: less work at both ends, and the one
+   * delta comes at the end, so a failure at any point can still be retried or handed to a fallback.
+   * Default true (tokens as they come, for SSE clients).
+   */
+  stream?: boolean
   /** Aborted when the reply's deadline (LLM_TIMEOUT_MS) passes or the service shuts down. */
   signal: AbortSignal
 }

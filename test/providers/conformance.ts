@@ -102,6 +102,37 @@ export function providerConformance(t: Test, subject: Subject): void {
     t.equal(stub.requests[0]!.stream, true, 'a streaming request')
   })
 
+  t.test(`${provider}: stream: false asks for the whole answer in one response: one delta, then usage`, async (t) => {
+    const stub = await startStub(t)
+    stub.enqueue({ text: ['Hel', 'lo', ', ', 'wor', 'ld', '!'], usage: { inputTokens: 31, outputTokens: 6 } })
+    const { chunks, deltas, error } = await collect(providerFor(t, stub, agent).stream(chat(undefined, { stream: false })))
+    t.error(error)
+    t.same(deltas, ['Hello, world!'], 'the whole text as one delta')
+    t.same(chunks.at(-1), { type: 'usage', inputTokens: 31, outputTokens: 6 }, 'usage from the provider, last')
+    t.equal(stub.requests.length, 1)
+    t.equal(stub.requests[0]!.stream, false, 'a request for the whole answer')
+    t.equal(stub.requests[0]!.model, 'model-1')
+    t.same(stub.requests[0]!.messages.map((m) => m.content), ['first question', 'first answer', 'second question'], 'with the history')
+  })
+
+  t.test(`${provider}: stream: false maps errors and aborts as a stream does`, async (t) => {
+    const stub = await startStub(t)
+    const subjectProvider = providerFor(t, stub, agent)
+    for (const [status, kind] of [[401, 'auth'], [429, 'rate_limited'], [503, 'server']] as const) {
+      stub.enqueue({ status, headers: status === 429 ? { 'retry-after': '2' } : {} })
+      const { deltas, error } = await collect(subjectProvider.stream(chat(undefined, { stream: false })))
+      t.equal((error as ProviderError).kind, kind, `${status} → ${kind}`)
+      if (status === 429) t.equal((error as ProviderError).retryAfterMs, 2000, 'Retry-After kept')
+      t.same(deltas, [])
+    }
+    stub.enqueue({ hang: true })
+    const { error, ms } = await collect(subjectProvider.stream(chat(AbortSignal.timeout(150), { stream: false })))
+    t.equal((error as Error).name, 'TimeoutError', "the signal's reason")
+    t.ok(ms < 1000, `within the deadline (${Math.round(ms)} ms)`)
+    await stub.idle(1000)
+    t.equal(stub.inFlight, 0, 'the connection was closed')
+  })
+
   t.test(`${provider}: the request carries the model, system prompt, history, limits and key`, async (t) => {
     const stub = await startStub(t)
     await collect(providerFor(t, stub, agent).stream(chat()))

@@ -118,6 +118,7 @@ t.test('each provider answers through its own SDK and wire format, with usage an
     const sent = stub.chatRequests().at(-1)!
     t.equal(sent.protocol, c.protocol)
     t.equal(sent.model, c.model)
+    t.equal(sent.stream, false, 'a JSON reply asks for the whole answer in one response')
     t.equal(sent.system, c.system, 'the system prompt')
     t.same(sent.messages.at(-1), { role: 'user', content: `message ${i}` }, 'the user message last')
     t.equal(sent.messages.length, 2 * i + 1, 'the history before it, user and assistant turns')
@@ -149,6 +150,7 @@ t.test('SSE: provider tokens reach the client as they arrive', async (t) => {
   t.equal(res.status, 200)
   const deltas = res.events.filter((e) => e.event === 'delta').map((e) => data(e).text)
   t.same(deltas, ['one', ' two', ' three', ' four', ' five'], 'one delta per provider token')
+  t.equal(stub.chatRequests().at(-1)!.stream, true, 'an SSE reply asks for a token stream')
   t.ok(arrivals[4]! - arrivals[0]! >= 450, `spread over the stream (${Math.round(arrivals[4]! - arrivals[0]!)} ms), not buffered`)
   t.equal(data(res.events.at(-1)).content, 'one two three four five', 'done carries the stored reply')
 })
@@ -306,6 +308,11 @@ t.test('ROUTER=llm needs a ROUTER_AGENT of the manifest', async (t) => {
   })
 })
 
+async function listenPort(app: FastifyInstance): Promise<number> {
+  if (!app.server.listening) await app.listen({ port: 0, host: '127.0.0.1' })
+  return (app.server.address() as { port: number }).port
+}
+
 t.test('provider calls show in the metrics of the ops instance; agents without a key answer with echo', async (t) => {
   const stub = await LlmStub.start()
   t.teardown(() => stub.close())
@@ -319,6 +326,10 @@ t.test('provider calls show in the metrics of the ops instance; agents without a
   const metrics = (await ops.inject('/metrics')).body
   t.match(metrics, /smalltalk_llm_requests_total\{provider="openai",model="gpt-test",outcome="ok"\} 1/)
   t.match(metrics, /smalltalk_llm_tokens_total\{provider="openai",model="gpt-test",kind="output"\} 1/)
+  t.match(metrics, /smalltalk_llm_time_to_first_token_seconds_count\{provider="openai",model="gpt-test"\} 0/, 'a JSON reply has no first token to time')
+  const streamed = await fetch(`http://127.0.0.1:${await listenPort(app)}/v1/sessions/${id}/messages`, { method: 'POST', headers: { 'content-type': 'application/json', accept: 'text/event-stream' }, body: JSON.stringify({ content: 'again' }) })
+  t.match(await streamed.text(), /event: done/)
+  t.match((await ops.inject('/metrics')).body, /smalltalk_llm_time_to_first_token_seconds_count\{provider="openai",model="gpt-test"\} 1/, 'an SSE reply has')
   // The agents without a key answer with echo, and say so.
   t.match(metrics, /smalltalk_llm_requests_total\{provider="echo",model="claude-test",outcome="ok"\} 0/)
   const agents = (await app.inject('/v1/agents')).json().agents
