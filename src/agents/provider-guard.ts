@@ -246,6 +246,8 @@ export interface Deadline {
   signal: AbortSignal
   /** The deadline, as a Date.now() time. */
   at: number
+  /** Aborts the work now, with `reason` (a caller that no longer wants it). */
+  abort(reason: unknown): void
   /** Releases the timer and the parent's listener: call it when the work is done. */
   dispose(): void
 }
@@ -267,6 +269,9 @@ export function deadline(ms: number, parent: AbortSignal): Deadline {
   return {
     signal,
     at,
+    abort(reason) {
+      controller.abort(reason)
+    },
     dispose() {
       clearTimeout(timer)
       parent.removeEventListener('abort', onParentAbort)

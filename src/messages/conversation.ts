@@ -71,6 +71,9 @@ export interface ConversationOptions {
  * row (no connection held while the model talks).
  */
 export class ConversationService {
+  /** Sessions this replica is producing a reply in (their lease is held here). */
+  private readonly replying = new Set<string>()
+
   constructor(private readonly options: ConversationOptions) {}
 
   /**
@@ -106,23 +109,21 @@ export class ConversationService {
   private async reply(tenant: string, cached: SessionRecord, input: PostMessageInput, sink: ReplySink, idempotencyKey?: string): Promise<PostResult> {
     const started = performance.now()
     const { pool, agents, metrics } = this.options
-    let selection: AgentSelection | undefined
     const leaseMs = this.options.llmTimeoutMs + 5000
-    // Identifies this request's lease (the exact timestamp), so only this request can release it.
-    let leaseToken = ''
     // ROUTER=llm asks its model before any transaction: no row is locked while a model thinks.
     const routed = input.agent === undefined && this.options.router ? await this.options.router.pick(input.content, this.candidates(cached).filter((agent) => !agents.isDown(agent.id))) : undefined
-
-    // 1. Take the session's reply lease and store the user message, with its events, at once: one
-    //    statement (one round trip, atomic by itself), so the pool connection is held for one commit.
-    //    The agent is chosen from the cached record's agents (write-through, dropped on PATCH).
-    selection = this.select(cached, input, routed)
-    // The context before this message, read while the statement runs (checked against it below).
+    // The agent is chosen from the cached record's agents (write-through, dropped on PATCH).
+    const selection = this.select(cached, input, routed)
+    const chosen = selection.agent
+    // The context before this message (checked against the stored row below).
     const contextBefore = this.options.contextMessages > 1
       ? this.options.history.recent(pool, cached.id, cached.lastSeq, this.options.contextMessages - 1).catch(() => undefined)
       : Promise.resolve([] as Message[])
-    // Named: each pooled connection parses and plans the statement once, then only binds values.
-    const { rows } = await pool.query<SessionRow & PrefixedMessageRow & { lease_token: string; notify_payload: string }>({
+
+    // 1. Take the session's reply lease and store the user message, with its events, at once: one
+    //    statement (one round trip, atomic by itself), so the pool connection is held for one commit.
+    //    Named: each pooled connection parses and plans the statement once, then only binds values.
+    const storing = pool.query<SessionRow & PrefixedMessageRow & { lease_token: string; notify_payload: string }>({
       name: 'smalltalk-take-lease',
       text: TAKE_LEASE_AND_STORE_MESSAGE,
       values: [
@@ -132,71 +133,120 @@ export class ConversationService {
         input.content,
         input.metadata ?? {},
         idempotencyKey ?? null,
-        selection.agent.id,
+        chosen.id,
         JSON.stringify({ reason: selection.reason, matched: selection.matched, score: selection.score })
       ]
     })
-    if (!rows[0]) {
-      await this.refuse(tenant, cached.id).catch(async (err) => {
-        // The cached record said active; the row says otherwise: drop the stale record.
-        if (err instanceof DomainError && (err.kind === 'gone' || err.kind === 'not_found')) await this.options.sessions.forget(cached.id)
-        throw err
-      })
+    storing.catch(() => undefined) // awaited below; this only keeps a failure from counting as unhandled meanwhile
+
+    // 2. The model is asked while that statement commits: it is sent only roles and texts, all known
+    //    already. What it produces waits behind a gate until the message is stored and announced;
+    //    if the statement refuses (a reply running, the session ended) or fails, the call is dropped.
+    //    Not when this replica is itself producing a reply in the session: the lease will refuse.
+    const gate = new SinkGate(sink)
+    const before = await contextBefore
+    let producing: Producing | undefined
+    if (before && !this.replying.has(cached.id)) producing = this.startProducing(chosen, [...turnsOf(before), { role: 'user', content: input.content }], gate)
+
+    let rows: Array<SessionRow & PrefixedMessageRow & { lease_token: string; notify_payload: string }>
+    try {
+      rows = (await storing).rows
+      if (!rows[0]) {
+        await this.refuse(tenant, cached.id).catch(async (err) => {
+          // The cached record said active; the row says otherwise: drop the stale record.
+          if (err instanceof DomainError && (err.kind === 'gone' || err.kind === 'not_found')) await this.options.sessions.forget(cached.id)
+          throw err
+        })
+      }
+    } catch (err) {
+      await producing?.abandon()
+      throw err
     }
     const session = toRecord(rows[0] as SessionRow)
-    leaseToken = (rows[0] as { lease_token: string }).lease_token
+    // Identifies this request's lease (the exact timestamp), so only this request can release it.
+    const leaseToken = (rows[0] as { lease_token: string }).lease_token
     const message = toMessage(unprefixMessage(rows[0] as PrefixedMessageRow))
     announce(pool, (rows[0] as { notify_payload: string }).notify_payload)
     metrics.messages.inc({ role: 'user' })
-    // Both cache writes at once, while the model is asked; awaited before the reply's own writes
-    // (so the history list grows in order) and before anything is answered.
-    const cacheWrites = Promise.all([this.options.sessions.cacheRecord(session), this.options.history.append(session.id, message)]).catch(() => undefined)
-    const chosen = (selection as AgentSelection).agent
-    await sink.message(message)
-    await sink.agent({
-      agent: chosen.id,
-      name: chosen.name,
-      reason: (selection as AgentSelection).reason,
-      matched: (selection as AgentSelection).matched,
-      provider: agents.providerFor(chosen).name,
-      model: chosen.model
-    })
-
-    // 2. Let the model answer, streaming its deltas to the sink (a fallback agent answers when the
-    //    chosen one fails before its first delta).
-    let answer: Answer
+    this.replying.add(session.id)
     try {
-      const before = await contextBefore
-      let context: Message[]
-      if (before && session.lastSeq === cached.lastSeq + 1) {
-        context = [...before, message]
-      } else {
-        // The cached record was behind the row: read the context again, after the writes.
-        await cacheWrites
-        context = await this.options.history.recent(pool, session.id, session.lastSeq, this.options.contextMessages)
+      // Both cache writes at once, while the model is asked; awaited before the reply's own writes
+      // (so the history list grows in order) and before anything is answered.
+      const cacheWrites = Promise.all([this.options.sessions.cacheRecord(session), this.options.history.append(session.id, message)]).catch(() => undefined)
+      // The context read was of the cached record's history: if the row shows another message
+      // stored since, the model was asked with a context that misses it. Ask again.
+      const contextCurrent = before !== undefined && session.lastSeq === cached.lastSeq + 1
+      if (producing && !contextCurrent) {
+        await producing.abandon()
+        producing = undefined
       }
-      answer = await this.produce(chosen, context, sink)
-    } catch (err) {
-      await cacheWrites
-      const failure = this.describeFailure(err, chosen, message.id)
-      await this.fail(tenant, session, chosen, failure, idempotencyKey, leaseToken, leaseMs)
-      metrics.replyLatency.observe({ agent: chosen.id, outcome: 'error' }, (performance.now() - started) / 1000)
-      throw new ReplyFailed(failure)
-    }
+      await sink.message(message)
+      await sink.agent({
+        agent: chosen.id,
+        name: chosen.name,
+        reason: selection.reason,
+        matched: selection.matched,
+        provider: agents.providerFor(chosen).name,
+        model: chosen.model
+      })
 
-    // 3. Store the reply, release the lease, record the outcome for the idempotency key: one commit.
-    await cacheWrites
-    const latencyMs = Math.round(performance.now() - started)
-    const result = await this.storeReply(tenant, session, answer, latencyMs, message, idempotencyKey).catch((err) => {
-      // The database went away after the model answered: free the session as soon as it is back,
-      // rather than at the lease's expiry.
-      this.releaseLeaseEventually(session.id, leaseToken, leaseMs)
-      throw err
-    })
-    metrics.messages.inc({ role: 'assistant' })
-    metrics.replyLatency.observe({ agent: answer.agent.id, outcome: 'ok' }, latencyMs / 1000)
-    await Promise.all([this.options.sessions.cacheRecord(result.updated), this.options.history.append(session.id, result.result.reply)])
-    return result.result
+      let answer: Answer
+      try {
+        if (!producing) {
+          let context: Message[]
+          if (contextCurrent) {
+            context = [...before, message]
+          } else {
+            // The cached record was behind the row: read the context again, after the writes.
+            await cacheWrites
+            context = await this.options.history.recent(pool, session.id, session.lastSeq, this.options.contextMessages)
+          }
+          producing = this.startProducing(chosen, turnsOf(context), gate)
+        }
+        await gate.open()
+        answer = await producing.answer
+      } catch (err) {
+        await cacheWrites
+        const failure = this.describeFailure(err, chosen, message.id)
+        await this.fail(tenant, session, chosen, failure, idempotencyKey, leaseToken, leaseMs)
+        metrics.replyLatency.observe({ agent: chosen.id, outcome: 'error' }, (performance.now() - started) / 1000)
+        throw new ReplyFailed(failure)
+      }
+
+      // 3. Store the reply, release the lease, record the outcome for the idempotency key: one commit.
+      await cacheWrites
+      const latencyMs = Math.round(performance.now() - started)
+      const result = await this.storeReply(tenant, session, answer, latencyMs, message, idempotencyKey).catch((err) => {
+        // The database went away after the model answered: free the session as soon as it is back,
+        // rather than at the lease's expiry.
+        this.releaseLeaseEventually(session.id, leaseToken, leaseMs)
+        throw err
+      })
+      metrics.messages.inc({ role: 'assistant' })
+      metrics.replyLatency.observe({ agent: answer.agent.id, outcome: 'ok' }, latencyMs / 1000)
+      await Promise.all([this.options.sessions.cacheRecord(result.updated), this.options.history.append(session.id, result.result.reply)])
+      return result.result
+    } finally {
+      this.replying.delete(session.id)
+    }
+  }
+
+  /**
+   * Starts `produce` under its own reply deadline (LLM_TIMEOUT_MS) and returns at once: `answer`
+   * settles with the reply, `abandon()` stops a call whose message was not stored (or was asked with
+   * a stale context) and waits until it has let go.
+   */
+  private startProducing(first: AgentDefinition, messages: ChatTurn[], sink: ReplySink): Producing {
+    const replyDeadline = deadline(this.options.llmTimeoutMs, this.options.shutdownSignal)
+    const answer = this.produceWithin(first, messages, sink, replyDeadline).finally(() => replyDeadline.dispose())
+    answer.catch(() => undefined) // awaited by the caller, or dropped by abandon()
+    return {
+      answer,
+      abandon: async () => {
+        replyDeadline.abort(new DOMException('the message was not stored: the reply is dropped', 'AbortError'))
+        await answer.catch(() => undefined)
+      }
+    }
   }
 
   /**
@@ -205,20 +255,9 @@ export class ConversationService {
    * same LLM_TIMEOUT_MS deadline. A failure after a delta was sent ends the reply (never restarted,
    * so the client never sees two different beginnings).
    */
-  private async produce(first: AgentDefinition, context: Message[], sink: ReplySink): Promise<Answer> {
-    const replyDeadline = deadline(this.options.llmTimeoutMs, this.options.shutdownSignal)
-    try {
-      return await this.produceWithin(first, context, sink, replyDeadline)
-    } finally {
-      replyDeadline.dispose()
-    }
-  }
-
-  /** `produce` under the reply's deadline signal. */
-  private async produceWithin(first: AgentDefinition, context: Message[], sink: ReplySink, replyDeadline: Deadline): Promise<Answer> {
+  private async produceWithin(first: AgentDefinition, messages: ChatTurn[], sink: ReplySink, replyDeadline: Deadline): Promise<Answer> {
     const { signal } = replyDeadline
     const { agents, guard, llmMetrics, log } = this.options
-    const messages = context.map((m): ChatTurn => ({ role: m.role, content: m.content }))
     const tried = new Set<string>()
     const failures: unknown[] = []
     let agent = first
@@ -511,6 +550,55 @@ SELECT s.*, ${PREFIXED_MESSAGE_COLUMNS}, (SELECT ${NOTIFY_PAYLOAD} FROM e) AS no
   FROM s, m`
 
 /** What the model answered, and which agent it was (a fallback when the chosen one failed). */
+/** A reply being produced (ConversationService.startProducing). */
+interface Producing {
+  answer: Promise<Answer>
+  abandon(): Promise<void>
+}
+
+const turnsOf = (messages: Message[]): ChatTurn[] => messages.map((m) => ({ role: m.role, content: m.content }))
+
+/**
+ * Holds what a reply produces (deltas, a fallback's agent event) until `open()`, then replays it in
+ * order and passes everything straight on: a model asked before its message was stored speaks to
+ * the client only after the message event.
+ */
+class SinkGate implements ReplySink {
+  private held: Array<() => Promise<void> | void> | undefined = []
+
+  constructor(private readonly sink: ReplySink) {}
+
+  get live(): boolean {
+    return this.sink.live
+  }
+
+  message(message: Message): Promise<void> | void {
+    return this.pass(() => this.sink.message(message))
+  }
+
+  agent(selection: Parameters<ReplySink['agent']>[0]): Promise<void> | void {
+    return this.pass(() => this.sink.agent(selection))
+  }
+
+  delta(text: string): Promise<void> | void {
+    return this.pass(() => this.sink.delta(text))
+  }
+
+  async open(): Promise<void> {
+    // Calls made while replaying (a producer that resumed) queue behind the held ones.
+    while (this.held && this.held.length > 0) {
+      const next = this.held.shift() as () => Promise<void> | void
+      await next()
+    }
+    this.held = undefined
+  }
+
+  private pass(call: () => Promise<void> | void): Promise<void> | void {
+    if (!this.held) return call()
+    this.held.push(call)
+  }
+}
+
 interface Answer {
   agent: AgentDefinition
   providerName: string
