@@ -2,6 +2,7 @@ import fp from 'fastify-plugin'
 import fastifyPostgres from '@fastify/postgres'
 import { startEmbeddedPostgres, type EmbeddedDatabase } from '../src/db/embedded-postgres.js'
 import { latestMigrationVersion, runMigrations } from '../src/db/migrate.js'
+import { flushAnnouncements } from '../src/events/event-log.js'
 
 export interface MigrationState {
   /** 'ok' when the database schema is at the version this build ships. */
@@ -60,6 +61,9 @@ export default fp(
     // pool while idle, on the client itself while checked out, between two statements of a
     // transaction. Unheard, either would crash the process; heard, the query in progress fails (a
     // 503 for the request) and the pool replaces the connection.
+    // Registered after @fastify/postgres, so it runs before the pool ends: events committed in the
+    // last moments are still announced to the live streams.
+    fastify.addHook('onClose', async () => flushAnnouncements(fastify.pg.pool))
     fastify.pg.pool.on('error', (err) => fastify.log.warn({ err: { message: err.message } }, 'idle PostgreSQL connection lost'))
     fastify.pg.pool.on('connect', (client) => {
       client.on('error', (err) => fastify.log.warn({ err: { message: err.message } }, 'PostgreSQL connection lost while in use'))

@@ -57,7 +57,7 @@ t.test('a subscriber gets only its types and tenant; a rolled-back event never a
   t.match(health, [{ type: 'agent.status_changed', agentId: 'coder', data: { to: 'down' } }], 'tenant-less events reach every tenant that asks for them')
 })
 
-t.test('announcements of one event-loop turn travel in one NOTIFY and all arrive', async (t) => {
+t.test('announcements within a few milliseconds travel in one NOTIFY and all arrive', async (t) => {
   const app = await buildTestApp(t, await testEnv(t))
   await app.ready()
   const got: StoredEvent[] = []
@@ -76,4 +76,23 @@ t.test('announcements of one event-loop turn travel in one NOTIFY and all arrive
   t.equal(entries.length, 20, 'one entry per committed statement')
   t.ok(payloads.length < 20, `batched into ${payloads.length} notifications`)
   await listener.query('UNLISTEN *')
+})
+
+t.test('events committed just before the app closes are still announced', async (t) => {
+  const env = await testEnv(t)
+  const app = await buildTestApp(t, env)
+  await app.ready()
+  const pg = (await import('pg')).default
+  const listener = new pg.Client({ connectionString: env.DATABASE_URL })
+  await listener.connect()
+  t.teardown(() => listener.end())
+  const payloads: string[] = []
+  listener.on('notification', (message) => payloads.push(message.payload ?? ''))
+  await listener.query('LISTEN smalltalk_events')
+
+  const session = (await app.inject({ method: 'POST', url: '/v1/sessions' })).json()
+  await app.close()
+  t.ok(await eventually(() => payloads.length > 0, 3_000), 'announced before the pool ended')
+  const { rows } = await listener.query<{ id: string }>('SELECT id::text FROM event_logs WHERE session_id = $1', [session.id])
+  t.match(payloads.join(';'), new RegExp(`(^|;)${rows[0]?.id}:${rows[0]?.id}:session.created`), 'the session.created event of the last request')
 })
