@@ -15,9 +15,10 @@ import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import OpenAI from 'openai'
+import type OpenAI from 'openai'
 import pg from 'pg'
 import { PROJECT_ROOT } from '../src/paths.js'
+import { createOpenAiClient } from '../src/providers/openai.js'
 import { LlmStub } from '../test/support/llm-stub.js'
 import { createSessions, postMessages, rawReplyLoad, startBenchServer, type BenchServer, type LoadResult } from './conversation-load.js'
 import { prepareDatabase } from './database.js'
@@ -149,7 +150,8 @@ try {
     poolSize: POOL,
     env: { AGENTS_FILE: agentsFile, OPENAI_API_KEY: KEY, OPENAI_BASE_URL: stub.openaiBaseUrl }
   })
-  const client = new OpenAI({ apiKey: KEY, baseURL: stub.openaiBaseUrl, maxRetries: 0 })
+  // The client the service builds for its agents (same SDK options, same HTTP transport).
+  const client = createOpenAiClient({ apiKey: KEY, baseUrl: stub.openaiBaseUrl })
   const sessions = await createSessions(server.url, 20)
   const rawSessions = await createSessions(server.url, 20)
   const pgClient = new pg.Client({ connectionString: database.url })

@@ -1,5 +1,6 @@
 import Anthropic, { APIConnectionError, APIConnectionTimeoutError, APIError } from '@anthropic-ai/sdk'
 import { alternatingTurns, callController, NO_SDK_TIMEOUT_MS, type ConversationTurns } from './call.js'
+import { providerFetch } from './http.js'
 import { failure, fromHttpFailure, fromStreamError, fromTransportError, invalidResponse, streamEndedEarly, timedOut, type CallContext } from './errors.js'
 import type { ChatChunk, ChatRequest, ProbeRequest, Provider, ProviderError } from './provider.js'
 
@@ -15,7 +16,7 @@ export interface AnthropicClientOptions {
  * every call). The base URL is always passed, so the SDK never falls back to its own environment.
  */
 export function createAnthropicClient(options: AnthropicClientOptions): Anthropic {
-  return new Anthropic({ apiKey: options.apiKey, baseURL: options.baseUrl, maxRetries: 0, timeout: NO_SDK_TIMEOUT_MS })
+  return new Anthropic({ apiKey: options.apiKey, baseURL: options.baseUrl, maxRetries: 0, timeout: NO_SDK_TIMEOUT_MS, fetch: providerFetch })
 }
 
 export interface AnthropicProviderOptions {

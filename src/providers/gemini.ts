@@ -1,5 +1,6 @@
 import { GoogleGenAI, type Content, type GenerateContentConfig, type GenerateContentResponse } from '@google/genai'
 import { alternatingTurns, callController } from './call.js'
+import { providerFetch } from './http.js'
 import { failure, fromHttpFailure, fromStreamError, fromTransportError, invalidResponse, streamEndedEarly, type CallContext } from './errors.js'
 import type { ChatChunk, ChatRequest, ProbeRequest, Provider, ProviderError } from './provider.js'
 
@@ -23,7 +24,7 @@ class GeminiHttpError extends Error {
 
 /** fetch, except that an error answer is thrown as a GeminiHttpError with its headers and body. */
 async function fetchKeepingErrors(input: RequestInfo | URL, init?: RequestInit): Promise<Response> {
-  const response = await fetch(input, init)
+  const response = await providerFetch(input, init)
   if (response.ok) return response
   const text = await response.text()
   let body: unknown

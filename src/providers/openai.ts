@@ -1,6 +1,7 @@
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError } from 'openai'
 import type { ChatCompletion, ChatCompletionCreateParamsStreaming, ChatCompletionMessageParam } from 'openai/resources/chat/completions'
 import { callController, NO_SDK_TIMEOUT_MS } from './call.js'
+import { providerFetch } from './http.js'
 import { failure, fromHttpFailure, fromStreamError, fromTransportError, invalidResponse, streamEndedEarly, timedOut, type CallContext } from './errors.js'
 import type { ChatChunk, ChatRequest, ProbeRequest, Provider, ProviderError } from './provider.js'
 
@@ -23,7 +24,8 @@ export function createOpenAiClient(options: OpenAiClientOptions): OpenAI {
     organization: null,
     project: null,
     maxRetries: 0,
-    timeout: NO_SDK_TIMEOUT_MS
+    timeout: NO_SDK_TIMEOUT_MS,
+    fetch: providerFetch
   })
 }
 
