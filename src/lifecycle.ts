@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events'
 import type pg from 'pg'
 import type { AgentRegistry } from './agents/registry.js'
 import type { Cache } from './cache/cache.js'
@@ -24,6 +25,12 @@ export class Lifecycle {
   /** Aborted at the shutdown deadline: replies still running end with an error instead of being cut. */
   private readonly replies = new AbortController()
   readonly replySignal = this.replies.signal
+
+  constructor() {
+    // Every reply in flight listens here (its deadline's parent): more than Node's default of 10
+    // listeners is the normal state of a busy replica, not a leak worth a warning in the logs.
+    setMaxListeners(0, this.replySignal)
+  }
 
   attach(dependencies: ServiceDependencies): void {
     this.dependencies = dependencies

@@ -602,3 +602,16 @@ t.test('a reply that outlives LLM_TIMEOUT_MS: 504 (or an error event), the user 
   t.match(next.json(), { message: { seq: 3 }, reply: { seq: 4, content: echo('assistant', 'hi') } })
   t.equal((await session(app, id)).messageCount, 4, 'two unanswered messages and one answered pair')
 })
+
+t.test('many replies in flight at once: no listener-leak warning in the logs', async (t) => {
+  const app = await start(t, { ECHO_TOKEN_DELAY_MS: '20' })
+  const warnings: Error[] = []
+  const onWarning = (warning: Error) => warnings.push(warning)
+  process.on('warning', onWarning)
+  t.teardown(() => process.off('warning', onWarning))
+  const ids = await Promise.all(Array.from({ length: 15 }, () => createSession(app).then((s) => s.id)))
+  const answers = await Promise.all(ids.map((id) => post(app, id, { content: 'all at once, please' })))
+  t.same(answers.map((a) => a.statusCode), ids.map(() => 201))
+  await new Promise((resolve) => setImmediate(resolve))
+  t.same(warnings.filter((w) => w.name === 'MaxListenersExceededWarning').map((w) => w.message), [], 'each reply listens to the shutdown signal, by design')
+})
