@@ -1,5 +1,5 @@
 import Anthropic, { APIConnectionError, APIConnectionTimeoutError, APIError } from '@anthropic-ai/sdk'
-import { alternatingTurns, callController, NO_SDK_TIMEOUT_MS, type ConversationTurns } from './call.js'
+import { alternatingTurns, callController, NO_SDK_TIMEOUT_MS, singleCall, type ConversationTurns } from './call.js'
 import { providerFetch } from './http.js'
 import { failure, fromHttpFailure, fromStreamError, fromTransportError, invalidResponse, streamEndedEarly, timedOut, type CallContext } from './errors.js'
 import type { ChatChunk, ChatRequest, ProbeRequest, Provider, ProviderError } from './provider.js'
@@ -105,18 +105,11 @@ export class AnthropicProvider implements Provider {
 
   /** The message in one response (`stream: false`): its text blocks as one delta, then its usage. */
   private async *whole(request: ChatRequest, system: string, turns: ConversationTurns['turns'], context: CallContext): AsyncGenerator<ChatChunk> {
-    const call = callController(request.signal)
-    let message: Anthropic.Message
-    try {
-      message = await this.client.messages.create(
-        { model: request.model, max_tokens: request.maxTokens, ...(system === '' ? {} : { system }), messages: turns, stream: false },
-        { signal: call.signal }
-      )
-    } catch (err) {
-      call.release()
-      throw failure(err, context, (e) => this.toProviderError(e, context))
-    }
-    call.release(true)
+    const message: Anthropic.Message = await singleCall(
+      request.signal,
+      (signal) => this.client.messages.create({ model: request.model, max_tokens: request.maxTokens, ...(system === '' ? {} : { system }), messages: turns, stream: false }, { signal }),
+      (err) => failure(err, context, (e) => this.toProviderError(e, context))
+    )
     if (!message?.stop_reason || !Array.isArray(message.content)) throw invalidResponse(context, 'a message without content or stop_reason')
     let text = ''
     for (const block of message.content) if (block.type === 'text') text += block.text
@@ -133,20 +126,14 @@ export class AnthropicProvider implements Provider {
   async probe(request: ProbeRequest): Promise<void> {
     const context = this.context(request.model, request.signal)
     request.signal.throwIfAborted()
-    const call = callController(request.signal)
-    try {
-      if (request.mode === 'models') await this.client.models.retrieve(request.model, {}, { signal: call.signal })
-      else {
-        await this.client.messages.create(
-          { model: request.model, max_tokens: 1, messages: [{ role: 'user', content: 'ping' }] },
-          { signal: call.signal }
-        )
-      }
-    } catch (err) {
-      throw failure(err, context, (e) => this.toProviderError(e, context))
-    } finally {
-      call.release()
-    }
+    await singleCall<unknown>(
+      request.signal,
+      (signal) =>
+        request.mode === 'models'
+          ? this.client.models.retrieve(request.model, {}, { signal })
+          : this.client.messages.create({ model: request.model, max_tokens: 1, messages: [{ role: 'user', content: 'ping' }] }, { signal }),
+      (err) => failure(err, context, (e) => this.toProviderError(e, context))
+    )
   }
 
   private context(model: string, signal: AbortSignal): CallContext {

@@ -27,6 +27,22 @@ export function callController(signal: AbortSignal): { signal: AbortSignal; rele
   }
 }
 
+/**
+ * A request-response call (a whole answer, a probe) under its own `callController`: released without
+ * an abort once answered, aborted when it failed, its error passed through `mapError`.
+ */
+export async function singleCall<T>(signal: AbortSignal, run: (signal: AbortSignal) => Promise<T>, mapError: (err: unknown) => unknown): Promise<T> {
+  const call = callController(signal)
+  try {
+    const result = await run(call.signal)
+    call.release(true)
+    return result
+  } catch (err) {
+    call.release()
+    throw mapError(err)
+  }
+}
+
 /** The largest delay setTimeout accepts: an SDK timeout this long never fires (the signal bounds calls). */
 export const NO_SDK_TIMEOUT_MS = 2_147_483_647
 

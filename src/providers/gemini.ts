@@ -1,5 +1,5 @@
 import { GoogleGenAI, type Content, type GenerateContentConfig, type GenerateContentResponse } from '@google/genai'
-import { alternatingTurns, callController } from './call.js'
+import { alternatingTurns, callController, singleCall } from './call.js'
 import { providerFetch } from './http.js'
 import { failure, fromHttpFailure, fromStreamError, fromTransportError, invalidResponse, streamEndedEarly, type CallContext } from './errors.js'
 import type { ChatChunk, ChatRequest, ProbeRequest, Provider, ProviderError } from './provider.js'
@@ -78,24 +78,23 @@ export class GeminiProvider implements Provider {
     const { system, turns } = alternatingTurns(request.systemPrompt, request.messages)
     const contents = turns.map((turn) => ({ role: turn.role === 'assistant' ? 'model' : 'user', parts: [{ text: turn.content }] }))
 
-    const call = callController(request.signal)
     const config: GenerateContentConfig = {
       temperature: request.temperature,
       maxOutputTokens: request.maxTokens,
       ...(system === '' ? {} : { systemInstruction: system }),
-      abortSignal: call.signal,
       automaticContinuation: false
     }
     if (request.stream === false) {
-      yield* this.whole(request.model, contents, config, call, context)
+      yield* this.whole(request, contents, config, context)
       return
     }
+    const call = callController(request.signal)
     let events = 0
     let finished = false
     let usage: ChatChunk | undefined
     let read = false
     try {
-      const stream = await this.client.models.generateContentStream({ model: request.model, contents, config })
+      const stream = await this.client.models.generateContentStream({ model: request.model, contents, config: { ...config, abortSignal: call.signal } })
       for await (const chunk of stream) {
         events++
         const candidate = chunk.candidates?.[0]
@@ -116,15 +115,12 @@ export class GeminiProvider implements Provider {
   }
 
   /** The answer in one response (`stream: false`, generateContent): its text as one delta, then its usage. */
-  private async *whole(model: string, contents: Content[], config: GenerateContentConfig, call: ReturnType<typeof callController>, context: CallContext): AsyncGenerator<ChatChunk> {
-    let response: GenerateContentResponse
-    try {
-      response = await this.client.models.generateContent({ model, contents, config })
-    } catch (err) {
-      call.release()
-      throw failure(err, context, (e) => this.toProviderError(e, context))
-    }
-    call.release(true)
+  private async *whole(request: ChatRequest, contents: Content[], config: GenerateContentConfig, context: CallContext): AsyncGenerator<ChatChunk> {
+    const response: GenerateContentResponse = await singleCall(
+      request.signal,
+      (signal) => this.client.models.generateContent({ model: request.model, contents, config: { ...config, abortSignal: signal } }),
+      (err) => failure(err, context, (e) => this.toProviderError(e, context))
+    )
     if (!response?.candidates?.[0]?.finishReason) throw invalidResponse(context, 'an answer without a candidate finishReason')
     const text = textOf(response)
     if (text !== '') yield { type: 'delta', text }
@@ -138,21 +134,18 @@ export class GeminiProvider implements Provider {
   async probe(request: ProbeRequest): Promise<void> {
     const context = this.context(request.model, request.signal)
     request.signal.throwIfAborted()
-    const call = callController(request.signal)
-    try {
-      if (request.mode === 'models') await this.client.models.get({ model: request.model, config: { abortSignal: call.signal } })
-      else {
-        await this.client.models.generateContent({
-          model: request.model,
-          contents: [{ role: 'user', parts: [{ text: 'ping' }] }],
-          config: { maxOutputTokens: 1, abortSignal: call.signal, automaticContinuation: false }
-        })
-      }
-    } catch (err) {
-      throw failure(err, context, (e) => this.toProviderError(e, context))
-    } finally {
-      call.release()
-    }
+    await singleCall<unknown>(
+      request.signal,
+      (signal) =>
+        request.mode === 'models'
+          ? this.client.models.get({ model: request.model, config: { abortSignal: signal } })
+          : this.client.models.generateContent({
+              model: request.model,
+              contents: [{ role: 'user', parts: [{ text: 'ping' }] }],
+              config: { maxOutputTokens: 1, abortSignal: signal, automaticContinuation: false }
+            }),
+      (err) => failure(err, context, (e) => this.toProviderError(e, context))
+    )
   }
 
   private context(model: string, signal: AbortSignal): CallContext {

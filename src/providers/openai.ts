@@ -1,6 +1,6 @@
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError } from 'openai'
 import type { ChatCompletion, ChatCompletionCreateParamsStreaming, ChatCompletionMessageParam } from 'openai/resources/chat/completions'
-import { callController, NO_SDK_TIMEOUT_MS } from './call.js'
+import { callController, NO_SDK_TIMEOUT_MS, singleCall } from './call.js'
 import { providerFetch } from './http.js'
 import { failure, fromHttpFailure, fromStreamError, fromTransportError, invalidResponse, streamEndedEarly, timedOut, type CallContext } from './errors.js'
 import type { ChatChunk, ChatRequest, ProbeRequest, Provider, ProviderError } from './provider.js'
@@ -104,18 +104,11 @@ export class OpenAiProvider implements Provider {
 
   /** The completion in one response (`stream: false`): its text as one delta, then its usage. */
   private async *whole(request: ChatRequest, messages: ChatCompletionMessageParam[], context: CallContext): AsyncGenerator<ChatChunk> {
-    const call = callController(request.signal)
-    let completion: ChatCompletion
-    try {
-      completion = await this.client.chat.completions.create(
-        { model: request.model, messages, temperature: request.temperature, ...this.maxTokens(request.maxTokens), stream: false },
-        { signal: call.signal }
-      )
-    } catch (err) {
-      call.release()
-      throw failure(err, context, (e) => this.toProviderError(e, context))
-    }
-    call.release(true)
+    const completion: ChatCompletion = await singleCall(
+      request.signal,
+      (signal) => this.client.chat.completions.create({ model: request.model, messages, temperature: request.temperature, ...this.maxTokens(request.maxTokens), stream: false }, { signal }),
+      (err) => failure(err, context, (e) => this.toProviderError(e, context))
+    )
     const choice = completion.choices?.[0]
     if (!choice?.finish_reason) throw invalidResponse(context, choice ? 'a choice without a finish_reason' : 'a completion without choices')
     const text = choice.message?.content
@@ -131,21 +124,14 @@ export class OpenAiProvider implements Provider {
   async probe(request: ProbeRequest): Promise<void> {
     const context = this.context(request.model, request.signal)
     request.signal.throwIfAborted()
-    const call = callController(request.signal)
-    try {
-      if (request.mode === 'models') {
-        await this.client.models.list({ signal: call.signal })
-      } else {
-        await this.client.chat.completions.create(
-          { model: request.model, messages: [{ role: 'user', content: 'ping' }], ...this.maxTokens(1), stream: false },
-          { signal: call.signal }
-        )
-      }
-    } catch (err) {
-      throw failure(err, context, (e) => this.toProviderError(e, context))
-    } finally {
-      call.release()
-    }
+    await singleCall<unknown>(
+      request.signal,
+      (signal) =>
+        request.mode === 'models'
+          ? this.client.models.list({ signal })
+          : this.client.chat.completions.create({ model: request.model, messages: [{ role: 'user', content: 'ping' }], ...this.maxTokens(1), stream: false }, { signal }),
+      (err) => failure(err, context, (e) => this.toProviderError(e, context))
+    )
   }
 
   /**
