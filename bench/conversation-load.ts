@@ -71,6 +71,38 @@ export interface LoadResult {
   non2xx: number
 }
 
+export interface SseReply {
+  /** Whether the stream ended with its `done` event. */
+  done: boolean
+  /** From the request to the first `delta` event (0 when there was none). */
+  firstDeltaMs: number
+  totalMs: number
+  deltas: number
+  /** The end of the stream, for an error message. */
+  tail: string
+}
+
+/** One POST .../messages with Accept: text/event-stream, read to its end. */
+export async function postSseReply(url: string, session: string, content: string): Promise<SseReply> {
+  const started = performance.now()
+  const response = await fetch(`${url}/v1/sessions/${session}/messages`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
+    body: JSON.stringify({ content })
+  })
+  const reader = (response.body as ReadableStream<Uint8Array>).getReader()
+  const decoder = new TextDecoder()
+  let text = ''
+  let firstDeltaMs = 0
+  for (;;) {
+    const { value, done } = await reader.read()
+    if (done) break
+    text += decoder.decode(value, { stream: true })
+    if (firstDeltaMs === 0 && text.includes('event: delta')) firstDeltaMs = performance.now() - started
+  }
+  return { done: text.includes('event: done'), firstDeltaMs, totalMs: performance.now() - started, deltas: text.split('event: delta').length - 1, tail: text.slice(-300) }
+}
+
 /** POST .../messages (JSON) at `connections`, round-robin over the sessions: a session comes back only after every other one. */
 export async function postMessages(url: string, sessions: string[], options: LoadOptions): Promise<LoadResult> {
   let next = 0

@@ -12,7 +12,7 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import autocannon from 'autocannon'
 import { PROJECT_ROOT } from '../src/paths.js'
-import { createSessions, postMessages, rawReplyLoad, startBenchServer, type BenchServer, type LoadResult } from './conversation-load.js'
+import { createSessions, postMessages, postSseReply, rawReplyLoad, startBenchServer, type BenchServer, type LoadResult } from './conversation-load.js'
 import { prepareDatabase } from './database.js'
 import { commitReplyRowsAsService } from './raw-pg.js'
 import { median } from './report.js'
@@ -41,29 +41,11 @@ async function sseReplies(url: string, sessions: string[], parallel: number) {
   let next = 0
   const worker = async () => {
     while (Date.now() < until) {
-      const id = sessions[next++ % sessions.length]
-      const started = performance.now()
-      const response = await fetch(`${url}/v1/sessions/${id}/messages`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
-        body: JSON.stringify({ content: words })
-      })
-      const reader = (response.body as ReadableStream<Uint8Array>).getReader()
-      const decoder = new TextDecoder()
-      let text = ''
-      let first = true
-      for (;;) {
-        const { value, done } = await reader.read()
-        if (done) break
-        text += decoder.decode(value, { stream: true })
-        if (first && text.includes('event: delta')) {
-          firstDelta.push(performance.now() - started)
-          first = false
-        }
-      }
-      if (text.includes('event: done')) {
+      const reply = await postSseReply(url, sessions[next++ % sessions.length] as string, words)
+      if (reply.deltas > 0) firstDelta.push(reply.firstDeltaMs)
+      if (reply.done) {
         replies += 1
-        deltas += text.split('event: delta').length - 1
+        deltas += reply.deltas
       }
     }
   }

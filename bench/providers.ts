@@ -20,7 +20,7 @@ import pg from 'pg'
 import { PROJECT_ROOT } from '../src/paths.js'
 import { createOpenAiClient } from '../src/providers/openai.js'
 import { LlmStub } from '../test/support/llm-stub.js'
-import { createSessions, postMessages, rawReplyLoad, startBenchServer, type BenchServer, type LoadResult } from './conversation-load.js'
+import { createSessions, postMessages, postSseReply, rawReplyLoad, startBenchServer, type BenchServer, type LoadResult } from './conversation-load.js'
 import { prepareDatabase } from './database.js'
 import { commitReplyRows, commitReplyRowsAsService } from './raw-pg.js'
 import { median } from './report.js'
@@ -104,24 +104,9 @@ async function serviceReplies(url: string, sessions: string[], count: number): P
 
 /** One SSE reply of 100 deltas: time to the first delta event and to the end. */
 async function serviceStream(url: string, session: string): Promise<{ firstDeltaMs: number; totalMs: number; deltas: number }> {
-  const started = performance.now()
-  const response = await fetch(`${url}/v1/sessions/${session}/messages`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
-    body: JSON.stringify({ content: QUESTION })
-  })
-  const reader = (response.body as ReadableStream<Uint8Array>).getReader()
-  const decoder = new TextDecoder()
-  let text = ''
-  let firstDeltaMs = 0
-  for (;;) {
-    const { value, done } = await reader.read()
-    if (done) break
-    text += decoder.decode(value, { stream: true })
-    if (firstDeltaMs === 0 && text.includes('event: delta')) firstDeltaMs = performance.now() - started
-  }
-  if (!text.includes('event: done')) throw new Error(`SSE reply did not finish: ${text.slice(-300)}`)
-  return { firstDeltaMs, totalMs: performance.now() - started, deltas: text.split('event: delta').length - 1 }
+  const reply = await postSseReply(url, session, QUESTION)
+  if (!reply.done) throw new Error(`SSE reply did not finish: ${reply.tail}`)
+  return reply
 }
 
 /** The same rows committed by a plain script on one connection, one reply at a time. */
