@@ -1,3 +1,4 @@
+import type { ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import type { FastifyInstance } from 'fastify'
 
@@ -11,30 +12,26 @@ import type { FastifyInstance } from 'fastify'
  * connection the moment it has no request in flight.
  */
 export function closeConnectionsWhenIdle(app: FastifyInstance): void {
-  const inFlight = new Map<Socket, number>()
-  let closing = false
-
+  // Each open connection and its latest response (undefined before its first request). Responses on
+  // one connection finish in order, so the latest one finished means the connection is idle. The
+  // request path pays one Map write; the listeners are added only once the server is closing.
+  const latest = new Map<Socket, ServerResponse | undefined>()
   app.server.on('connection', (socket: Socket) => {
-    inFlight.set(socket, 0)
-    socket.once('close', () => inFlight.delete(socket))
+    latest.set(socket, undefined)
+    socket.once('close', () => latest.delete(socket))
   })
   app.server.on('request', (request, response) => {
-    const socket = request.socket
-    inFlight.set(socket, (inFlight.get(socket) ?? 0) + 1)
-    let done = false
-    const finished = () => {
-      if (done) return
-      done = true
-      const left = (inFlight.get(socket) ?? 1) - 1
-      inFlight.set(socket, left)
-      // 'finish' means the whole response was handed to the OS: nothing is cut by closing now.
-      if (closing && left === 0) socket.destroy()
-    }
-    response.once('finish', finished)
-    response.once('close', finished)
+    latest.set(request.socket, response)
   })
   app.addHook('preClose', async () => {
-    closing = true
-    for (const [socket, requests] of inFlight) if (requests === 0) socket.destroy()
+    for (const socket of latest.keys()) closeWhenIdle(socket)
   })
+
+  // 'finish': the whole response was handed to the OS, so nothing is cut by closing then. A request
+  // that arrives on the connection meanwhile is answered 503 (return503OnClosing) first.
+  function closeWhenIdle(socket: Socket): void {
+    const response = latest.get(socket)
+    if (!response || response.writableFinished) socket.destroy()
+    else response.once('finish', () => closeWhenIdle(socket))
+  }
 }

@@ -40,7 +40,7 @@ export class HistoryPages {
     this.pages?.set(pageKey(sessionId, after, limit), { lastSeq, body })
   }
 
-  /** Bytes held, for the metrics. */
+  /** Bytes held, as the budget counts them. */
   get bytes(): number {
     return this.pages?.calculatedSize ?? 0
   }
