@@ -14,6 +14,7 @@ import type { LlmMetrics } from '../metrics/llm-metrics.js'
 import { ProviderError, type ChatTurn } from '../providers/provider.js'
 import { SESSION_COLUMNS, assertActive, notFound, toRecord, type SessionRecord, type SessionRow, type SessionStore } from '../sessions/session-store.js'
 import { requestHash, type IdempotencyKeys, type StoredOutcome } from './idempotency.js'
+import type { SeqListSnapshot } from '../cache/cache.js'
 import { MESSAGE_COLUMNS, toMessage, type Message, type MessageHistory, type MessageRow } from './message-store.js'
 
 export interface PostMessageInput {
@@ -83,7 +84,8 @@ export class ConversationService {
   async post(tenant: string, sessionId: string, input: PostMessageInput, sink: ReplySink, idempotencyKey?: string): Promise<PostOutcome> {
     assertStorable('content', input.content)
     assertStorable('metadata', input.metadata)
-    const session = await this.options.sessions.getActive(tenant, sessionId)
+    // The record and the cached history (the model's context) in one round trip.
+    const { session, list } = await this.options.history.activeSession(this.options.sessions, tenant, sessionId)
     if (input.agent !== undefined) this.assertAgentOf(session, input.agent)
     let claimed = false
     try {
@@ -96,7 +98,7 @@ export class ConversationService {
         }
         claimed = true
       }
-      return { replayed: false, result: await this.reply(tenant, session, input, sink, idempotencyKey) }
+      return { replayed: false, result: await this.reply(tenant, session, list, input, sink, idempotencyKey) }
     } catch (err) {
       if (err instanceof ReplyFailed) throw err.cause
       // Nothing was stored under the key: release it so that a retry can try again. (Once the user
@@ -106,7 +108,7 @@ export class ConversationService {
     }
   }
 
-  private async reply(tenant: string, cached: SessionRecord, input: PostMessageInput, sink: ReplySink, idempotencyKey?: string): Promise<PostResult> {
+  private async reply(tenant: string, cached: SessionRecord, list: SeqListSnapshot | undefined, input: PostMessageInput, sink: ReplySink, idempotencyKey?: string): Promise<PostResult> {
     const started = performance.now()
     const { pool, agents, metrics } = this.options
     const leaseMs = this.options.llmTimeoutMs + 5000
@@ -117,7 +119,7 @@ export class ConversationService {
     const chosen = selection.agent
     // The context before this message (checked against the stored row below).
     const contextBefore = this.options.contextMessages > 1
-      ? this.options.history.recent(pool, cached.id, cached.lastSeq, this.options.contextMessages - 1).catch(() => undefined)
+      ? this.options.history.recent(pool, cached.id, cached.lastSeq, this.options.contextMessages - 1, list).catch(() => undefined)
       : Promise.resolve([] as Message[])
 
     // 1. Take the session's reply lease and store the user message, with its events, at once: one
@@ -170,8 +172,8 @@ export class ConversationService {
     metrics.messages.inc({ role: 'user' })
     this.replying.add(session.id)
     try {
-      // Both cache writes at once, while the model is asked; awaited before the reply's own writes
-      // (so the history list grows in order) and before anything is answered.
+      // Both cache writes at once, while the model is asked; awaited before the reply's own cache
+      // writes (so the history list grows in order) and before anything is answered.
       const cacheWrites = Promise.all([this.options.sessions.cacheRecord(session), this.options.history.append(session.id, message)]).catch(() => undefined)
       // The context read was of the cached record's history: if the row shows another message
       // stored since, the model was asked with a context that misses it. Ask again.
@@ -214,7 +216,6 @@ export class ConversationService {
       }
 
       // 3. Store the reply, release the lease, record the outcome for the idempotency key: one commit.
-      await cacheWrites
       const latencyMs = Math.round(performance.now() - started)
       const result = await this.storeReply(tenant, session, answer, latencyMs, message, idempotencyKey).catch((err) => {
         // The database went away after the model answered: free the session as soon as it is back,
@@ -224,6 +225,7 @@ export class ConversationService {
       })
       metrics.messages.inc({ role: 'assistant' })
       metrics.replyLatency.observe({ agent: answer.agent.id, outcome: 'ok' }, latencyMs / 1000)
+      await cacheWrites
       await Promise.all([this.options.sessions.cacheRecord(result.updated), this.options.history.append(session.id, result.result.reply)])
       return result.result
     } finally {

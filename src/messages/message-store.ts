@@ -138,10 +138,23 @@ export class MessageHistory {
     return body
   }
 
-  /** The newest `count` messages, oldest first (the model's context). */
-  async recent(db: Queryable, sessionId: string, lastSeq: number, count: number): Promise<Message[]> {
+  /**
+   * An active session's record with its cached history list, in one round trip to the cache (404
+   * or 410 as SessionStore.getActive): a reply reads both before it can ask the model.
+   */
+  async activeSession(sessions: SessionStore, tenant: string, sessionId: string): Promise<{ session: SessionRecord; list: SeqListSnapshot | undefined }> {
+    const { record, list } = await sessions.getActiveWithList(tenant, sessionId, historyKey(sessionId))
+    return { session: record, list }
+  }
+
+  /**
+   * The newest `count` messages, oldest first (the model's context). From `list` when the caller
+   * read it already (activeSession), else from the cache; PostgreSQL when the cache lacks them.
+   */
+  async recent(db: Queryable, sessionId: string, lastSeq: number, count: number, list?: SeqListSnapshot): Promise<Message[]> {
     if (lastSeq === 0) return []
-    const cached = await this.options.cache.readSeqList(historyKey(sessionId), lastSeq, Math.max(0, lastSeq - count), count)
+    const after = Math.max(0, lastSeq - count)
+    const cached = list ? list.window(lastSeq, after, count) : await this.options.cache.readSeqList(historyKey(sessionId), lastSeq, after, count)
     this.options.metrics.cacheLookups.inc({ cache: 'history', result: cached ? 'hit' : 'miss' })
     if (cached) return JSON.parse(`[${cached.joined.toString()}]`) as Message[]
     const tail = await this.loadTail(db, sessionId, Math.max(count, this.options.cacheSize))
