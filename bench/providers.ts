@@ -3,9 +3,12 @@
 // on loopback (test/support/llm-stub.ts). Each figure sits beside a baseline from the same run:
 //   1. The service's own overhead per JSON reply, one connection (no queueing): POST .../messages
 //      latency minus the latency of the same chat completion called directly with the same SDK (as
-//      the service calls it for a JSON reply: the whole answer in one response, `stream: false`);
+//      the service calls it for a JSON reply: the whole answer in one response, `stream: false`, and
+//      the very messages the service sent: system prompt and the session's context);
 //      beside it, the latency of a plain `pg` script committing the same rows (the floor that the
-//      two durable commits set on this disk).
+//      two durable commits set on this disk), and the floor of the critical path: a round trip to
+//      bare Fastify (GET / of the `bare` variant of bench/run.ts, in its own process) plus the one
+//      commit a JSON reply waits for (its step 3: step 1 commits while the model is asked).
 //   2. 50 connections over 100 sessions: replies per second against the raw `pg` baseline of the
 //      conversation benchmarks (bench/raw-pg.ts), interleaved runs.
 //   3. Streaming 100 tokens over SSE: time to first delta through the service minus the SDK's own
@@ -22,7 +25,9 @@ import { createOpenAiClient } from '../src/providers/openai.js'
 import { LlmStub } from '../test/support/llm-stub.js'
 import { createSessions, postMessages, postSseReply, rawReplyLoad, startBenchServer, type BenchServer, type LoadResult } from './conversation-load.js'
 import { prepareDatabase } from './database.js'
-import { commitReplyRows, commitReplyRowsAsService } from './raw-pg.js'
+import { commitReplyRows, commitReplyRowsAsService, storeReplyAsService, takeLeaseAsService } from './raw-pg.js'
+import { startServer, stopServer, type RunningServer } from './throughput.js'
+import { VARIANTS } from './variants.js'
 import { median } from './report.js'
 
 const DATABASE_URL = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
@@ -31,7 +36,7 @@ const RUNS = Number(process.env.BENCH_RUNS ?? 3)
 const DURATION = Number(process.env.BENCH_DURATION ?? 8)
 const POOL = 10
 const REPLIES = Number(process.env.BENCH_REPLIES ?? 400)
-const STREAMS = Number(process.env.BENCH_STREAMS ?? 200)
+const STREAMS = Number(process.env.BENCH_STREAMS ?? 400)
 const WARMUP = 50
 const MODEL = 'bench-model'
 const KEY = 'sk-bench-not-a-secret'
@@ -52,28 +57,37 @@ const MANIFEST = `agents:
 const percentile = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] ?? 0
 const sortedCopy = (values: number[]) => [...values].sort((a, b) => a - b)
 
-const DIRECT_MESSAGES = [
-  { role: 'system' as const, content: 'You are a helpful assistant.' },
-  { role: 'user' as const, content: QUESTION }
-]
+type ChatMessages = Array<{ role: 'system' | 'user' | 'assistant'; content: string }>
+
+/**
+ * The messages of the newest chat request the service sent the stub (its system prompt and the
+ * session's context, up to CONTEXT_MESSAGES): the direct calls send the very same request. The
+ * stub's record is emptied, so that it does not grow over the run.
+ */
+function lastServiceMessages(stub: LlmStub): ChatMessages {
+  const body = stub.chatRequests().at(-1)?.body as { messages?: ChatMessages } | undefined
+  if (!body?.messages) throw new Error('the service sent the stub no chat request')
+  stub.requests.length = 0
+  return body.messages
+}
 
 /**
  * The stub called directly with the SDK the service uses, as the service calls it for a JSON reply
- * (the whole answer in one response): the provider's own latency as a client sees it.
+ * (the whole answer in one response, the same messages): the provider's own latency as a client sees it.
  */
-async function directWholeCall(client: OpenAI): Promise<number> {
+async function directWholeCall(client: OpenAI, messages: ChatMessages): Promise<number> {
   const started = performance.now()
-  await client.chat.completions.create({ model: MODEL, messages: DIRECT_MESSAGES, temperature: 0.7, max_completion_tokens: 256, stream: false })
+  await client.chat.completions.create({ model: MODEL, messages, temperature: 0.7, max_completion_tokens: 256, stream: false })
   return performance.now() - started
 }
 
 /** The same, streamed, as for an SSE reply: total time and time to the first token. */
-async function directCall(client: OpenAI): Promise<{ totalMs: number; firstTokenMs: number }> {
+async function directCall(client: OpenAI, messages: ChatMessages): Promise<{ totalMs: number; firstTokenMs: number }> {
   const started = performance.now()
   let firstTokenMs = 0
   const stream = await client.chat.completions.create({
     model: MODEL,
-    messages: DIRECT_MESSAGES,
+    messages,
     temperature: 0.7,
     max_completion_tokens: 256,
     stream: true,
@@ -120,13 +134,41 @@ async function rawCommits(pgClient: pg.Client, sessions: string[], count: number
   return latencies
 }
 
+/** Round trips to bare Fastify, one at a time, with the same client as serviceReplies. */
+async function bareRoundTrips(url: string, count: number): Promise<number[]> {
+  const latencies: number[] = []
+  for (let i = 0; i < count; i++) {
+    const started = performance.now()
+    const response = await fetch(url)
+    await response.arrayBuffer()
+    latencies.push(performance.now() - started)
+  }
+  return latencies
+}
+
+/** The reply's own commit (step 3), timed alone; step 1 before it, untimed, takes the lease. */
+async function replyCommits(pgClient: pg.Client, sessions: string[], count: number): Promise<number[]> {
+  const latencies: number[] = []
+  for (let i = 0; i < count; i++) {
+    const session = sessions[i % sessions.length]!
+    await takeLeaseAsService(pgClient, session)
+    const started = performance.now()
+    await storeReplyAsService(pgClient, session)
+    latencies.push(performance.now() - started)
+  }
+  return latencies
+}
+
 const fmt = (n: number, digits = 1) => n.toFixed(digits)
 
 const database = await prepareDatabase(DATABASE_URL)
 const stub = await LlmStub.start()
 let server: BenchServer | undefined
+let bare: RunningServer | undefined
 try {
   const dir = mkdtempSync(join(tmpdir(), 'smalltalk-bench-'))
+  bare = await startServer(VARIANTS.find((variant) => variant.name === 'bare')!, {}, dir)
+  const bareUrl = `http://127.0.0.1:${bare.port}/`
   const agentsFile = join(dir, 'agents.yaml')
   writeFileSync(agentsFile, MANIFEST)
   server = await startBenchServer({
@@ -145,23 +187,30 @@ try {
   // 1. JSON replies, one at a time: the service against the same call made directly.
   stub.setDefault({ text: 'The stub answers at once with a short reply of a dozen words or so.' })
   await serviceReplies(server.url, sessions, WARMUP)
-  for (let i = 0; i < WARMUP; i++) await directWholeCall(client)
+  const warmupMessages = lastServiceMessages(stub)
+  for (let i = 0; i < WARMUP; i++) await directWholeCall(client, warmupMessages)
   await rawCommits(pgClient, rawSessions, WARMUP)
   await rawCommits(pgClient, rawSessions, WARMUP, commitReplyRowsAsService)
-  const replyRounds: Array<{ service: number[]; direct: number[]; raw: number[]; rawService: number[] }> = []
+  await bareRoundTrips(bareUrl, WARMUP)
+  const replyRounds: Array<{ service: number[]; direct: number[]; raw: number[]; rawService: number[]; bare: number[]; replyCommit: number[] }> = []
   for (let run = 0; run < RUNS; run++) {
     // Interleaved in small batches, so that a noisy neighbour hits every side alike.
     const service: number[] = []
     const direct: number[] = []
     const raw: number[] = []
     const rawService: number[] = []
+    const bareTrips: number[] = []
+    const replyCommit: number[] = []
     for (let batch = 0; batch < REPLIES / 20; batch++) {
       service.push(...(await serviceReplies(server.url, sessions, 20)))
-      for (let i = 0; i < 20; i++) direct.push(await directWholeCall(client))
+      const messages = lastServiceMessages(stub)
+      for (let i = 0; i < 20; i++) direct.push(await directWholeCall(client, messages))
       raw.push(...(await rawCommits(pgClient, rawSessions, 20)))
       rawService.push(...(await rawCommits(pgClient, rawSessions, 20, commitReplyRowsAsService)))
+      bareTrips.push(...(await bareRoundTrips(bareUrl, 20)))
+      replyCommit.push(...(await replyCommits(pgClient, rawSessions, 20)))
     }
-    replyRounds.push({ service, direct, raw, rawService })
+    replyRounds.push({ service, direct, raw, rawService, bare: bareTrips, replyCommit })
   }
   await pgClient.end()
 
@@ -174,10 +223,12 @@ try {
   for (let run = 0; run < RUNS; run++) {
     if (run % 2 === 0) {
       posts.push(await postMessages(server.url, loadSessions, load))
+      stub.requests.length = 0
       raws.push(await rawReplyLoad(database.url, baselineSessions, { ...load, poolSize: POOL }))
     } else {
       raws.push(await rawReplyLoad(database.url, baselineSessions, { ...load, poolSize: POOL }))
       posts.push(await postMessages(server.url, loadSessions, load))
+      stub.requests.length = 0
     }
   }
 
@@ -191,17 +242,24 @@ try {
     const direct: Array<{ totalMs: number; firstTokenMs: number }> = []
     for (let i = 0; i < STREAMS; i++) {
       service.push(await serviceStream(server.url, streamSessions[i % 10]!))
-      direct.push(await directCall(client))
+      direct.push(await directCall(client, lastServiceMessages(stub)))
     }
     streamRounds.push({ service, direct })
   }
 
-  const replies = replyRounds.map(({ service, direct, raw, rawService }) => {
+  const replies = replyRounds.map(({ service, direct, raw, rawService, bare, replyCommit }) => {
     const s = sortedCopy(service)
     const d = sortedCopy(direct)
     const r = sortedCopy(raw)
     const rs = sortedCopy(rawService)
+    const b = sortedCopy(bare)
+    const c = sortedCopy(replyCommit)
     return {
+      bareRoundTripP50Ms: percentile(b, 0.5),
+      bareRoundTripP99Ms: percentile(b, 0.99),
+      replyCommitP50Ms: percentile(c, 0.5),
+      replyCommitP99Ms: percentile(c, 0.99),
+      floorP50Ms: percentile(b, 0.5) + percentile(c, 0.5),
       rawServiceSqlP50Ms: percentile(rs, 0.5),
       rawServiceSqlP99Ms: percentile(rs, 0.99),
       rawCommitsP50Ms: percentile(r, 0.5),
@@ -237,7 +295,13 @@ try {
     command: 'npm run bench:providers',
     database: database.description,
     settings: { runs: RUNS, repliesPerRun: REPLIES, streamsPerRun: STREAMS, durationSeconds: DURATION, poolSize: POOL, provider: 'openai SDK -> loopback stub (zero latency)' },
-    replies: { rounds: replies, overheadP50Ms: pick(replies, 'overheadP50Ms'), overheadP99Ms: pick(replies, 'overheadP99Ms'), targets: { p50Ms: 2, p99Ms: 10 } },
+    replies: {
+      rounds: replies,
+      overheadP50Ms: pick(replies, 'overheadP50Ms'),
+      overheadP99Ms: pick(replies, 'overheadP99Ms'),
+      criticalPathFloorP50Ms: pick(replies, 'floorP50Ms'),
+      targets: { p50Ms: 2, p99Ms: 10 }
+    },
     throughput: {
       connections: 50,
       sessions: 100,
@@ -257,7 +321,8 @@ try {
 Provider benchmarks (OpenAI SDK against a zero-latency loopback stub; ${RUNS} rounds, median of the rounds; rounds shown as a / b / c)
   JSON reply, 1 connection    service p50 ${fmt(pick(replies, 'serviceP50Ms'), 2)} ms p99 ${fmt(pick(replies, 'serviceP99Ms'), 2)} ms; direct SDK call (whole answer) p50 ${fmt(pick(replies, 'directP50Ms'), 2)} ms p99 ${fmt(pick(replies, 'directP99Ms'), 2)} ms
   raw pg, same rows           p50 ${fmt(pick(replies, 'rawCommitsP50Ms'), 2)} ms p99 ${fmt(pick(replies, 'rawCommitsP99Ms'), 2)} ms (11 statements, 2 commits)
-  raw pg, the service's SQL   p50 ${fmt(pick(replies, 'rawServiceSqlP50Ms'), 2)} ms p99 ${fmt(pick(replies, 'rawServiceSqlP99Ms'), 2)} ms (its 2 statements, 2 durable commits: the floor of the overhead)
+  raw pg, the service's SQL   p50 ${fmt(pick(replies, 'rawServiceSqlP50Ms'), 2)} ms p99 ${fmt(pick(replies, 'rawServiceSqlP99Ms'), 2)} ms (its 2 statements, 2 durable commits)
+  critical-path floor         p50 ${fmt(pick(replies, 'floorP50Ms'), 2)} ms = bare Fastify round trip ${fmt(pick(replies, 'bareRoundTripP50Ms'), 2)} ms + the reply's commit (step 3 alone) ${fmt(pick(replies, 'replyCommitP50Ms'), 2)} ms
   overhead                    p50 ${fmt(report.replies.overheadP50Ms, 2)} ms (${spread(replies, 'overheadP50Ms')}; target < 2)  p99 ${fmt(report.replies.overheadP99Ms, 2)} ms (${spread(replies, 'overheadP99Ms')}; target < 10)
   50 connections, JSON        ${fmt(postRate, 0)} replies/s (${posts.map((p) => fmt(p.perSecond, 0)).join(' / ')}), p99 ${fmt(report.throughput.serviceP99Ms, 0)} ms, non-2xx ${posts.map((p) => p.non2xx).join('/')}
   raw pg, same rows           ${fmt(rawRate, 0)} pairs/s (${raws.map((r) => fmt(r.perSecond, 0)).join(' / ')})
@@ -268,6 +333,7 @@ Provider benchmarks (OpenAI SDK against a zero-latency loopback stub; ${RUNS} ro
 `)
 } finally {
   server?.child.kill('SIGTERM')
+  if (bare) await stopServer(bare)
   await sleep(500)
   await stub.close()
   await database.dispose()

@@ -46,8 +46,21 @@ export async function commitReplyRows(client: pg.PoolClient | pg.Client, session
  * provider call, serialisation and the (batched) NOTIFY of its events.
  */
 export async function commitReplyRowsAsService(client: pg.PoolClient | pg.Client, sessionId: string): Promise<void> {
+  await takeLeaseAsService(client, sessionId)
+  await storeReplyAsService(client, sessionId)
+}
+
+/** Step 1 alone (the lease and the user message). */
+export async function takeLeaseAsService(client: pg.PoolClient | pg.Client, sessionId: string): Promise<void> {
   const selected = JSON.stringify({ reason: 'default', matched: [], score: 0 })
   const { rows } = await client.query(TAKE_LEASE_AND_STORE_MESSAGE, [sessionId, 'default', 65_000, 'How do I make this query faster?', {}, null, 'assistant', selected])
   if (!rows[0]) throw new Error(`session ${sessionId}: lease not taken`)
+}
+
+/**
+ * Step 3 alone (the reply, its usage and events, the lease released): the one durable commit on
+ * the critical path of a JSON reply, since step 1 commits while the model is asked.
+ */
+export async function storeReplyAsService(client: pg.PoolClient | pg.Client, sessionId: string): Promise<void> {
   await client.query(STORE_REPLY, [sessionId, 'default', 'Echo (gpt-4o-mini): How do I make this query faster?', 'assistant', 'echo', 'gpt-4o-mini', 30, 12, 5, null])
 }

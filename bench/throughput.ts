@@ -50,7 +50,7 @@ export interface PairedRatio {
   perPair: number[]
 }
 
-interface RunningServer {
+export interface RunningServer {
   variant: Variant
   child: ChildProcess
   port: number
@@ -68,7 +68,7 @@ const MAX_RETRIES = 2
 const SERVER_ENTRY = fileURLToPath(new URL('./server.ts', import.meta.url))
 const SUBSTITUTION_HOOKS = fileURLToPath(new URL('./hooks/register.ts', import.meta.url))
 
-async function startServer(variant: Variant, env: Record<string, string>, logDir: string): Promise<RunningServer> {
+export async function startServer(variant: Variant, env: Record<string, string>, logDir: string): Promise<RunningServer> {
   const logFile = join(logDir, `${variant.name}.log`)
   const spec: ServerSpec = { variant, env: { ...env, ...variant.env }, logFile }
   const child = fork(SERVER_ENTRY, [], {
@@ -96,7 +96,7 @@ async function startServer(variant: Variant, env: Record<string, string>, logDir
   return { variant, child, port, logFile, logLinesAtStart: lines, logBytesAtStart: bytes, requests: 0 }
 }
 
-async function stopServer(server: RunningServer): Promise<void> {
+export async function stopServer(server: RunningServer): Promise<void> {
   const { child } = server
   if (child.exitCode !== null || child.signalCode !== null) return
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
