@@ -1,5 +1,6 @@
 import type pg from 'pg'
 import type { FastifyBaseLogger } from 'fastify'
+import type { SeqListSnapshot } from '../cache/cache.js'
 import type { AgentDefinition, AgentSelection } from '../agents/agent.js'
 import type { LlmRouter } from '../agents/llm-router.js'
 import { CircuitOpenError, deadline, type Deadline, type ProviderGuard } from '../agents/provider-guard.js'
@@ -14,7 +15,6 @@ import type { LlmMetrics } from '../metrics/llm-metrics.js'
 import { ProviderError, type ChatTurn } from '../providers/provider.js'
 import { SESSION_COLUMNS, assertActive, notFound, toRecord, type SessionRecord, type SessionRow, type SessionStore } from '../sessions/session-store.js'
 import { requestHash, type IdempotencyKeys, type StoredOutcome } from './idempotency.js'
-import type { SeqListSnapshot } from '../cache/cache.js'
 import { MESSAGE_COLUMNS, toMessage, type Message, type MessageHistory, type MessageRow } from './message-store.js'
 
 export interface PostMessageInput {
@@ -119,7 +119,7 @@ export class ConversationService {
     const chosen = selection.agent
     // The context before this message (checked against the stored row below).
     const contextBefore = this.options.contextMessages > 1
-      ? this.options.history.recent(pool, cached.id, cached.lastSeq, this.options.contextMessages - 1, list).catch(() => undefined)
+      ? this.options.history.recent(pool, cached.id, cached.lastSeq, this.options.contextMessages - 1, { list }).catch(() => undefined)
       : Promise.resolve([] as Message[])
 
     // 1. Take the session's reply lease and store the user message, with its events, at once: one

@@ -104,7 +104,7 @@ export class MessageHistory {
     let session: SessionRecord
     let list: SeqListSnapshot | undefined
     if (kept) session = await sessions.getActive(tenant, sessionId)
-    else ({ record: session, list } = await sessions.getActiveWithList(tenant, sessionId, historyKey(sessionId)))
+    else ({ session, list } = await this.activeSession(sessions, tenant, sessionId))
     // Nothing after `after` yet: the session record says so, no need to read anything.
     if (after >= session.lastSeq) return EMPTY_LIST
     const { metrics } = this.options
@@ -140,7 +140,7 @@ export class MessageHistory {
 
   /**
    * An active session's record with its cached history list, in one round trip to the cache (404
-   * or 410 as SessionStore.getActive): a reply reads both before it can ask the model.
+   * or 410 as SessionStore.getActive): a history read, and a reply before it can ask the model.
    */
   async activeSession(sessions: SessionStore, tenant: string, sessionId: string): Promise<{ session: SessionRecord; list: SeqListSnapshot | undefined }> {
     const { record, list } = await sessions.getActiveWithList(tenant, sessionId, historyKey(sessionId))
@@ -148,13 +148,14 @@ export class MessageHistory {
   }
 
   /**
-   * The newest `count` messages, oldest first (the model's context). From `list` when the caller
-   * read it already (activeSession), else from the cache; PostgreSQL when the cache lacks them.
+   * The newest `count` messages, oldest first (the model's context). From the list the caller has
+   * read already (`read`, from activeSession: the cache is not asked again, even when it had none),
+   * else from the cache; PostgreSQL when the cache lacks them.
    */
-  async recent(db: Queryable, sessionId: string, lastSeq: number, count: number, list?: SeqListSnapshot): Promise<Message[]> {
+  async recent(db: Queryable, sessionId: string, lastSeq: number, count: number, read?: { list: SeqListSnapshot | undefined }): Promise<Message[]> {
     if (lastSeq === 0) return []
     const after = Math.max(0, lastSeq - count)
-    const cached = list ? list.window(lastSeq, after, count) : await this.options.cache.readSeqList(historyKey(sessionId), lastSeq, after, count)
+    const cached = read ? read.list?.window(lastSeq, after, count) : await this.options.cache.readSeqList(historyKey(sessionId), lastSeq, after, count)
     this.options.metrics.cacheLookups.inc({ cache: 'history', result: cached ? 'hit' : 'miss' })
     if (cached) return JSON.parse(`[${cached.joined.toString()}]`) as Message[]
     const tail = await this.loadTail(db, sessionId, Math.max(count, this.options.cacheSize))

@@ -189,6 +189,17 @@ t.test('redis: a reply reads its session record and the model\'s context in one 
   t.ok(reads[0]?.some((arg) => arg.endsWith(`history-list:${id}`)), 'and its history list, in the same command')
   t.same(await historyLookups(app), { hit: before.hit + 1, miss: before.miss }, 'the context came from that list')
   t.same((await read(app, id)).json().messages.map((m: { content: string }) => m.content), ['first', 'Echo (gpt-4o-mini): first', 'second', 'Echo (gpt-4o-mini): second', 'third', 'Echo (gpt-4o-mini): third'])
+
+  // No list in the cache: that same read said so, and the context comes from PostgreSQL at once.
+  await app.cache.deleteSeqLists(`history-list:${id}`)
+  await new Promise((resolve) => setTimeout(resolve, 50))
+  commands.length = 0
+  const missed = await historyLookups(app)
+  await post(app, id, 'fourth')
+  await new Promise((resolve) => setTimeout(resolve, 50))
+  const readsWithoutList = commands.filter(([name]) => ['get', 'mget', 'getrange', 'lrange'].includes((name as string).toLowerCase()))
+  t.equal(readsWithoutList.length, 1, `still one read: ${JSON.stringify(readsWithoutList)}`)
+  t.same(await historyLookups(app), { hit: missed.hit, miss: missed.miss + 1 }, 'one miss, then PostgreSQL')
 })
 
 t.test('kept history responses: served while the session has no new message, on any replica, never past its end or to another tenant', { skip: redisUnavailable() }, async (t) => {
