@@ -3,7 +3,7 @@
 
 const cleanups = new Set<() => Promise<unknown>>()
 
-export function onInterrupt(cleanup: () => Promise<unknown>): () => void {
+export function onInterrupt (cleanup: () => Promise<unknown>): () => void {
   cleanups.add(cleanup)
   return () => cleanups.delete(cleanup)
 }

@@ -22,7 +22,7 @@ export interface BenchServerOptions {
 }
 
 /** `node dist/src/server.js` with `npm start`'s node flags, on loopback ports, ready (GET /ready 200). */
-export async function startBenchServer(options: BenchServerOptions): Promise<BenchServer> {
+export async function startBenchServer (options: BenchServerOptions): Promise<BenchServer> {
   const [port, healthPort] = [await freePort(), await freePort()]
   const child = spawn(process.execPath, [...npmStartNodeFlags(), SERVER_SCRIPT], {
     cwd: PROJECT_ROOT,
@@ -53,7 +53,7 @@ export async function startBenchServer(options: BenchServerOptions): Promise<Ben
   throw new Error('server did not become ready')
 }
 
-export async function createSessions(url: string, count: number): Promise<string[]> {
+export async function createSessions (url: string, count: number): Promise<string[]> {
   const ids: string[] = []
   for (let i = 0; i < count; i++) ids.push((await (await fetch(`${url}/v1/sessions`, { method: 'POST' })).json()).id)
   return ids
@@ -83,7 +83,7 @@ export interface SseReply {
 }
 
 /** One POST .../messages with Accept: text/event-stream, read to its end. */
-export async function postSseReply(url: string, session: string, content: string): Promise<SseReply> {
+export async function postSseReply (url: string, session: string, content: string): Promise<SseReply> {
   const started = performance.now()
   const response = await fetch(`${url}/v1/sessions/${session}/messages`, {
     method: 'POST',
@@ -104,7 +104,7 @@ export async function postSseReply(url: string, session: string, content: string
 }
 
 /** POST .../messages (JSON) at `connections`, round-robin over the sessions: a session comes back only after every other one. */
-export async function postMessages(url: string, sessions: string[], options: LoadOptions): Promise<LoadResult> {
+export async function postMessages (url: string, sessions: string[], options: LoadOptions): Promise<LoadResult> {
   let next = 0
   const body = JSON.stringify({ content: 'How do I make this query faster? It scans the whole table.' })
   const result = await autocannon({
@@ -126,7 +126,7 @@ export async function postMessages(url: string, sessions: string[], options: Loa
  * The raw `pg` baseline: `connections` workers committing the rows of one reply each, round-robin
  * over the sessions, through a pool of `poolSize`, for `durationSeconds`.
  */
-export async function rawReplyLoad(
+export async function rawReplyLoad (
   databaseUrl: string,
   sessions: string[],
   options: LoadOptions & { poolSize: number; commit?: (client: pg.PoolClient, sessionId: string) => Promise<void> }

@@ -26,13 +26,13 @@ const SESSIONS = 100
 const POOL = 10
 const load = { connections: CONNECTIONS, durationSeconds: DURATION }
 
-async function getLoad(url: string) {
+async function getLoad (url: string) {
   const result = await autocannon({ url, connections: CONNECTIONS, duration: DURATION })
   return { perSecond: result['2xx'] / result.duration, p99: result.latency.p99, non2xx: result.non2xx }
 }
 
 /** SSE replies of 100 deltas, `parallel` at a time: replies per second and time to first delta. */
-async function sseReplies(url: string, sessions: string[], parallel: number) {
+async function sseReplies (url: string, sessions: string[], parallel: number) {
   const words = Array.from({ length: 98 }, (_, i) => `word${i}`).join(' ')
   const firstDelta: number[] = []
   let replies = 0

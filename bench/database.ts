@@ -20,7 +20,7 @@ export interface BenchDatabase {
  * configured database itself is never touched). Without: one embedded PostgreSQL (the service's own
  * start-up code) in a temporary DATA_DIR, shared by every server the benchmark starts, removed after.
  */
-export async function prepareDatabase(databaseUrl: string | undefined): Promise<BenchDatabase> {
+export async function prepareDatabase (databaseUrl: string | undefined): Promise<BenchDatabase> {
   if (databaseUrl) return scratchDatabase(databaseUrl)
   const dataDir = await mkdtemp(join(tmpdir(), 'st-bench-pg-'))
   const embedded = await startEmbeddedPostgres(dataDir, pino({ level: 'warn' }))
@@ -28,14 +28,14 @@ export async function prepareDatabase(databaseUrl: string | undefined): Promise<
     url: embedded.connectionString,
     description: `embedded PostgreSQL started by the benchmark (data in ${dataDir})`,
     kind: 'embedded',
-    async dispose() {
+    async dispose () {
       await embedded.stop()
       await rm(dataDir, { recursive: true, force: true })
     }
   }
 }
 
-async function scratchDatabase(databaseUrl: string): Promise<BenchDatabase> {
+async function scratchDatabase (databaseUrl: string): Promise<BenchDatabase> {
   const name = `st_bench_${randomBytes(4).toString('hex')}`
   const admin = new pg.Client({ connectionString: databaseUrl, connectionTimeoutMillis: 5000 })
   await admin.connect()
@@ -50,7 +50,7 @@ async function scratchDatabase(databaseUrl: string): Promise<BenchDatabase> {
     url: url.href,
     description: `scratch database ${name} on ${url.hostname}:${url.port || 5432}`,
     kind: 'external',
-    async dispose() {
+    async dispose () {
       const client = new pg.Client({ connectionString: databaseUrl, connectionTimeoutMillis: 5000 })
       await client.connect()
       try {

@@ -34,21 +34,21 @@ export interface LoadResult {
 const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100
 
 /** utime + stime of a process, in seconds (fields 14 and 15 of /proc/<pid>/stat). */
-function processCpuSeconds(pid: number): number {
+function processCpuSeconds (pid: number): number {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
   return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS
 }
 
 /** Busy CPU time of the whole machine, in seconds (/proc/stat: all but idle and iowait). */
-export function machineBusySeconds(): number {
+export function machineBusySeconds (): number {
   const fields = (readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '').trim().split(/\s+/).slice(1, 9).map(Number)
   const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0, steal = 0] = fields
   return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
 }
 
 /** GET / on the loopback port with autocannon, run in this process (the server has its own). */
-export async function runLoad(opts: LoadOptions): Promise<LoadResult> {
+export async function runLoad (opts: LoadOptions): Promise<LoadResult> {
   const serverBefore = processCpuSeconds(opts.pid)
   const machineBefore = machineBusySeconds()
   const idleBefore = opts.idlePids.reduce((sum, pid) => sum + processCpuSeconds(pid), 0)
@@ -88,7 +88,7 @@ const QUIET_SAMPLE_MS = 500
  * of a core, so a measurement does not start in the middle of someone else's test run. Returns the
  * load seen last, in cores.
  */
-export async function waitForQuiet(threshold: number, maxWaitMs: number, benchPids: number[]): Promise<number> {
+export async function waitForQuiet (threshold: number, maxWaitMs: number, benchPids: number[]): Promise<number> {
   const deadline = Date.now() + maxWaitMs
   const benchCpu = () => benchPids.reduce((sum, pid) => sum + processCpuSeconds(pid), 0)
   for (;;) {
@@ -104,7 +104,7 @@ export async function waitForQuiet(threshold: number, maxWaitMs: number, benchPi
 }
 
 /** VmRSS of a process in MiB. */
-export function residentMemoryMb(pid: number): number {
+export function residentMemoryMb (pid: number): number {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8')
   const kb = Number(/^VmRSS:\s+(\d+)\s+kB/m.exec(status)?.[1] ?? NaN)
   return kb / 1024

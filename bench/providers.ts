@@ -64,7 +64,7 @@ type ChatMessages = Array<{ role: 'system' | 'user' | 'assistant'; content: stri
  * session's context, up to CONTEXT_MESSAGES): the direct calls send the very same request. The
  * stub's record is emptied, so that it does not grow over the run.
  */
-function lastServiceMessages(stub: LlmStub): ChatMessages {
+function lastServiceMessages (stub: LlmStub): ChatMessages {
   const body = stub.chatRequests().at(-1)?.body as { messages?: ChatMessages } | undefined
   if (!body?.messages) throw new Error('the service sent the stub no chat request')
   stub.requests.length = 0
@@ -75,14 +75,14 @@ function lastServiceMessages(stub: LlmStub): ChatMessages {
  * The stub called directly with the SDK the service uses, as the service calls it for a JSON reply
  * (the whole answer in one response, the same messages): the provider's own latency as a client sees it.
  */
-async function directWholeCall(client: OpenAI, messages: ChatMessages): Promise<number> {
+async function directWholeCall (client: OpenAI, messages: ChatMessages): Promise<number> {
   const started = performance.now()
   await client.chat.completions.create({ model: MODEL, messages, temperature: 0.7, max_completion_tokens: 256, stream: false })
   return performance.now() - started
 }
 
 /** The same, streamed, as for an SSE reply: total time and time to the first token. */
-async function directCall(client: OpenAI, messages: ChatMessages): Promise<{ totalMs: number; firstTokenMs: number }> {
+async function directCall (client: OpenAI, messages: ChatMessages): Promise<{ totalMs: number; firstTokenMs: number }> {
   const started = performance.now()
   let firstTokenMs = 0
   const stream = await client.chat.completions.create({
@@ -100,7 +100,7 @@ async function directCall(client: OpenAI, messages: ChatMessages): Promise<{ tot
 }
 
 /** One connection, one request at a time: the latency of each JSON reply. */
-async function serviceReplies(url: string, sessions: string[], count: number): Promise<number[]> {
+async function serviceReplies (url: string, sessions: string[], count: number): Promise<number[]> {
   const latencies: number[] = []
   for (let i = 0; i < count; i++) {
     const started = performance.now()
@@ -117,14 +117,14 @@ async function serviceReplies(url: string, sessions: string[], count: number): P
 }
 
 /** One SSE reply of 100 deltas: time to the first delta event and to the end. */
-async function serviceStream(url: string, session: string): Promise<{ firstDeltaMs: number; totalMs: number; deltas: number }> {
+async function serviceStream (url: string, session: string): Promise<{ firstDeltaMs: number; totalMs: number; deltas: number }> {
   const reply = await postSseReply(url, session, QUESTION)
   if (!reply.done) throw new Error(`SSE reply did not finish: ${reply.tail}`)
   return reply
 }
 
 /** The same rows committed by a plain script on one connection, one reply at a time. */
-async function rawCommits(pgClient: pg.Client, sessions: string[], count: number, commit = commitReplyRows): Promise<number[]> {
+async function rawCommits (pgClient: pg.Client, sessions: string[], count: number, commit = commitReplyRows): Promise<number[]> {
   const latencies: number[] = []
   for (let i = 0; i < count; i++) {
     const started = performance.now()
@@ -135,7 +135,7 @@ async function rawCommits(pgClient: pg.Client, sessions: string[], count: number
 }
 
 /** Round trips to bare Fastify, one at a time, with the same client as serviceReplies. */
-async function bareRoundTrips(url: string, count: number): Promise<number[]> {
+async function bareRoundTrips (url: string, count: number): Promise<number[]> {
   const latencies: number[] = []
   for (let i = 0; i < count; i++) {
     const started = performance.now()
@@ -147,7 +147,7 @@ async function bareRoundTrips(url: string, count: number): Promise<number[]> {
 }
 
 /** The reply's own commit (step 3), timed alone; step 1 before it, untimed, takes the lease. */
-async function replyCommits(pgClient: pg.Client, sessions: string[], count: number): Promise<number[]> {
+async function replyCommits (pgClient: pg.Client, sessions: string[], count: number): Promise<number[]> {
   const latencies: number[] = []
   for (let i = 0; i < count; i++) {
     const session = sessions[i % sessions.length]!

@@ -7,7 +7,7 @@ import { STORE_REPLY, TAKE_LEASE_AND_STORE_MESSAGE } from '../src/messages/conve
  * in the service: the lease, the user message and its 2 events; then the reply, the agent state and
  * its event.
  */
-export async function commitReplyRows(client: pg.PoolClient | pg.Client, sessionId: string): Promise<void> {
+export async function commitReplyRows (client: pg.PoolClient | pg.Client, sessionId: string): Promise<void> {
   await client.query('BEGIN')
   const { rows } = await client.query<{ last_seq: string }>(
     `UPDATE sessions SET last_seq = last_seq + 1, message_count = message_count + 1, reply_lease_until = now() + interval '65 seconds'
@@ -15,15 +15,15 @@ export async function commitReplyRows(client: pg.PoolClient | pg.Client, session
     [sessionId]
   )
   const seq = Number(rows[0]?.last_seq)
-  await client.query(`INSERT INTO chat_messages (session_id, seq, role, content) VALUES ($1, $2, 'user', $3)`, [sessionId, seq, 'How do I make this query faster?'])
+  await client.query('INSERT INTO chat_messages (session_id, seq, role, content) VALUES ($1, $2, \'user\', $3)', [sessionId, seq, 'How do I make this query faster?'])
   await client.query(
-    `INSERT INTO event_logs (type, tenant, session_id, data) SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::jsonb[])`,
+    'INSERT INTO event_logs (type, tenant, session_id, data) SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::jsonb[])',
     [['message.created', 'agent.selected'], ['default', 'default'], [sessionId, sessionId], ['{}', '{}']]
   )
   await client.query('COMMIT')
   await client.query('BEGIN')
   const { rows: updated } = await client.query<{ last_seq: string }>(
-    `UPDATE sessions SET last_seq = last_seq + 1, message_count = message_count + 1, reply_lease_until = NULL WHERE id = $1 RETURNING last_seq`,
+    'UPDATE sessions SET last_seq = last_seq + 1, message_count = message_count + 1, reply_lease_until = NULL WHERE id = $1 RETURNING last_seq',
     [sessionId]
   )
   await client.query(
@@ -36,7 +36,7 @@ export async function commitReplyRows(client: pg.PoolClient | pg.Client, session
      ON CONFLICT (session_id, agent_id) DO UPDATE SET reply_count = agent_states.reply_count + 1, last_used_at = now()`,
     [sessionId]
   )
-  await client.query(`INSERT INTO event_logs (type, tenant, session_id, data) VALUES ('message.created', 'default', $1, '{}')`, [sessionId])
+  await client.query('INSERT INTO event_logs (type, tenant, session_id, data) VALUES (\'message.created\', \'default\', $1, \'{}\')', [sessionId])
   await client.query('COMMIT')
 }
 
@@ -45,13 +45,13 @@ export async function commitReplyRows(client: pg.PoolClient | pg.Client, session
  * by a plain script: the floor under the service, which adds HTTP, auth, validation, the cache, the
  * provider call, serialisation and the (batched) NOTIFY of its events.
  */
-export async function commitReplyRowsAsService(client: pg.PoolClient | pg.Client, sessionId: string): Promise<void> {
+export async function commitReplyRowsAsService (client: pg.PoolClient | pg.Client, sessionId: string): Promise<void> {
   await takeLeaseAsService(client, sessionId)
   await storeReplyAsService(client, sessionId)
 }
 
 /** Step 1 alone (the lease and the user message). */
-export async function takeLeaseAsService(client: pg.PoolClient | pg.Client, sessionId: string): Promise<void> {
+export async function takeLeaseAsService (client: pg.PoolClient | pg.Client, sessionId: string): Promise<void> {
   const selected = JSON.stringify({ reason: 'default', matched: [], score: 0 })
   const { rows } = await client.query(TAKE_LEASE_AND_STORE_MESSAGE, [sessionId, 'default', 65_000, 'How do I make this query faster?', {}, null, 'assistant', selected])
   if (!rows[0]) throw new Error(`session ${sessionId}: lease not taken`)
@@ -61,6 +61,6 @@ export async function takeLeaseAsService(client: pg.PoolClient | pg.Client, sess
  * Step 3 alone (the reply, its usage and events, the lease released): the one durable commit on
  * the critical path of a JSON reply, since step 1 commits while the model is asked.
  */
-export async function storeReplyAsService(client: pg.PoolClient | pg.Client, sessionId: string): Promise<void> {
+export async function storeReplyAsService (client: pg.PoolClient | pg.Client, sessionId: string): Promise<void> {
   await client.query(STORE_REPLY, [sessionId, 'default', 'Echo (gpt-4o-mini): How do I make this query faster?', 'assistant', 'echo', 'gpt-4o-mini', 30, 12, 5, null])
 }

@@ -1,7 +1,7 @@
 import type { StartupSample } from './startup.js'
 import type { VariantRuns } from './throughput.js'
 
-export function median(values: number[]): number {
+export function median (values: number[]): number {
   if (values.length === 0) return NaN
   const sorted = [...values].sort((a, b) => a - b)
   const mid = Math.floor(sorted.length / 2)
@@ -43,7 +43,7 @@ export interface PluginCost {
   cpuMicrosPerRequest: number
 }
 
-export function summarise(all: VariantRuns[]): VariantSummary[] {
+export function summarise (all: VariantRuns[]): VariantSummary[] {
   const medianOf = (name: string) => median(all.find((v) => v.variant.name === name)?.runs.map((r) => r.requestsPerSecond) ?? [])
   const bare = medianOf('bare')
   const full = medianOf('full')
@@ -73,7 +73,7 @@ export function summarise(all: VariantRuns[]): VariantSummary[] {
   })
 }
 
-export function pluginCosts(summaries: VariantSummary[]): PluginCost[] {
+export function pluginCosts (summaries: VariantSummary[]): PluginCost[] {
   const full = summaries.find((s) => s.name === 'full')
   if (!full) return []
   return summaries
@@ -87,7 +87,7 @@ export function pluginCosts(summaries: VariantSummary[]): PluginCost[] {
 }
 
 /** full / bare per round: how much the ratio itself moves between rounds. */
-export function roundRatios(all: VariantRuns[]): number[] {
+export function roundRatios (all: VariantRuns[]): number[] {
   const bare = all.find((v) => v.variant.name === 'bare')?.runs ?? []
   const full = all.find((v) => v.variant.name === 'full')?.runs ?? []
   return full.map((r, i) => r.requestsPerSecond / (bare[i]?.requestsPerSecond ?? NaN))
@@ -103,7 +103,7 @@ export interface StartupSummary {
   exitCodes: (number | null)[]
 }
 
-export function summariseStartup(label: string, samples: StartupSample[]): StartupSummary {
+export function summariseStartup (label: string, samples: StartupSample[]): StartupSummary {
   return {
     label,
     samples,
@@ -121,14 +121,14 @@ const int = (n: number) => (Number.isFinite(n) ? Math.round(n).toLocaleString('e
 const fixed = (n: number, digits = 1) => (Number.isFinite(n) ? n.toFixed(digits) : '-')
 const percent = (n: number) => (Number.isFinite(n) ? `${(n * 100).toFixed(1)}%` : '-')
 
-export function table(headers: string[], rows: string[][], alignLeft = new Set([0])): string {
+export function table (headers: string[], rows: string[][], alignLeft = new Set([0])): string {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)))
   const line = (cells: string[]) =>
     cells.map((c, i) => (alignLeft.has(i) ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join('  ')
   return [line(headers), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n')
 }
 
-export function throughputTable(summaries: VariantSummary[]): string {
+export function throughputTable (summaries: VariantSummary[]): string {
   return table(
     ['variant', 'req/s (median)', 'min..max (best)', 'spread', 'p50 ms', 'p99 ms', 'x bare', 'x full', 'CPU us/req', 'srv CPU', 'client CPU', 'other CPU', 'log lines/req', 'non-2xx'],
     summaries.map((s) => [
@@ -150,21 +150,21 @@ export function throughputTable(summaries: VariantSummary[]): string {
   )
 }
 
-export function costTable(costs: PluginCost[]): string {
+export function costTable (costs: PluginCost[]): string {
   return table(
     ['plugin (full minus variant)', 'variant', 'throughput cost', 'CPU us/req added'],
     costs.map((c) => [c.plugin, c.variant, percent(c.throughputShare), fixed(c.cpuMicrosPerRequest, 1)])
   )
 }
 
-export function candidateTable(candidates: VariantSummary[]): string {
+export function candidateTable (candidates: VariantSummary[]): string {
   return table(
     ['candidate', 'req/s (median)', 'x bare', 'x full', 'CPU us/req'],
     candidates.map((c) => [c.name, int(c.requestsPerSecond.median), fixed(c.ratioToBare, 2), fixed(c.ratioToFull, 2), fixed(c.cpuMicrosPerRequest, 1)])
   )
 }
 
-export function startupTable(summaries: StartupSummary[]): string {
+export function startupTable (summaries: StartupSummary[]): string {
   return table(
     ['start-up', 'runs', '/ready 200 ms (median)', 'all runs ms', 'ops port up ms', 'RSS at ready MB', 'RSS idle MB', 'RSS settled MB', 'exit codes'],
     summaries.map((s) => [

@@ -43,7 +43,7 @@ const TARGET_RSS_MB = 120
 /** Median share of a core other processes may use during the kept runs of bare and full before the verdict is "NOISY". */
 const NOISY_OTHER_CPU = 0.25
 
-function setting(name: string, fallback: number): number {
+function setting (name: string, fallback: number): number {
   const raw = process.env[name]
   if (raw === undefined || raw === '') return fallback
   const value = Number(raw)
@@ -72,7 +72,7 @@ const redisUrl = process.env.REDIS_URL || undefined
 const log = (line: string) => console.log(line)
 const benchStarted = Date.now()
 
-function gitCommit(): string {
+function gitCommit (): string {
   try {
     const head = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: PROJECT_ROOT, encoding: 'utf8' }).trim()
     const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src', 'plugins', 'routes'], { cwd: PROJECT_ROOT, encoding: 'utf8' }).trim()

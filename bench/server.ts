@@ -29,7 +29,7 @@ const spec = JSON.parse(process.env.BENCH_SERVER ?? 'null') as ServerSpec | null
 if (!spec || !process.send) throw new Error('bench/server.ts is started by bench/run.ts (fork with BENCH_SERVER)')
 const send = (message: ServerMessage) => process.send?.(message)
 
-function createBenchLogger(setting: LogSetting, file: string): Logger {
+function createBenchLogger (setting: LogSetting, file: string): Logger {
   // The service's own options (level, redaction) and destination (src/logger.ts), to a file instead
   // of stdout; never pretty, whatever the terminal.
   const { transport: _transport, ...options } = loggerOptions(spec?.env.LOG_LEVEL ?? 'info')
@@ -40,7 +40,7 @@ function createBenchLogger(setting: LogSetting, file: string): Logger {
   return pino(options, logDestination(dest, destination))
 }
 
-function buildBare(environment: string, hook: Variant['bareHook']): FastifyInstance {
+function buildBare (environment: string, hook: Variant['bareHook']): FastifyInstance {
   const app = Fastify({ logger: false })
   const requests = new Counter({ name: 'bench_requests_total', help: 'requests', registers: [new Registry()] })
   if (hook === 'async') {

@@ -37,10 +37,10 @@ export interface StartupOptions {
 export const SERVER_SCRIPT = join(PROJECT_ROOT, 'dist', 'src', 'server.js')
 
 /** The node flags of `npm start` (package.json's start script), so the service starts here as it does there. */
-export function npmStartNodeFlags(): string[] {
+export function npmStartNodeFlags (): string[] {
   const pkg = JSON.parse(readFileSync(join(PROJECT_ROOT, 'package.json'), 'utf8')) as { scripts?: { start?: string } }
   const match = /^node((?:\s+--\S+)*)\s+dist\/src\/server\.js$/.exec(pkg.scripts?.start ?? '')
-  if (!match) throw new Error(`package.json's start script is not "node [--flags] dist/src/server.js": teach bench/startup.ts the new one`)
+  if (!match) throw new Error('package.json\'s start script is not "node [--flags] dist/src/server.js": teach bench/startup.ts the new one')
   return (match[1] ?? '').split(/\s+/).filter(Boolean)
 }
 
@@ -48,7 +48,7 @@ import { freeLoopbackPort as freePort } from '../src/db/embedded-postgres.js'
 
 export { freePort }
 
-function readyStatus(port: number): Promise<number | undefined> {
+function readyStatus (port: number): Promise<number | undefined> {
   return new Promise((resolve) => {
     const req = request({ host: '127.0.0.1', port, path: '/ready', agent: false, timeout: 1000 }, (res) => {
       res.resume()
@@ -64,7 +64,7 @@ function readyStatus(port: number): Promise<number | undefined> {
  * Samples VmRSS every 500 ms until it has dropped by 10% from `startMb` and held for 3 s, or until
  * maxMs: the last sample (and when it settled) either way.
  */
-async function waitForSettledRss(pid: number, startMb: number, maxMs: number): Promise<{ rssMb: number; afterMs: number }> {
+async function waitForSettledRss (pid: number, startMb: number, maxMs: number): Promise<{ rssMb: number; afterMs: number }> {
   const started = performance.now()
   let droppedAt: number | undefined
   let rssMb = startMb
@@ -83,7 +83,7 @@ async function waitForSettledRss(pid: number, startMb: number, maxMs: number): P
  * npm's own start-up and the prestart build are not counted): spawn, poll /ready every 10 ms until
  * 200, idle, read VmRSS, SIGTERM, wait for the exit.
  */
-export async function measureStartup(opts: StartupOptions): Promise<StartupSample> {
+export async function measureStartup (opts: StartupOptions): Promise<StartupSample> {
   const healthPort = await freePort()
   const env = {
     PATH: process.env.PATH ?? '',

@@ -68,7 +68,7 @@ const MAX_RETRIES = 2
 const SERVER_ENTRY = fileURLToPath(new URL('./server.ts', import.meta.url))
 const SUBSTITUTION_HOOKS = fileURLToPath(new URL('./hooks/register.ts', import.meta.url))
 
-export async function startServer(variant: Variant, env: Record<string, string>, logDir: string): Promise<RunningServer> {
+export async function startServer (variant: Variant, env: Record<string, string>, logDir: string): Promise<RunningServer> {
   const logFile = join(logDir, `${variant.name}.log`)
   const spec: ServerSpec = { variant, env: { ...env, ...variant.env }, logFile }
   const child = fork(SERVER_ENTRY, [], {
@@ -96,7 +96,7 @@ export async function startServer(variant: Variant, env: Record<string, string>,
   return { variant, child, port, logFile, logLinesAtStart: lines, logBytesAtStart: bytes, requests: 0 }
 }
 
-export async function stopServer(server: RunningServer): Promise<void> {
+export async function stopServer (server: RunningServer): Promise<void> {
   const { child } = server
   if (child.exitCode !== null || child.signalCode !== null) return
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
@@ -107,7 +107,7 @@ export async function stopServer(server: RunningServer): Promise<void> {
   clearTimeout(timer)
 }
 
-async function countLines(file: string): Promise<{ lines: number; bytes: number }> {
+async function countLines (file: string): Promise<{ lines: number; bytes: number }> {
   const exists = await stat(file).catch(() => undefined)
   if (!exists) return { lines: 0, bytes: 0 }
   let lines = 0
@@ -119,7 +119,7 @@ async function countLines(file: string): Promise<{ lines: number; bytes: number 
 
 const PAIRED_SLICE_SECONDS = 1
 
-async function measurePaired(
+async function measurePaired (
   servers: RunningServer[],
   opts: ThroughputOptions,
   load: (server: RunningServer, durationSeconds: number) => Promise<LoadResult>
@@ -168,7 +168,7 @@ async function measurePaired(
  * run once), warms each up, then measures them round by round, the order reversed on every other
  * round so that drift (thermal, other tenants) spreads over all variants instead of favouring one.
  */
-export async function measureThroughput(opts: ThroughputOptions): Promise<{
+export async function measureThroughput (opts: ThroughputOptions): Promise<{
   variants: VariantRuns[]
   retriedRuns: number
   failed: { variant: string; error: string }[]

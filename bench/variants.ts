@@ -212,7 +212,7 @@ export const VARIANTS: Variant[] = [
  * Default: every variant not marked extra. BENCH_VARIANTS=all: every variant; BENCH_VARIANTS=a,b:
  * those (bare and full are always kept: the ratio needs them).
  */
-export function selectVariants(filter: string | undefined): Variant[] {
+export function selectVariants (filter: string | undefined): Variant[] {
   if (!filter) return VARIANTS.filter((variant) => !variant.extra)
   if (filter === 'all') return VARIANTS
   const wanted = new Set(filter.split(',').map((name) => name.trim()).concat(['bare', 'full']))

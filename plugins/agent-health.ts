@@ -14,7 +14,7 @@ declare module 'fastify' {
  * nothing written after.
  */
 export default fp(
-  async function agentHealth(fastify) {
+  async function agentHealth (fastify) {
     const config = fastify.config
     const monitor = new HealthMonitor({
       pool: fastify.pg.pool,

@@ -24,7 +24,7 @@ const DEFAULT_AGENTS_FILE = (EnvSchema.properties.AGENTS_FILE as { default?: str
  * Where AGENTS_FILE points: an absolute path as is; a relative one from the working directory, except
  * that the default manifest is also found beside package.json when the service is started elsewhere.
  */
-export function resolveAgentsFile(value: string, cwd = process.cwd()): string {
+export function resolveAgentsFile (value: string, cwd = process.cwd()): string {
   if (isAbsolute(value)) return value
   const fromCwd = resolve(cwd, value)
   if (value === DEFAULT_AGENTS_FILE && !existsSync(fromCwd)) return join(PROJECT_ROOT, value)
@@ -36,7 +36,7 @@ export function resolveAgentsFile(value: string, cwd = process.cwd()): string {
  * the agent and the field) and decorates `fastify.agents` with the registry.
  */
 export default fp(
-  async function agents(fastify) {
+  async function agents (fastify) {
     const config = fastify.config
     const file = resolveAgentsFile(config.AGENTS_FILE)
     const definitions = await loadManifest(file, { env: config })

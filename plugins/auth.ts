@@ -18,7 +18,7 @@ export const OPEN_TENANT = 'default'
 const digest = (key: string) => createHash('sha256').update(key).digest('hex')
 
 /** Parses API_KEYS ("key:tenant,key:tenant"); keys are kept only as SHA-256 digests. */
-export function parseApiKeys(value: string): Map<string, string> {
+export function parseApiKeys (value: string): Map<string, string> {
   const tenants = new Map<string, string>()
   for (const [index, pair] of value.split(',').map((p) => p.trim()).filter(Boolean).entries()) {
     const separator = pair.lastIndexOf(':')
@@ -40,10 +40,10 @@ export function parseApiKeys(value: string): Map<string, string> {
  * about how much of a key was right. With no keys the API runs open, as one tenant.
  */
 export default fp(
-  async function auth(fastify) {
+  async function auth (fastify) {
     const tenants = parseApiKeys(fastify.config.API_KEYS)
     fastify.decorateRequest('tenant', OPEN_TENANT)
-    fastify.decorate('authenticate', async function authenticate(request: FastifyRequest, reply: FastifyReply) {
+    fastify.decorate('authenticate', async function authenticate (request: FastifyRequest, reply: FastifyReply) {
       if (tenants.size === 0) return
       const header = request.headers.authorization
       const match = header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null

@@ -15,7 +15,7 @@ export interface ConfigPluginOptions {
 
 /** Validates the environment once, at registration, and decorates `fastify.config`. */
 export default fp(
-  async function config(fastify, opts: ConfigPluginOptions) {
+  async function config (fastify, opts: ConfigPluginOptions) {
     const data = selectEnvironment(opts.env)
     try {
       // env: false so that only opts.env is read (tests never depend on the process environment)

@@ -27,17 +27,17 @@ export interface ConversationsPluginOptions {
 
 /** The conversation domain (sessions, history, replies) wired to the pool, the cache and the agents. */
 export default fp(
-  async function conversations(fastify, opts: ConversationsPluginOptions) {
+  async function conversations (fastify, opts: ConversationsPluginOptions) {
     const config = fastify.config
     const pool = fastify.pg.pool
     const agents = fastify.agents
-    let sessions: SessionStore | undefined
-    const metrics = new ConversationMetrics(
+    const metrics: ConversationMetrics = new ConversationMetrics(
       fastify.metricsRegistry,
-      () => (sessions ? sessions.countActive() : Promise.resolve(0)),
+      // Read at scrape time only, after `sessions` below exists.
+      (): Promise<number> => sessions.countActive(),
       config.HEALTH_CHECK_TIMEOUT_MS
     )
-    sessions = new SessionStore({
+    const sessions: SessionStore = new SessionStore({
       pool,
       cache: fastify.cache,
       metrics,
@@ -57,14 +57,14 @@ export default fp(
       router:
         config.ROUTER === 'llm' && config.ROUTER_AGENT
           ? new LlmRouter({
-              agents,
-              guard: fastify.providerGuard,
-              metrics: fastify.llmMetrics,
-              log: fastify.log,
-              routerAgentId: config.ROUTER_AGENT,
-              timeoutMs: config.ROUTER_TIMEOUT_MS,
-              shutdownSignal: opts.lifecycle.replySignal
-            })
+            agents,
+            guard: fastify.providerGuard,
+            metrics: fastify.llmMetrics,
+            log: fastify.log,
+            routerAgentId: config.ROUTER_AGENT,
+            timeoutMs: config.ROUTER_TIMEOUT_MS,
+            shutdownSignal: opts.lifecycle.replySignal
+          })
           : undefined,
       metrics,
       llmMetrics: fastify.llmMetrics,

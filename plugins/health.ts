@@ -35,7 +35,7 @@ const READY_WORD: Record<CheckResult['status'], string> = { up: 'ok', degraded: 
  * Kubernetes restart healthy pods); /ready and /health run real, time-bounded checks on each call.
  */
 export default fp(
-  async function health(fastify, opts: HealthPluginOptions) {
+  async function health (fastify, opts: HealthPluginOptions) {
     const { lifecycle } = opts
     const config = fastify.config
     const eventLoop = new EventLoopMonitor()
@@ -88,9 +88,9 @@ export default fp(
         const starting: CheckResult = { status: 'down', message: `service is ${lifecycle.phase}` }
         const [postgres, redis] = deps
           ? await Promise.all([
-              checkPostgres(deps.pool, config.HEALTH_CHECK_TIMEOUT_MS),
-              checkCache(deps.cache, config.HEALTH_CHECK_TIMEOUT_MS)
-            ])
+            checkPostgres(deps.pool, config.HEALTH_CHECK_TIMEOUT_MS),
+            checkCache(deps.cache, config.HEALTH_CHECK_TIMEOUT_MS)
+          ])
           : [starting, starting]
         const services = {
           postgres,

@@ -14,7 +14,7 @@ export interface MetricsEndpointOptions {
  * scrape during start-up already says "not ready" instead of returning nothing.
  */
 export default fp(
-  async function metricsEndpoint(fastify, opts: MetricsEndpointOptions) {
+  async function metricsEndpoint (fastify, opts: MetricsEndpointOptions) {
     const { registry, lifecycle } = opts
     const registers = [registry]
     const timeoutMs = fastify.config.HEALTH_CHECK_TIMEOUT_MS
@@ -22,7 +22,7 @@ export default fp(
       name: 'smalltalk_uptime_seconds',
       help: 'Seconds since the process started',
       registers,
-      collect() {
+      collect () {
         this.set(process.uptime())
       }
     })
@@ -30,7 +30,7 @@ export default fp(
       name: 'smalltalk_ready',
       help: '1 while the service has finished starting and is not shutting down',
       registers,
-      collect() {
+      collect () {
         this.set(lifecycle.phase === 'ready' ? 1 : 0)
       }
     })
@@ -38,7 +38,7 @@ export default fp(
       name: 'smalltalk_shutdown_duration_seconds',
       help: 'Seconds the graceful shutdown has been draining (0 while serving)',
       registers,
-      collect() {
+      collect () {
         this.set(lifecycle.shutdownSeconds())
       }
     })
@@ -47,7 +47,7 @@ export default fp(
       help: '1 when the dependency answers its check (as in /ready), 0 when not; redis only when REDIS_URL is set',
       labelNames: ['dependency'],
       registers,
-      async collect() {
+      async collect () {
         const deps = lifecycle.dependencies
         if (!deps) {
           this.set({ dependency: 'postgres' }, 0)

@@ -26,7 +26,7 @@ const HTTP_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
  * in `npm run bench`, and Prometheus computes percentiles from the histogram anyway.
  */
 export default fp(
-  async function metrics(fastify, opts: MetricsPluginOptions) {
+  async function metrics (fastify, opts: MetricsPluginOptions) {
     const { registry } = opts
     fastify.decorate('metricsRegistry', registry)
     // fastify-metrics is CommonJS with exports.default; under NodeNext the plugin is its .default.
@@ -64,7 +64,7 @@ export default fp(
       name: 'smalltalk_memory_usage_bytes',
       help: 'V8 heap in use (process_resident_memory_bytes has the RSS)',
       registers: [registry],
-      collect() {
+      collect () {
         this.set(process.memoryUsage().heapUsed)
       }
     })
@@ -74,7 +74,7 @@ export default fp(
       help: 'PostgreSQL pool connections by state (total = idle + in use)',
       labelNames: ['state'],
       registers: [registry],
-      collect() {
+      collect () {
         this.set({ state: 'total' }, pool.totalCount)
         this.set({ state: 'idle' }, pool.idleCount)
         this.set({ state: 'waiting' }, pool.waitingCount)
@@ -96,7 +96,7 @@ export default fp(
       help: '1 when the cache backend is usable, 0 when Redis is unreachable (degraded)',
       labelNames: ['backend'],
       registers: [registry],
-      collect() {
+      collect () {
         this.set({ backend: cache.backend }, cache.state() === 'ok' ? 1 : 0)
       }
     })

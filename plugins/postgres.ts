@@ -22,7 +22,7 @@ declare module 'fastify' {
 }
 
 /** "postgres://user@host:5432/db" without the password, for messages and logs. */
-function describeTarget(connectionString: string): string {
+function describeTarget (connectionString: string): string {
   try {
     const url = new URL(connectionString)
     return `${url.hostname}:${url.port || 5432}${url.pathname}`
@@ -37,7 +37,7 @@ function describeTarget(connectionString: string): string {
  * start-up with a clear message instead of failing the first request.
  */
 export default fp(
-  async function postgres(fastify) {
+  async function postgres (fastify) {
     const config = fastify.config
     let embedded: EmbeddedDatabase | undefined
     let connectionString = config.DATABASE_URL

@@ -17,7 +17,7 @@ declare module 'fastify' {
  * starts, degraded. The ioredis client it would wrap is used directly, with the same lifecycle.
  */
 export default fp(
-  async function redis(fastify) {
+  async function redis (fastify) {
     const config = fastify.config
     let cache: Cache
     if (config.REDIS_URL) {

@@ -12,25 +12,25 @@ export class SseStream {
   private opened = false
   private closed = false
 
-  constructor(private readonly reply: FastifyReply) {
+  constructor (private readonly reply: FastifyReply) {
     // The response's 'close' (not the request's, which fires once its body is read): the client is gone.
     reply.raw.once('close', () => this.markClosed())
   }
 
-  get isOpen(): boolean {
+  get isOpen (): boolean {
     return this.opened
   }
 
-  get isClosed(): boolean {
+  get isClosed (): boolean {
     return this.closed
   }
 
   /** Bytes written but not yet taken by the socket: a measure of how far behind the client is. */
-  get backlogBytes(): number {
+  get backlogBytes (): number {
     return this.stream.writableLength
   }
 
-  open(): void {
+  open (): void {
     if (this.opened) return
     this.opened = true
     this.reply
@@ -42,28 +42,28 @@ export class SseStream {
   }
 
   /** Writes one event; resolves once the socket can take more. */
-  async send(event: string, id: string, data: unknown): Promise<void> {
+  async send (event: string, id: string, data: unknown): Promise<void> {
     if (!this.write(`id: ${id}\nevent: ${event}\ndata: ${JSON.stringify(data)}\n\n`)) {
       await Promise.race([once(this.stream, 'drain'), once(this.stream, 'close')])
     }
   }
 
   /** Writes without waiting (for fan-out, where the caller watches backlogBytes instead). */
-  write(frame: string): boolean {
+  write (frame: string): boolean {
     this.open()
     if (this.closed) return true
     return this.stream.write(frame)
   }
 
-  comment(text: string): void {
+  comment (text: string): void {
     this.write(`: ${text}\n\n`)
   }
 
-  end(): void {
+  end (): void {
     if (!this.stream.writableEnded) this.stream.end()
   }
 
-  private markClosed(): void {
+  private markClosed (): void {
     this.closed = true
     this.stream.emit('drain')
   }

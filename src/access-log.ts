@@ -6,13 +6,13 @@ import { LogController, type FastifyReply, type FastifyRequest } from 'fastify'
  * third of the throughput of a small route. Probe and metrics scrapes stay out of the log.
  */
 export class AccessLog extends LogController {
-  constructor(private readonly enabled: boolean) {
+  constructor (private readonly enabled: boolean) {
     super({ requestIdLogLabel: 'reqId', disableRequestLogging: !enabled })
   }
 
-  override incomingRequest(): void {}
+  override incomingRequest (): void {}
 
-  override requestCompleted(error: Error | null | undefined, request: FastifyRequest, reply: FastifyReply): void {
+  override requestCompleted (error: Error | null | undefined, request: FastifyRequest, reply: FastifyReply): void {
     if (!this.enabled) return
     const line = {
       method: request.method,
@@ -27,7 +27,7 @@ export class AccessLog extends LogController {
 
 /** The ops instance logs nothing per request: probes every few seconds would drown the log. */
 export class QuietLog extends LogController {
-  constructor() {
+  constructor () {
     super({ requestIdLogLabel: 'reqId', disableRequestLogging: true })
   }
 }

@@ -40,7 +40,7 @@ export interface BuildOptions {
 }
 
 // Applied to both instances: one process logger, request ids taken from X-Request-Id when present.
-export function commonServerOptions(logger: Logger | false | undefined, env: Environment) {
+export function commonServerOptions (logger: Logger | false | undefined, env: Environment) {
   return {
     ...(logger === false ? { logger: false } : { loggerInstance: (logger ?? createLogger(env.LOG_LEVEL)) as FastifyBaseLogger }),
     requestIdHeader: 'x-request-id',
@@ -53,7 +53,7 @@ export function commonServerOptions(logger: Logger | false | undefined, env: Env
  * order is spelled out: config, sensible, postgres, redis, under-pressure, metrics, domain (auth,
  * agents, conversations), docs, routes.
  */
-export async function buildApp(opts: BuildOptions): Promise<FastifyInstance> {
+export async function buildApp (opts: BuildOptions): Promise<FastifyInstance> {
   const lifecycle = opts.lifecycle ?? new Lifecycle()
   const registry = opts.registry ?? new Registry()
   const bodyLimit = Number(opts.env.BODY_LIMIT) > 0 ? Number(opts.env.BODY_LIMIT) : undefined
@@ -119,7 +119,7 @@ export async function buildApp(opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(rootRoutes)
   // Everything under /v1 needs a valid API key when API_KEYS is set.
   await app.register(
-    async function v1(api) {
+    async function v1 (api) {
       api.addHook('onRequest', api.authenticate)
       await api.register(agentRoutes, { prefix: '/agents' })
       await api.register(sessionRoutes, { prefix: '/sessions' })

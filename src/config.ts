@@ -94,7 +94,7 @@ export type Environment = Record<string, string | undefined>
  * An empty value means "not set": compose files pass `${VAR:-}` and .env files often carry `VAR=`.
  * Only the schema's own variables are kept, so the rest of the environment never reaches the config.
  */
-export function selectEnvironment(env: Environment): Record<string, string> {
+export function selectEnvironment (env: Environment): Record<string, string> {
   const selected: Record<string, string> = {}
   for (const name of Object.keys(EnvSchema.properties)) {
     const value = env[name]
@@ -114,7 +114,7 @@ export class ConfigError extends Error {
   override name = 'ConfigError'
 }
 
-export function describeConfigErrors(errors: AjvError[], env: Record<string, string>): string {
+export function describeConfigErrors (errors: AjvError[], env: Record<string, string>): string {
   const seen = new Set<string>()
   const parts: string[] = []
   for (const error of errors) {
@@ -128,7 +128,7 @@ export function describeConfigErrors(errors: AjvError[], env: Record<string, str
   return `Invalid configuration: ${parts.join('; ')}`
 }
 
-function explain(error: AjvError, name: string): string {
+function explain (error: AjvError, name: string): string {
   const rule = EnvSchema.properties[name as keyof typeof EnvSchema.properties] as { description?: string } | undefined
   if (error.params?.allowedValues) return `must be one of ${error.params.allowedValues.join(', ')}`
   if (rule?.description && error.message?.startsWith('must match pattern')) return `must look like ${rule.description}`

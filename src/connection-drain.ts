@@ -11,7 +11,7 @@ import type { FastifyInstance } from 'fastify'
  * pool's spare socket), which Node never counts as idle. From preClose on, this closes each
  * connection the moment it has no request in flight.
  */
-export function closeConnectionsWhenIdle(app: FastifyInstance): void {
+export function closeConnectionsWhenIdle (app: FastifyInstance): void {
   // Each open connection and its latest response (undefined before its first request). Responses on
   // one connection finish in order, so the latest one finished means the connection is idle. The
   // request path pays one Map write; the listeners are added only once the server is closing.
@@ -29,7 +29,7 @@ export function closeConnectionsWhenIdle(app: FastifyInstance): void {
 
   // 'finish': the whole response was handed to the OS, so nothing is cut by closing then. A request
   // that arrives on the connection meanwhile is answered 503 (return503OnClosing) first.
-  function closeWhenIdle(socket: Socket): void {
+  function closeWhenIdle (socket: Socket): void {
     const response = latest.get(socket)
     if (!response || response.writableFinished) socket.destroy()
     else response.once('finish', () => closeWhenIdle(socket))

@@ -35,7 +35,7 @@ export class DomainError extends Error {
   /** Client-facing: the message says what happened even for 5xx. */
   readonly expose = true
 
-  constructor(
+  constructor (
     readonly kind: DomainErrorKind,
     message: string,
     readonly extra: { code?: string; details?: unknown; retryAfterSeconds?: number } = {}
@@ -44,15 +44,15 @@ export class DomainError extends Error {
     this.statusCode = STATUS[kind]
   }
 
-  get code(): string | undefined {
+  get code (): string | undefined {
     return this.extra.code
   }
 
-  get details(): unknown {
+  get details (): unknown {
     return this.extra.details
   }
 
-  get headers(): Record<string, string> | undefined {
+  get headers (): Record<string, string> | undefined {
     return this.extra.retryAfterSeconds === undefined ? undefined : { 'retry-after': String(this.extra.retryAfterSeconds) }
   }
 }
@@ -61,7 +61,7 @@ export class DomainError extends Error {
  * PostgreSQL text and jsonb cannot hold U+0000: refuse it with a clear 400 rather than fail the
  * insert. Everything else is stored exactly as sent.
  */
-export function assertStorable(field: string, value: unknown): void {
+export function assertStorable (field: string, value: unknown): void {
   if (someString(value, (text) => text.includes('\u0000'))) {
     throw new DomainError('invalid', `${field} contains a NUL character (U+0000), which cannot be stored`, { code: 'NUL_CHARACTER', details: [{ field: `/${field}` }] })
   }
@@ -72,7 +72,7 @@ export function assertStorable(field: string, value: unknown): void {
 }
 
 /** Whether any string in the value (object keys included) satisfies the test. */
-function someString(value: unknown, test: (text: string) => boolean): boolean {
+function someString (value: unknown, test: (text: string) => boolean): boolean {
   if (typeof value === 'string') return test(value)
   if (Array.isArray(value)) return value.some((item) => someString(item, test))
   if (value && typeof value === 'object') return Object.entries(value).some(([key, inner]) => test(key) || someString(inner, test))

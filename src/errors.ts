@@ -11,13 +11,27 @@ export interface ErrorBody {
 }
 
 const REASONS: Record<number, string> = {
-  400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed',
-  406: 'Not Acceptable', 409: 'Conflict', 410: 'Gone', 412: 'Precondition Failed', 413: 'Payload Too Large',
-  415: 'Unsupported Media Type', 422: 'Unprocessable Entity', 428: 'Precondition Required', 429: 'Too Many Requests',
-  500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout'
+  400: 'Bad Request',
+  401: 'Unauthorized',
+  403: 'Forbidden',
+  404: 'Not Found',
+  405: 'Method Not Allowed',
+  406: 'Not Acceptable',
+  409: 'Conflict',
+  410: 'Gone',
+  412: 'Precondition Failed',
+  413: 'Payload Too Large',
+  415: 'Unsupported Media Type',
+  422: 'Unprocessable Entity',
+  428: 'Precondition Required',
+  429: 'Too Many Requests',
+  500: 'Internal Server Error',
+  502: 'Bad Gateway',
+  503: 'Service Unavailable',
+  504: 'Gateway Timeout'
 }
 
-export function reasonPhrase(statusCode: number): string {
+export function reasonPhrase (statusCode: number): string {
   return REASONS[statusCode] ?? (statusCode >= 500 ? 'Internal Server Error' : 'Bad Request')
 }
 
@@ -26,8 +40,8 @@ export function reasonPhrase(statusCode: number): string {
  * logged at info; a 5xx is logged with its error and answered with a generic body, unless it was
  * raised on purpose with a message meant for the client (`expose: true`, e.g. a provider timeout).
  */
-export function installErrorHandlers(fastify: FastifyInstance): void {
-  fastify.setErrorHandler(function errorHandler(raised: FastifyError & { expose?: boolean; details?: unknown; headers?: Record<string, string> }, request, reply) {
+export function installErrorHandlers (fastify: FastifyInstance): void {
+  fastify.setErrorHandler(function errorHandler (raised: FastifyError & { expose?: boolean; details?: unknown; headers?: Record<string, string> }, request, reply) {
     // A database outage is the client's 503 (retry later), not our 500.
     const error = !raised.statusCode && isDatabaseUnavailable(raised) ? (databaseUnavailable() as unknown as typeof raised) : raised
     if (error !== raised) request.log.warn({ err: { message: raised.message, code: raised.code } }, 'database unavailable')
@@ -51,14 +65,14 @@ export function installErrorHandlers(fastify: FastifyInstance): void {
     return reply.code(statusCode).send(body)
   })
 
-  fastify.setNotFoundHandler(function notFound(request, reply) {
+  fastify.setNotFoundHandler(function notFound (request, reply) {
     const body: ErrorBody = { statusCode: 404, error: 'Not Found', message: `Route ${request.method} ${request.url.split('?')[0]} not found` }
     return reply.code(404).send(body)
   })
 }
 
 /** The field a validation error is about, as a JSON pointer: `/content`, `/metadata/x`, `/colour`. */
-function fieldOf(v: { instancePath: string; params?: Record<string, unknown> }): string {
+function fieldOf (v: { instancePath: string; params?: Record<string, unknown> }): string {
   const extra = v.params?.additionalProperty ?? v.params?.missingProperty
   if (typeof extra === 'string') return `${v.instancePath}/${extra}`
   return v.instancePath || '/'

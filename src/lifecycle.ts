@@ -26,32 +26,32 @@ export class Lifecycle {
   private readonly replies = new AbortController()
   readonly replySignal = this.replies.signal
 
-  constructor() {
+  constructor () {
     // Every reply in flight listens here (its deadline's parent): more than Node's default of 10
     // listeners is the normal state of a busy replica, not a leak worth a warning in the logs.
     setMaxListeners(0, this.replySignal)
   }
 
-  attach(dependencies: ServiceDependencies): void {
+  attach (dependencies: ServiceDependencies): void {
     this.dependencies = dependencies
   }
 
-  markReady(): void {
+  markReady (): void {
     if (this.phase === 'starting') this.phase = 'ready'
   }
 
   /** From this moment /ready answers 503, so load balancers stop sending new traffic. */
-  beginShutdown(): void {
+  beginShutdown (): void {
     this.phase = 'stopping'
     this.shutdownStartedAt ??= Date.now()
   }
 
-  abortReplies(): void {
+  abortReplies (): void {
     this.replies.abort(new Error('shutting down'))
   }
 
   /** Seconds since shutdown began (0 before): how long the drain has been running. */
-  shutdownSeconds(): number {
+  shutdownSeconds (): number {
     return this.shutdownStartedAt === undefined ? 0 : (Date.now() - this.shutdownStartedAt) / 1000
   }
 }

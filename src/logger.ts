@@ -34,7 +34,7 @@ export const REDACTED_PATHS = [
 
 const LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
 
-export function loggerOptions(level: string | undefined): LoggerOptions {
+export function loggerOptions (level: string | undefined): LoggerOptions {
   return {
     // An invalid LOG_LEVEL is reported by the config plugin; the logger must exist to report it.
     level: level && LEVELS.has(level) ? level : 'info',
@@ -51,7 +51,7 @@ export function loggerOptions(level: string | undefined): LoggerOptions {
  * 16 KiB while a write is in flight) and copies the chunk once more in `fs.write`: 0.7 to 1.7 µs of
  * CPU per request (4 to 6% of GET /'s throughput) in `npm run bench`. Same lines, same timing.
  */
-export function logDestination(dest: number | string = 1, opts: LogDestinationOptions = {}): LogDestination {
+export function logDestination (dest: number | string = 1, opts: LogDestinationOptions = {}): LogDestination {
   const stream = pino.destination({ sync: false, minLength: 0, periodicFlush: 0, ...opts, dest, contentMode: 'buffer' })
   const writeBuffer = stream.write as unknown as (this: LogDestination, data: Buffer) => boolean
   stream.write = (line: string) => writeBuffer.call(stream, Buffer.from(line))
@@ -59,7 +59,7 @@ export function logDestination(dest: number | string = 1, opts: LogDestinationOp
 }
 
 /** One logger for the process, shared by the api and ops instances; JSON lines on stdout. */
-export function createLogger(level: string | undefined): Logger {
+export function createLogger (level: string | undefined): Logger {
   const options = loggerOptions(level)
   return options.transport ? pino(options) : pino(options, logDestination(1))
 }

@@ -22,7 +22,7 @@ export interface BuildOpsOptions {
  * The ops instance (HEALTH_PORT): probes and metrics only, nothing of the public API. No
  * under-pressure here: a probe must answer even while the api sheds load.
  */
-export async function buildOps(opts: BuildOpsOptions): Promise<FastifyInstance> {
+export async function buildOps (opts: BuildOpsOptions): Promise<FastifyInstance> {
   const ops = Fastify({ ...commonServerOptions(opts.logger, opts.env), logController: new QuietLog() })
   closeConnectionsWhenIdle(ops)
   await ops.register(config, { env: opts.env })

@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url'
 
 // The same code runs from src/ (tsx, tests) and from dist/src/ (production), so the project root is
 // found by walking up to package.json rather than by a fixed number of "..".
-function findProjectRoot(): string {
+function findProjectRoot (): string {
   let dir = dirname(fileURLToPath(import.meta.url))
   while (!existsSync(join(dir, 'package.json'))) {
     const parent = dirname(dir)

@@ -11,7 +11,7 @@ import { buildOps } from './ops.js'
 // The entry point: read the environment, build the ops and api instances, install graceful shutdown
 // before listening, listen. Everything else lives in the factories.
 
-function readEnvironment(): Environment {
+function readEnvironment (): Environment {
   try {
     // A .env file beside package.json, for `npm start` on a laptop; real variables win over it.
     process.loadEnvFile('.env')
@@ -28,7 +28,7 @@ const registry = new Registry()
 let app: FastifyInstance | undefined
 let ops: FastifyInstance | undefined
 
-function failStartup(err: unknown): never {
+function failStartup (err: unknown): never {
   // A bad variable or manifest is the operator's to fix: the message alone says what, no stack.
   if (err instanceof ConfigError || err instanceof ManifestError) log.fatal(err.message)
   else log.fatal({ err }, `start-up failed: ${(err as Error).message}`)

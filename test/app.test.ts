@@ -131,10 +131,10 @@ t.test('request ids are taken from X-Request-Id', async (t) => {
 })
 
 /** The api instance with its production logger options, its lines captured (parsed) instead of written. */
-async function buildLoggedApp(t: Test, env: Record<string, string>) {
+async function buildLoggedApp (t: Test, env: Record<string, string>) {
   const lines: Record<string, unknown>[] = []
   const stream = new Writable({
-    write(chunk, _encoding, done) {
+    write (chunk, _encoding, done) {
       for (const line of String(chunk).split('\n').filter(Boolean)) lines.push(JSON.parse(line))
       done()
     }

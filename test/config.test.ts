@@ -7,7 +7,7 @@ import { buildOps } from '../src/ops.js'
 
 // The config plugin is the first thing either instance registers, so a bad value stops start-up
 // before anything is opened. buildOps is the cheapest instance to build for that.
-async function configError(env: Record<string, string>): Promise<ConfigError> {
+async function configError (env: Record<string, string>): Promise<ConfigError> {
   try {
     const ops = await buildOps({ env, logger: false, registry: new Registry(), lifecycle: new Lifecycle() })
     await ops.close()

@@ -24,14 +24,14 @@ const silent = pino({ level: 'silent' })
 let embedded: Promise<EmbeddedDatabase> | undefined
 
 /** A world-traversable temp dir (the embedded PostgreSQL runs as the 'postgres' user when root). */
-export async function tempDir(t: Test, prefix = 'smalltalk-test-'): Promise<string> {
+export async function tempDir (t: Test, prefix = 'smalltalk-test-'): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), prefix))
   await chmod(dir, 0o755)
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   return dir
 }
 
-async function serverUrl(t: Test): Promise<string> {
+async function serverUrl (t: Test): Promise<string> {
   if (process.env.DATABASE_URL) return process.env.DATABASE_URL
   if (REQUIRE_SERVICES) throw new Error('REQUIRE_SERVICES is set but DATABASE_URL is not: CI must test against the real PostgreSQL')
   if (!embedded) {
@@ -48,14 +48,14 @@ async function serverUrl(t: Test): Promise<string> {
   return (await embedded).connectionString
 }
 
-export function withDatabase(url: string, database: string): string {
+export function withDatabase (url: string, database: string): string {
   const parsed = new URL(url)
   parsed.pathname = '/' + database
   return parsed.toString()
 }
 
 /** A fresh, empty database for this test (dropped at teardown), so test files can run in parallel. */
-export async function createTestDatabase(t: Test): Promise<string> {
+export async function createTestDatabase (t: Test): Promise<string> {
   const root = t.parent ? topTest(t) : t
   const server = await serverUrl(root)
   const name = 'st_test_' + randomBytes(6).toString('hex')
@@ -72,7 +72,7 @@ export async function createTestDatabase(t: Test): Promise<string> {
   return withDatabase(server, name)
 }
 
-function topTest(t: Test): Test {
+function topTest (t: Test): Test {
   let current = t
   while (current.parent && (current.parent as Test).parent) current = current.parent as Test
   return current
@@ -83,14 +83,14 @@ function topTest(t: Test): Test {
  * the reason the test is not run (a developer's machine), or, under REQUIRE_SERVICES, an error that
  * fails the file.
  */
-export function redisUnavailable(): string | false {
+export function redisUnavailable (): string | false {
   if (REDIS_URL) return false
   if (REQUIRE_SERVICES) throw new Error('REQUIRE_SERVICES is set but REDIS_URL is not: the Redis tests need a real Redis')
   return 'not run: no REDIS_URL (set REDIS_URL=redis://127.0.0.1:6379 to run the Redis tests)'
 }
 
 /** A base environment for one test: its own database and Redis key prefix, quiet probes. */
-export async function testEnv(t: Test, overrides: Environment = {}): Promise<Environment> {
+export async function testEnv (t: Test, overrides: Environment = {}): Promise<Environment> {
   const env: Environment = {
     NODE_ENV: 'test',
     LOG_LEVEL: 'silent',
@@ -103,7 +103,7 @@ export async function testEnv(t: Test, overrides: Environment = {}): Promise<Env
 }
 
 /** The api instance alone, as the server builds it. */
-export async function buildTestApp(t: Test, env: Environment): Promise<FastifyInstance> {
+export async function buildTestApp (t: Test, env: Environment): Promise<FastifyInstance> {
   const app = await buildApp({ env, logger: false })
   t.teardown(() => app.close())
   return app
@@ -117,7 +117,7 @@ export interface TestService {
 }
 
 /** Both instances of one process, wired as src/server.ts wires them (without listening). */
-export async function buildService(t: Test, env: Environment): Promise<TestService> {
+export async function buildService (t: Test, env: Environment): Promise<TestService> {
   const lifecycle = new Lifecycle()
   const registry = new Registry()
   const ops = await buildOps({ env, logger: false, registry, lifecycle })
@@ -130,7 +130,7 @@ export async function buildService(t: Test, env: Environment): Promise<TestServi
 }
 
 /** Polls `check` until it returns true or the deadline passes; returns the last value. */
-export async function eventually(check: () => Promise<boolean> | boolean, timeoutMs = 10_000, intervalMs = 100): Promise<boolean> {
+export async function eventually (check: () => Promise<boolean> | boolean, timeoutMs = 10_000, intervalMs = 100): Promise<boolean> {
   const deadline = Date.now() + timeoutMs
   while (Date.now() < deadline) {
     if (await check()) return true

@@ -9,10 +9,10 @@ import t from 'tap'
 import pino from 'pino'
 import { logDestination, loggerOptions } from '../src/logger.js'
 
-function capture(level?: string) {
+function capture (level?: string) {
   const lines: Record<string, unknown>[] = []
   const stream = new Writable({
-    write(chunk, _encoding, done) {
+    write (chunk, _encoding, done) {
       lines.push(JSON.parse(String(chunk)))
       done()
     }

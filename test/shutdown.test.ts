@@ -12,7 +12,7 @@ interface SlowUpload {
 }
 
 /** A request that stays in flight for as long as the test likes: the body is sent in two parts. */
-function slowUpload(baseUrl: string, agent?: Agent): SlowUpload {
+function slowUpload (baseUrl: string, agent?: Agent): SlowUpload {
   const body = JSON.stringify({ content: 'x'.repeat(64) })
   const req = request(`${baseUrl}/`, { method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } })
   const response = new Promise<{ status: number; body: string }>((resolve, reject) => {
@@ -113,7 +113,7 @@ t.test('a second signal exits at once', async (t) => {
 })
 
 /** Posts a message over SSE and collects the raw stream until it ends. */
-async function streamReply(apiUrl: string, content: string) {
+async function streamReply (apiUrl: string, content: string) {
   const session = await (await fetch(`${apiUrl}/v1/sessions`, { method: 'POST' })).json()
   const response = await fetch(`${apiUrl}/v1/sessions/${session.id}/messages`, {
     method: 'POST',

@@ -5,13 +5,13 @@ stubLoaded(import.meta.url)
 
 /** Stands in for src/access-log.ts: Fastify's own request logging (incoming + completed lines). */
 export class AccessLog extends LogController {
-  constructor(enabled: boolean) {
+  constructor (enabled: boolean) {
     super({ requestIdLogLabel: 'reqId', disableRequestLogging: !enabled })
   }
 }
 
 export class QuietLog extends LogController {
-  constructor() {
+  constructor () {
     super({ requestIdLogLabel: 'reqId', disableRequestLogging: true })
   }
 }

@@ -11,7 +11,7 @@ stubLoaded(import.meta.url)
  * route hook of plugins/metrics.ts. Process metrics go to the same registry as in production.
  */
 export default {
-  default: fp(async function benchMetricsDefaults(fastify, opts: Partial<IMetricsPluginOptions>) {
+  default: fp(async function benchMetricsDefaults (fastify, opts: Partial<IMetricsPluginOptions>) {
     await fastify.register(fastifyMetrics.default, {
       endpoint: null,
       promClient: opts.promClient,

@@ -4,4 +4,4 @@ import { stubLoaded } from './loaded.js'
 stubLoaded(import.meta.url)
 
 /** Stands in for the fastify-metrics package (CommonJS: the plugin is its `.default`): registers nothing. */
-export default { default: fp(async function fastifyMetricsLeftOut() {}) }
+export default { default: fp(async function fastifyMetricsLeftOut () {}) }

@@ -5,6 +5,6 @@
  */
 export const loadedStubs = new Set<string>()
 
-export function stubLoaded(url: string): void {
+export function stubLoaded (url: string): void {
   loadedStubs.add(url.slice(url.lastIndexOf('/') + 1))
 }

@@ -9,7 +9,7 @@ stubLoaded(import.meta.url)
  * the plugin's name and its `metricsRegistry` decoration, which the domain plugins depend on.
  */
 export default fp(
-  async function metricsLeftOut(fastify, opts: { registry: Registry }) {
+  async function metricsLeftOut (fastify, opts: { registry: Registry }) {
     fastify.decorate('metricsRegistry', opts.registry)
   },
   { name: 'metrics' }

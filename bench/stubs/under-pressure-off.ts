@@ -4,4 +4,4 @@ import { stubLoaded } from './loaded.js'
 stubLoaded(import.meta.url)
 
 /** Stands in for @fastify/under-pressure: registered, adds nothing. */
-export default fp(async function underPressureLeftOut() {}, { name: '@fastify/under-pressure' })
+export default fp(async function underPressureLeftOut () {}, { name: '@fastify/under-pressure' })

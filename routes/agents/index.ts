@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { AgentInfo } from '../../src/agents/registry.js'
 import { AgentDetail, AgentList, AgentParams, ErrorBody, type AgentSummary } from './schemas.js'
 
-function summary(agent: AgentInfo): AgentSummary {
+function summary (agent: AgentInfo): AgentSummary {
   return {
     id: agent.id,
     name: agent.name,

@@ -15,7 +15,7 @@ const tags = ['messages']
 type Negotiated = 'json' | 'sse'
 
 /** `Accept: text/event-stream` streams the reply; JSON otherwise (and for a missing or wildcard Accept). */
-function negotiate(accept: string | undefined): Negotiated {
+function negotiate (accept: string | undefined): Negotiated {
   if (!accept) return 'json'
   const types = accept.split(',').map((part) => part.split(';')[0]?.trim().toLowerCase())
   if (types.includes('text/event-stream')) return 'sse'
@@ -23,7 +23,7 @@ function negotiate(accept: string | undefined): Negotiated {
   throw new DomainError('not_acceptable', 'Accept must be application/json or text/event-stream', { code: 'NOT_ACCEPTABLE' })
 }
 
-function errorBody(raised: unknown): ErrorBody {
+function errorBody (raised: unknown): ErrorBody {
   // The same mapping as the error handler's: an outage is a 503 the client can retry.
   const err = isDatabaseUnavailable(raised) && !(raised instanceof DomainError) ? databaseUnavailable() : raised
   if (err instanceof DomainError) {
@@ -132,7 +132,7 @@ const messages: FastifyPluginAsyncTypebox = async (fastify) => {
 const NO_SINK: ReplySink = { live: false, message: () => undefined, agent: () => undefined, delta: () => undefined }
 
 /** An idempotent retry over SSE: the first outcome, replayed as the same sequence of events. */
-async function replay(send: (event: string, data: unknown) => Promise<void>, statusCode: number, body: unknown, setSeq: (seq: number) => void): Promise<void> {
+async function replay (send: (event: string, data: unknown) => Promise<void>, statusCode: number, body: unknown, setSeq: (seq: number) => void): Promise<void> {
   if (statusCode >= 400) {
     await send('error', body)
     return

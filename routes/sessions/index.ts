@@ -15,7 +15,7 @@ const security = [{ bearerAuth: [] }]
 const tags = ['sessions']
 
 /** If-Match: `"3"` (the ETag as sent) or `3`; weak validators are not meaningful here. */
-function parseIfMatch(value: string | undefined): number {
+function parseIfMatch (value: string | undefined): number {
   if (value === undefined) {
     throw new DomainError('precondition_required', 'PATCH needs If-Match: <version> (the ETag of the session)', { code: 'IF_MATCH_REQUIRED' })
   }

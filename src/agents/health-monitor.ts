@@ -77,7 +77,7 @@ export const INITIAL_STATE: HealthState = { status: 'healthy', failures: 0, succ
  * only after `successesToRecover` successes in a row (a down agent stays down until then, so one
  * lucky probe does not send traffic back to a flapping provider).
  */
-export function observe(state: HealthState, obs: Observation, h: Hysteresis): HealthState {
+export function observe (state: HealthState, obs: Observation, h: Hysteresis): HealthState {
   const next: HealthState = { ...state }
   if (obs.kind === 'success') {
     next.failures = 0
@@ -119,7 +119,7 @@ export interface TrafficWindow {
  * take an agent down. Scattered errors below the ratio do not move the state: under load, one error
  * in a hundred replies is not a degraded provider.
  */
-export function trafficObservations(w: TrafficWindow, errorRatio: number): Observation[] {
+export function trafficObservations (w: TrafficWindow, errorRatio: number): Observation[] {
   const observations: Observation[] = []
   const before = w.attempts - w.streak
   if (before > 0) {
@@ -143,7 +143,7 @@ export function trafficObservations(w: TrafficWindow, errorRatio: number): Obser
  * A probe: healthy (answered in time), degraded (slow or rate limited), down (failed). A traffic
  * window: down when it ends in a burst of failures, degraded when it has problems, else healthy.
  */
-function verdictOf(observations: Observation[], h: Hysteresis): AgentStatus {
+function verdictOf (observations: Observation[], h: Hysteresis): AgentStatus {
   let verdict: AgentStatus = 'healthy'
   for (const obs of observations) {
     if (obs.kind === 'failure') verdict = obs.count >= h.failuresToDown ? 'down' : 'degraded'
@@ -153,7 +153,7 @@ function verdictOf(observations: Observation[], h: Hysteresis): AgentStatus {
 }
 
 /** Removes the configured keys and anything shaped like a credential from an error text. */
-export function redactSecrets(text: string, secrets: readonly string[] = []): string {
+export function redactSecrets (text: string, secrets: readonly string[] = []): string {
   let out = text
   for (const secret of secrets) if (secret.length >= 4) out = out.split(secret).join('[redacted]')
   out = out
@@ -310,7 +310,7 @@ export class HealthMonitor {
   private syncing: Promise<void> | undefined
   private syncAgain = false
 
-  constructor(private readonly options: HealthMonitorOptions) {
+  constructor (private readonly options: HealthMonitorOptions) {
     this.pool = options.pool
     this.registry = options.registry
     this.log = options.log
@@ -323,14 +323,14 @@ export class HealthMonitor {
   }
 
   /** Starts the ticks: the first after `firstTickDelayMs`, then one every interval. */
-  start(): void {
+  start (): void {
     if (this.started || this.stopped) return
     this.started = true
     this.schedule(this.options.firstTickDelayMs ?? 1000)
   }
 
   /** Clears the timer, aborts a probe in flight and waits for the run in progress (nothing is written after). */
-  async stop(): Promise<void> {
+  async stop (): Promise<void> {
     this.stopped = true
     clearTimeout(this.timer)
     clearTimeout(this.retryTimer)
@@ -339,7 +339,7 @@ export class HealthMonitor {
   }
 
   /** One run now (after any run in progress): what a tick does. */
-  runOnce(): Promise<RunReport> {
+  runOnce (): Promise<RunReport> {
     return this.enqueue('all')
   }
 
@@ -348,7 +348,7 @@ export class HealthMonitor {
    * never touches the database. Outcomes add up in a per-agent window that the next tick writes as
    * one sample; a burst of failures asks for an early run.
    */
-  recordTraffic(agentId: string, outcome: TrafficOutcome): void {
+  recordTraffic (agentId: string, outcome: TrafficOutcome): void {
     try {
       if (this.stopped || !this.registry.has(agentId) || this.registry.effectiveProvider(agentId) === 'echo') return
       if (!outcome.ok && outcome.errorKind !== undefined && IGNORED_TRAFFIC.has(outcome.errorKind)) return
@@ -378,7 +378,7 @@ export class HealthMonitor {
   }
 
   /** Reads the shared state and applies it (a follower hearing of a transition); coalesces bursts. */
-  requestSync(): void {
+  requestSync (): void {
     if (this.stopped) return
     if (this.syncing) {
       this.syncAgain = true
@@ -397,7 +397,7 @@ export class HealthMonitor {
   }
 
   /** Applies agent_health to this replica's registry and gauge. */
-  async sync(): Promise<void> {
+  async sync (): Promise<void> {
     const { rows } = await this.pool.query<AgentHealthRow>('SELECT agent_id, status, reason, checked_at FROM agent_health')
     if (this.stopped) return
     const byId = new Map(rows.map((row) => [row.agent_id, row]))
@@ -408,12 +408,12 @@ export class HealthMonitor {
     }
   }
 
-  private schedule(delayMs: number): void {
-    this.timer = setTimeout(() => void this.tick(), delayMs)
+  private schedule (delayMs: number): void {
+    this.timer = setTimeout(() => { void this.tick() }, delayMs)
     this.timer.unref()
   }
 
-  private async tick(): Promise<void> {
+  private async tick (): Promise<void> {
     const started = this.now()
     try {
       await this.enqueue('all')
@@ -423,7 +423,7 @@ export class HealthMonitor {
     if (!this.stopped) this.schedule(Math.max(0, this.intervalMs - (this.now() - started)))
   }
 
-  private requestEarlyRun(agentId: string): void {
+  private requestEarlyRun (agentId: string): void {
     const now = this.now()
     const last = this.earlyRunAt.get(agentId)
     if (!this.started || (last !== undefined && now - last < this.intervalMs)) return
@@ -434,21 +434,21 @@ export class HealthMonitor {
         // Another replica held the lock (in its own step, at most a probe timeout long): try once
         // more after it, so that the burst does not wait for the next interval.
         if (report.leader || this.stopped) return
-        this.retryTimer = setTimeout(() => void this.enqueue(null).catch(failed), this.probeTimeoutMs + 100)
+        this.retryTimer = setTimeout(() => { void this.enqueue(null).catch(failed) }, this.probeTimeoutMs + 100)
         this.retryTimer.unref()
       })
       .catch(failed)
   }
 
   /** Runs never overlap: each waits for the previous one. */
-  private enqueue(flush: Flush): Promise<RunReport> {
+  private enqueue (flush: Flush): Promise<RunReport> {
     const run = this.chain.then(() => this.run(flush))
     this.chain = run.catch(() => undefined)
     return run
   }
 
   /** A step: write the traffic windows named by `flush`, then lead (probe, fold, write) or follow. */
-  private async run(flush: Flush): Promise<RunReport> {
+  private async run (flush: Flush): Promise<RunReport> {
     const report: RunReport = { leader: false, probed: [], flushed: 0, folded: 0, transitions: [], purged: 0 }
     if (this.stopped) return report
     if (flush !== null) report.flushed = await this.flushTraffic(flush)
@@ -477,7 +477,7 @@ export class HealthMonitor {
   }
 
   /** Writes this replica's traffic windows as samples; a window that could not be written is kept. */
-  private async flushTraffic(which: 'all' | { agent: string }): Promise<number> {
+  private async flushTraffic (which: 'all' | { agent: string }): Promise<number> {
     const taken = new Map<string, TrafficWindow>()
     for (const [agentId, w] of this.windows) {
       if (which === 'all' || agentId === which.agent) taken.set(agentId, w)
@@ -515,7 +515,7 @@ export class HealthMonitor {
   }
 
   /** The lock holder's part: probe what is due, fold, write, apply, purge. */
-  private async lead(client: pg.PoolClient, report: RunReport): Promise<void> {
+  private async lead (client: pg.PoolClient, report: RunReport): Promise<void> {
     const { rows: clock } = await client.query<{ now: Date }>('SELECT now() AS now')
     const now = clock[0]!.now
     const { rows: stored } = await client.query<AgentHealthRow>(
@@ -634,7 +634,7 @@ export class HealthMonitor {
    * and model, due when its last probe is an interval old (less a tenth of it, at most 1 s, of timer
    * slack).
    */
-  private dueTargets(rows: Map<string, AgentHealthRow>, now: Date): ProbeTarget[] {
+  private dueTargets (rows: Map<string, AgentHealthRow>, now: Date): ProbeTarget[] {
     const slack = Math.min(1000, this.intervalMs / 10)
     const targets = new Map<Provider, Map<string, ProbeTarget & { due: boolean }>>()
     for (const agent of this.registry.definitions()) {
@@ -654,7 +654,7 @@ export class HealthMonitor {
   }
 
   /** One probe, bounded by the probe timeout even if the provider ignores its signal. */
-  private async probe(target: ProbeTarget): Promise<ProbeResult> {
+  private async probe (target: ProbeTarget): Promise<ProbeResult> {
     // The SDK is imported on an agent's first call: that one-off load (seconds on a busy machine) is
     // not the provider's latency, so it happens before the clock starts.
     let provider: Provider = target.provider
@@ -671,7 +671,7 @@ export class HealthMonitor {
     const onStop = () => controller.abort(stop.reason)
     stop.addEventListener('abort', onStop, { once: true })
     const timer = setTimeout(() => controller.abort(new ProbeTimeout(`no answer within ${this.probeTimeoutMs} ms`)), this.probeTimeoutMs)
-    const aborted = new Promise<never>((_, reject) => {
+    const aborted = new Promise<never>((_resolve, reject) => {
       const fail = () => reject(controller.signal.reason)
       if (controller.signal.aborted) fail()
       else controller.signal.addEventListener('abort', fail, { once: true })
@@ -700,14 +700,14 @@ export class HealthMonitor {
     }
   }
 
-  private describeProbeError(err: unknown): string {
+  private describeProbeError (err: unknown): string {
     const secrets = this.options.secrets ?? []
     if (err instanceof ProbeTimeout) return `timeout: ${err.message}`
     if (err instanceof ProviderError) return redactSecrets(`${err.kind}: ${err.message}`, secrets)
     return redactSecrets(`error: ${(err as Error | undefined)?.message ?? String(err)}`, secrets)
   }
 
-  private apply(agentId: string, status: AgentStatus, reason: string, checkedAt: Date): void {
+  private apply (agentId: string, status: AgentStatus, reason: string, checkedAt: Date): void {
     // A read that started before the latest commit may finish after it: never step back in time.
     const current = this.registry.health(agentId).checkedAt
     if (current !== null && Date.parse(current) > checkedAt.getTime()) return
@@ -715,7 +715,7 @@ export class HealthMonitor {
     this.options.metrics.setAgentState(agentId, status)
   }
 
-  private async purge(client: pg.PoolClient): Promise<number> {
+  private async purge (client: pg.PoolClient): Promise<number> {
     let total = 0
     for (let batch = 0; batch < PURGE_MAX_BATCHES && !this.stopped; batch++) {
       const { rowCount } = await client.query(
@@ -732,13 +732,13 @@ export class HealthMonitor {
 
 const probeVerdict: Record<Observation['kind'], AgentStatus> = { success: 'healthy', warn: 'degraded', failure: 'down' }
 
-function describeTrafficError(outcome: TrafficOutcome): string {
+function describeTrafficError (outcome: TrafficOutcome): string {
   const kind = outcome.errorKind ?? 'error'
   return outcome.error ? `${kind}: ${outcome.error}` : kind
 }
 
 /** An older window that could not be written, followed by what came since. */
-function mergeWindows(older: TrafficWindow, newer: TrafficWindow): TrafficWindow {
+function mergeWindows (older: TrafficWindow, newer: TrafficWindow): TrafficWindow {
   return {
     attempts: older.attempts + newer.attempts,
     failures: older.failures + newer.failures,
@@ -750,7 +750,7 @@ function mergeWindows(older: TrafficWindow, newer: TrafficWindow): TrafficWindow
 }
 
 /** agent.status_changed for every transition; agent.failed on entering down, agent.recovered on leaving it. */
-function transitionEvents(t: HealthTransition, row: AgentHealthRow | undefined, now: Date): NewEvent[] {
+function transitionEvents (t: HealthTransition, row: AgentHealthRow | undefined, now: Date): NewEvent[] {
   const base = { tenant: null, agentId: t.agentId }
   const events: NewEvent[] = [{ ...base, type: 'agent.status_changed', data: { from: t.from, to: t.to, reason: t.reason, source: t.source } }]
   if (t.to === 'down') events.push({ ...base, type: 'agent.failed', data: { source: 'monitor', from: t.from, reason: t.reason } })
@@ -761,7 +761,7 @@ function transitionEvents(t: HealthTransition, row: AgentHealthRow | undefined, 
   return events
 }
 
-async function insertSamples(db: Pick<pg.Pool, 'query'>, samples: Sample[], at?: Date): Promise<void> {
+async function insertSamples (db: Pick<pg.Pool, 'query'>, samples: Sample[], at?: Date): Promise<void> {
   if (samples.length === 0) return
   await db.query(
     `INSERT INTO health_checks (agent_id, provider, model, status, latency_ms, error, source, attempts, failures, rate_limited, failure_streak, checked_at, folded_at)
@@ -786,7 +786,7 @@ async function insertSamples(db: Pick<pg.Pool, 'query'>, samples: Sample[], at?:
   )
 }
 
-async function upsertStates(
+async function upsertStates (
   client: pg.PoolClient,
   updates: { agentId: string; state: HealthState; row: AgentHealthRow | undefined }[],
   probed: Set<string>,

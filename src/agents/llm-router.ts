@@ -26,9 +26,9 @@ const INSTRUCTIONS =
  * undefined and expertise scoring decides; the router never costs a reply more than its timeout.
  */
 export class LlmRouter {
-  constructor(private readonly options: LlmRouterOptions) {}
+  constructor (private readonly options: LlmRouterOptions) {}
 
-  async pick(content: string, candidates: AgentDefinition[]): Promise<AgentDefinition | undefined> {
+  async pick (content: string, candidates: AgentDefinition[]): Promise<AgentDefinition | undefined> {
     const { agents, guard, metrics, log } = this.options
     const router = agents.get(this.options.routerAgentId)
     if (!router || candidates.length === 0) return undefined
@@ -70,7 +70,7 @@ export class LlmRouter {
   }
 }
 
-function routingPrompt(content: string, candidates: AgentDefinition[]): string {
+function routingPrompt (content: string, candidates: AgentDefinition[]): string {
   const list = candidates
     .map((agent) => `- ${agent.id}: ${agent.name}. ${agent.description}${agent.expertise.length ? ` (expertise: ${agent.expertise.join(', ')})` : ''}`)
     .join('\n')
@@ -78,7 +78,7 @@ function routingPrompt(content: string, candidates: AgentDefinition[]): string {
 }
 
 /** The candidate whose id the answer names first (as a whole word, any case), if any. */
-export function parseChoice(answer: string, candidates: AgentDefinition[]): AgentDefinition | undefined {
+export function parseChoice (answer: string, candidates: AgentDefinition[]): AgentDefinition | undefined {
   const text = answer.toLowerCase()
   let best: { agent: AgentDefinition; at: number } | undefined
   for (const agent of candidates) {
@@ -100,6 +100,6 @@ export function parseChoice(answer: string, candidates: AgentDefinition[]): Agen
   return best?.agent
 }
 
-function isIdChar(char: string | undefined): boolean {
+function isIdChar (char: string | undefined): boolean {
   return char !== undefined && /[\p{L}\p{N}_-]/u.test(char)
 }

@@ -51,7 +51,7 @@ export interface ManifestOptions {
 }
 
 /** Reads, parses and validates an agents manifest; throws a ManifestError saying what is wrong. */
-export async function loadManifest(path: string, options: ManifestOptions = {}): Promise<AgentDefinition[]> {
+export async function loadManifest (path: string, options: ManifestOptions = {}): Promise<AgentDefinition[]> {
   let text: string
   try {
     text = await readFile(path, 'utf8')
@@ -64,7 +64,7 @@ export async function loadManifest(path: string, options: ManifestOptions = {}):
 }
 
 /** Validates manifest text; `source` names it in error messages. */
-export function parseManifest(text: string, source: string, options: ManifestOptions = {}): AgentDefinition[] {
+export function parseManifest (text: string, source: string, options: ManifestOptions = {}): AgentDefinition[] {
   let document: unknown
   try {
     document = parseYaml(text)
@@ -91,18 +91,18 @@ export function parseManifest(text: string, source: string, options: ManifestOpt
   return agents
 }
 
-function isMapping(value: unknown): value is Record<string, unknown> {
+function isMapping (value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value)
 }
 
 /** `agent 2 ("coder")`: 1-based, as a person counts the list, with the id when there is one. */
-function agentLabel(entry: unknown, index: number): string {
+function agentLabel (entry: unknown, index: number): string {
   const id = isMapping(entry) && typeof entry.id === 'string' && entry.id !== '' ? ` (${JSON.stringify(entry.id)})` : ''
   return `agent ${index + 1}${id}`
 }
 
 /** YAML writes "no value" as null (`fallback:` or `fallback: ~`): for an optional field that means absent. */
-function withoutNulls(entry: Record<string, unknown>): Record<string, unknown> {
+function withoutNulls (entry: Record<string, unknown>): Record<string, unknown> {
   const copy: Record<string, unknown> = {}
   for (const [key, value] of Object.entries(entry)) {
     if (!(value === null && OPTIONAL_FIELDS.has(key))) copy[key] = value
@@ -110,7 +110,7 @@ function withoutNulls(entry: Record<string, unknown>): Record<string, unknown> {
   return copy
 }
 
-function checkEntry(entry: unknown, options: ManifestOptions): string[] {
+function checkEntry (entry: unknown, options: ManifestOptions): string[] {
   if (!isMapping(entry)) return [`must be a mapping of fields (${FIELDS.join(', ')}), got ${describe(entry)}`]
   const value = withoutNulls(entry)
   const problems = new Map<string, string>()
@@ -145,7 +145,7 @@ function checkEntry(entry: unknown, options: ManifestOptions): string[] {
 }
 
 /** Ids unique; every fallback names another agent of the manifest; no fallback chain loops. */
-function checkReferences(agents: AgentDefinition[], entries: unknown[]): string[] {
+function checkReferences (agents: AgentDefinition[], entries: unknown[]): string[] {
   const problems: string[] = []
   const byId = new Map<string, AgentDefinition>()
   agents.forEach((agent, index) => {
@@ -175,7 +175,7 @@ function checkReferences(agents: AgentDefinition[], entries: unknown[]): string[
   return problems
 }
 
-function toDefinition(entry: AgentEntry): AgentDefinition {
+function toDefinition (entry: AgentEntry): AgentDefinition {
   const definition: AgentDefinition = {
     id: entry.id,
     name: entry.name,
@@ -192,7 +192,7 @@ function toDefinition(entry: AgentEntry): AgentDefinition {
   return definition
 }
 
-function isHttpUrl(value: string): boolean {
+function isHttpUrl (value: string): boolean {
   try {
     const url = new URL(value)
     return (url.protocol === 'http:' || url.protocol === 'https:') && url.hostname !== ''
@@ -201,7 +201,7 @@ function isHttpUrl(value: string): boolean {
   }
 }
 
-function describe(value: unknown): string {
+function describe (value: unknown): string {
   if (value === undefined) return 'nothing'
   if (value === null) return 'null'
   if (Array.isArray(value)) return 'a list'

@@ -32,7 +32,7 @@ export type TrafficListener = (agentId: string, sample: TrafficSample) => void
 /** The breaker of the agent's provider+model is open (or probing): the call was not made. */
 export class CircuitOpenError extends Error {
   override readonly name = 'CircuitOpenError'
-  constructor(
+  constructor (
     readonly provider: string,
     readonly model: string,
     /** When the breaker lets a probe call through. */
@@ -82,20 +82,20 @@ export class ProviderGuard {
   private readonly breakers = new Map<string, Breaker>()
   private readonly listeners: TrafficListener[] = []
 
-  constructor(private readonly options: ProviderGuardOptions) {}
+  constructor (private readonly options: ProviderGuardOptions) {}
 
   /** Registers a listener told of every provider call's outcome (the health monitor's passive learning). */
-  onTraffic(listener: TrafficListener): void {
+  onTraffic (listener: TrafficListener): void {
     this.listeners.push(listener)
   }
 
   /** The breaker state of an agent's provider+model (closed until it was used). */
-  breakerState(agent: AgentDefinition, providerName: string): BreakerState {
+  breakerState (agent: AgentDefinition, providerName: string): BreakerState {
     const breaker = this.breakers.get(breakerKey(agent, providerName))
     return breaker ? toBreakerState(breaker.policy.state) : 'closed'
   }
 
-  async run(call: GuardedCall): Promise<GuardedResult> {
+  async run (call: GuardedCall): Promise<GuardedResult> {
     const { agent, provider, signal } = call
     const maxRetries = call.maxRetries ?? this.options.maxRetries
     const breaker = this.breakerFor(agent, provider.name)
@@ -120,7 +120,7 @@ export class ProviderGuard {
     }
   }
 
-  private async attempt(breaker: Breaker, call: GuardedCall, onFirstDelta: () => void): Promise<GuardedResult> {
+  private async attempt (breaker: Breaker, call: GuardedCall, onFirstDelta: () => void): Promise<GuardedResult> {
     const { agent, provider, signal } = call
     const labels = { provider: provider.name, model: agent.model }
     // cockatiel queues calls behind a half-open probe; a reply must not wait on someone else's probe.
@@ -175,9 +175,9 @@ export class ProviderGuard {
     }
   }
 
-  private breakerFor(agent: AgentDefinition, providerName: string): Breaker {
+  private breakerFor (agent: AgentDefinition, providerName: string): Breaker {
     const key = breakerKey(agent, providerName)
-    let breaker = this.breakers.get(key)
+    const breaker = this.breakers.get(key)
     if (breaker) return breaker
     const policy = circuitBreaker(handleWhen(countsAgainstProvider), {
       halfOpenAfter: this.options.breakerCooldownMs,
@@ -194,11 +194,11 @@ export class ProviderGuard {
     return created
   }
 
-  private backoff(): ExponentialBackoff<unknown> {
+  private backoff (): ExponentialBackoff<unknown> {
     return new ExponentialBackoff({ initialDelay: this.options.retryBaseDelayMs, maxDelay: this.options.retryMaxDelayMs })
   }
 
-  private report(agentId: string, sample: TrafficSample): void {
+  private report (agentId: string, sample: TrafficSample): void {
     for (const listener of this.listeners) {
       try {
         listener(agentId, sample)
@@ -209,28 +209,28 @@ export class ProviderGuard {
   }
 }
 
-function breakerKey(agent: AgentDefinition, providerName: string): string {
+function breakerKey (agent: AgentDefinition, providerName: string): string {
   return `${providerName}\u0000${agent.baseUrl ?? ''}\u0000${agent.model}`
 }
 
-function toBreakerState(state: CircuitState): BreakerState {
+function toBreakerState (state: CircuitState): BreakerState {
   if (state === CircuitState.Closed) return 'closed'
   if (state === CircuitState.HalfOpen) return 'half_open'
   return 'open'
 }
 
 /** Errors that say something about the provider's health: not a bad request, not our own shutdown. */
-function countsAgainstProvider(err: Error): boolean {
+function countsAgainstProvider (err: Error): boolean {
   if (err instanceof ProviderError) return err.kind !== 'bad_request'
   // The reply's deadline (AbortSignal.timeout) passed while the provider was answering.
   return err.name === 'TimeoutError'
 }
 
-function isRetryable(err: unknown): boolean {
+function isRetryable (err: unknown): boolean {
   return err instanceof ProviderError && err.retryable
 }
 
-function outcomeOf(err: unknown, signal: AbortSignal): LlmOutcome {
+function outcomeOf (err: unknown, signal: AbortSignal): LlmOutcome {
   if (err instanceof ProviderError) {
     if (err.kind === 'rate_limited') return 'rate_limited'
     if (err.kind === 'timeout') return 'timeout'
@@ -257,7 +257,7 @@ export interface Deadline {
  * is released as soon as the reply is done: a busy replica would otherwise hold one live timer and
  * one listener on the shutdown signal per reply of the last LLM_TIMEOUT_MS (60 s by default).
  */
-export function deadline(ms: number, parent: AbortSignal): Deadline {
+export function deadline (ms: number, parent: AbortSignal): Deadline {
   const controller = new AbortController()
   const { signal } = controller
   const at = Date.now() + ms
@@ -269,16 +269,16 @@ export function deadline(ms: number, parent: AbortSignal): Deadline {
   return {
     signal,
     at,
-    abort(reason) {
+    abort (reason) {
       controller.abort(reason)
     },
-    dispose() {
+    dispose () {
       clearTimeout(timer)
       parent.removeEventListener('abort', onParentAbort)
     }
   }
 }
 
-function describe(err: unknown): string {
+function describe (err: unknown): string {
   return err instanceof Error ? err.message : String(err)
 }

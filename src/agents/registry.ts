@@ -45,7 +45,7 @@ interface Entry {
 export class AgentRegistry {
   private readonly entries = new Map<string, Entry>()
 
-  constructor(definitions: AgentDefinition[], config: RegistryConfig = {}) {
+  constructor (definitions: AgentDefinition[], config: RegistryConfig = {}) {
     // One cache for the manifest: agents on the same endpoint share a provider and its SDK client.
     const cache = new ProviderCache()
     const echo = new EchoProvider({ tokenDelayMs: config.ECHO_TOKEN_DELAY_MS ?? 0 })
@@ -68,43 +68,43 @@ export class AgentRegistry {
   }
 
   /** Every agent in manifest order, with its effective provider and status. */
-  list(): AgentInfo[] {
+  list (): AgentInfo[] {
     return [...this.entries.values()].map((entry) => this.info(entry))
   }
 
   /** The definitions in manifest order (the router's candidates). */
-  definitions(): AgentDefinition[] {
+  definitions (): AgentDefinition[] {
     return [...this.entries.values()].map((entry) => entry.definition)
   }
 
-  get(id: string): AgentDefinition | undefined {
+  get (id: string): AgentDefinition | undefined {
     return this.entries.get(id)?.definition
   }
 
-  has(id: string): boolean {
+  has (id: string): boolean {
     return this.entries.has(id)
   }
 
   /** The agent with its provider and status, or undefined. */
-  describe(id: string): AgentInfo | undefined {
+  describe (id: string): AgentInfo | undefined {
     const entry = this.entries.get(id)
     return entry && this.info(entry)
   }
 
   /** The agents of a session created without `agents`: all of them, in manifest order. */
-  defaultAgentIds(): string[] {
+  defaultAgentIds (): string[] {
     return [...this.entries.keys()]
   }
 
-  status(id: string): AgentStatus {
+  status (id: string): AgentStatus {
     return this.entry(id).health.status
   }
 
-  isDown(id: string): boolean {
+  isDown (id: string): boolean {
     return this.entries.get(id)?.health.status === 'down'
   }
 
-  health(id: string): AgentHealth {
+  health (id: string): AgentHealth {
     return { ...this.entry(id).health }
   }
 
@@ -112,7 +112,7 @@ export class AgentRegistry {
    * Records a health observation (the health monitor calls this) and returns the previous status,
    * so that the caller can tell a transition from a repeat.
    */
-  setStatus(id: string, status: AgentStatus, message?: string, checkedAt: Date = new Date()): AgentStatus {
+  setStatus (id: string, status: AgentStatus, message?: string, checkedAt: Date = new Date()): AgentStatus {
     const entry = this.entry(id)
     const previous = entry.health.status
     entry.health = { status, checkedAt: checkedAt.toISOString(), message: message ?? entry.health.message }
@@ -124,24 +124,24 @@ export class AgentRegistry {
    * once the service is up, so that neither the first request nor the first health probe pays for
    * an SDK's import. A keyless service (every agent on echo) loads none.
    */
-  async preload(): Promise<void> {
+  async preload (): Promise<void> {
     const lazy = new Set<LazyProvider>()
     for (const entry of this.entries.values()) if (entry.provider instanceof LazyProvider) lazy.add(entry.provider)
     await Promise.all([...lazy].map((provider) => provider.adapter().catch(() => undefined)))
   }
 
   /** The provider that answers for this agent (echo when its key is missing). */
-  providerFor(agent: AgentDefinition | string): Provider {
+  providerFor (agent: AgentDefinition | string): Provider {
     return this.entry(typeof agent === 'string' ? agent : agent.id).provider
   }
 
   /** 'echo' when the agent runs on echo, else the manifest's provider: what API answers report. */
-  effectiveProvider(id: string): ProviderName {
+  effectiveProvider (id: string): ProviderName {
     return this.entry(id).effectiveProvider
   }
 
   /** The agents that answer with echo because their provider's key is missing, and why: for the start-up warning. */
-  echoSubstitutions(): EchoSubstitution[] {
+  echoSubstitutions (): EchoSubstitution[] {
     const found: EchoSubstitution[] = []
     for (const { definition, echoReason } of this.entries.values()) {
       if (echoReason) found.push({ id: definition.id, configuredProvider: definition.provider, reason: echoReason })
@@ -149,13 +149,13 @@ export class AgentRegistry {
     return found
   }
 
-  private entry(id: string): Entry {
+  private entry (id: string): Entry {
     const entry = this.entries.get(id)
     if (!entry) throw new Error(`Unknown agent "${id}"`)
     return entry
   }
 
-  private info(entry: Entry): AgentInfo {
+  private info (entry: Entry): AgentInfo {
     const info: AgentInfo = { ...entry.definition, effectiveProvider: entry.effectiveProvider, status: entry.health.status }
     if (entry.echoReason) info.echoReason = entry.echoReason
     return info

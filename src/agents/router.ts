@@ -29,7 +29,7 @@ export interface SelectAgentInput {
  * 3. No keyword matched: the first candidate that is up (reason 'default'). All down: the first up
  *    agent along the candidates' fallback chains (reason 'fallback'), else the first candidate.
  */
-export function selectAgent(input: SelectAgentInput): AgentSelection {
+export function selectAgent (input: SelectAgentInput): AgentSelection {
   const { content, candidates, requested } = input
   const isDown = input.isDown ?? (() => false)
   const find = (id: string) => candidates.find((agent) => agent.id === id) ?? input.resolve?.(id)
@@ -61,7 +61,7 @@ export function selectAgent(input: SelectAgentInput): AgentSelection {
   return best ?? { agent: up[0]!, reason: 'default', matched: [], score: 0 }
 }
 
-function firstUpFallback(
+function firstUpFallback (
   agent: AgentDefinition,
   find: (id: string) => AgentDefinition | undefined,
   isDown: (id: string) => boolean
@@ -90,21 +90,21 @@ interface AnalysedText {
   words: string
 }
 
-function normalize(text: string): string {
+function normalize (text: string): string {
   return text.normalize('NFKC').toLowerCase()
 }
 
-function analyse(text: string): AnalysedText {
+function analyse (text: string): AnalysedText {
   const normalized = normalize(text)
   return { normalized, words: SEPARATOR + tokens(normalized).join(SEPARATOR) + SEPARATOR }
 }
 
-function tokens(normalized: string): string[] {
+function tokens (normalized: string): string[] {
   return (normalized.match(TOKEN) ?? []).map(stem)
 }
 
 /** Simple English plural tolerance, applied alike to messages and keywords: tests → test, queries → query. */
-function stem(word: string): string {
+function stem (word: string): string {
   if (word.length < 4 || !LATIN_WORD.test(word)) return word
   if (word.endsWith('ies') && word.length > 4) return word.slice(0, -3) + 'y'
   if (/(?:ss|sh|ch|x|z)es$/.test(word)) return word.slice(0, -2)
@@ -112,7 +112,7 @@ function stem(word: string): string {
   return word.slice(0, -1)
 }
 
-function matchedKeywords(expertise: string[], text: AnalysedText): string[] {
+function matchedKeywords (expertise: string[], text: AnalysedText): string[] {
   const matched: string[] = []
   const seen = new Set<string>()
   for (const keyword of expertise) {
@@ -127,6 +127,6 @@ function matchedKeywords(expertise: string[], text: AnalysedText): string[] {
   return matched
 }
 
-function phraseIn(phrase: string[], words: string): boolean {
+function phraseIn (phrase: string[], words: string): boolean {
   return phrase.length > 0 && words.includes(SEPARATOR + phrase.join(SEPARATOR) + SEPARATOR)
 }

@@ -62,17 +62,17 @@ export interface SeqListSnapshot {
 }
 
 /** How a ranked value is stored: "<rank0>.<rank1>|<value>", so Redis can compare it in a script. */
-export function encodeRanked(value: string, rank: readonly [number, number]): string {
+export function encodeRanked (value: string, rank: readonly [number, number]): string {
   return `${rank[0]}.${rank[1]}|${value}`
 }
 
-export function decodeRanked(stored: string | undefined): { rank: [number, number]; value: string } | undefined {
+export function decodeRanked (stored: string | undefined): { rank: [number, number]; value: string } | undefined {
   if (stored === undefined) return undefined
   const match = /^(\d+)\.(\d+)\|/.exec(stored)
   if (!match) return undefined
   return { rank: [Number(match[1]), Number(match[2])], value: stored.slice(match[0].length) }
 }
 
-export function isNewer(a: readonly [number, number], b: readonly [number, number]): boolean {
+export function isNewer (a: readonly [number, number], b: readonly [number, number]): boolean {
   return a[0] > b[0] || (a[0] === b[0] && a[1] > b[1])
 }

@@ -22,39 +22,39 @@ export class MemoryCache implements Cache {
   readonly backend = 'memory' as const
   private readonly entries = new Map<string, Entry>()
 
-  constructor(
+  constructor (
     private readonly maxEntries: number,
     private readonly now: () => number = Date.now
   ) {}
 
-  async get(key: string): Promise<string | undefined> {
+  async get (key: string): Promise<string | undefined> {
     const value = this.read(key)
     return typeof value === 'string' ? value : undefined
   }
 
-  async set(key: string, value: string, ttlSeconds: number): Promise<void> {
+  async set (key: string, value: string, ttlSeconds: number): Promise<void> {
     this.write(key, value, ttlSeconds)
   }
 
-  async setRanked(key: string, value: string, ttlSeconds: number, rank: readonly [number, number]): Promise<void> {
+  async setRanked (key: string, value: string, ttlSeconds: number, rank: readonly [number, number]): Promise<void> {
     const current = decodeRanked(await this.get(key))
     if (current && isNewer(current.rank, rank)) return
     this.write(key, encodeRanked(value, rank), ttlSeconds)
   }
 
-  async getRanked(key: string): Promise<string | undefined> {
+  async getRanked (key: string): Promise<string | undefined> {
     return decodeRanked(await this.get(key))?.value
   }
 
-  async delete(...keys: string[]): Promise<void> {
+  async delete (...keys: string[]): Promise<void> {
     for (const key of keys) this.entries.delete(key)
   }
 
-  async deleteSeqLists(...keys: string[]): Promise<void> {
+  async deleteSeqLists (...keys: string[]): Promise<void> {
     await this.delete(...keys)
   }
 
-  async appendToSeqList(key: string, seq: number, item: string, maxLength: number, ttlSeconds: number): Promise<void> {
+  async appendToSeqList (key: string, seq: number, item: string, maxLength: number, ttlSeconds: number): Promise<void> {
     const list = this.readList(key)
     if (list) {
       if (list.lastSeq >= seq) return
@@ -69,28 +69,28 @@ export class MemoryCache implements Cache {
     this.write(key, { items: items.length > maxLength ? items.slice(-maxLength) : items, lastSeq: seq }, ttlSeconds)
   }
 
-  async replaceSeqList(key: string, lastSeq: number, items: readonly string[], ttlSeconds: number): Promise<void> {
+  async replaceSeqList (key: string, lastSeq: number, items: readonly string[], ttlSeconds: number): Promise<void> {
     if (items.length === 0) return
     const list = this.readList(key)
     if (list && list.lastSeq >= lastSeq) return
     this.write(key, { items: [...items], lastSeq }, ttlSeconds)
   }
 
-  async readSeqList(key: string, lastSeq: number, after: number, limit: number): Promise<SeqItems | undefined> {
+  async readSeqList (key: string, lastSeq: number, after: number, limit: number): Promise<SeqItems | undefined> {
     if (lastSeq - after <= 0) return NOTHING
     return this.snapshot(key)?.window(lastSeq, after, limit)
   }
 
-  async getRankedWithSeqList(rankedKey: string, listKey: string): Promise<{ value: string | undefined; list: SeqListSnapshot | undefined }> {
+  async getRankedWithSeqList (rankedKey: string, listKey: string): Promise<{ value: string | undefined; list: SeqListSnapshot | undefined }> {
     return { value: await this.getRanked(rankedKey), list: this.snapshot(listKey) }
   }
 
-  private snapshot(key: string): SeqListSnapshot | undefined {
+  private snapshot (key: string): SeqListSnapshot | undefined {
     const list = this.readList(key)
     if (!list) return undefined
     const { items, lastSeq: listLastSeq } = list
     return {
-      window(lastSeq, after, limit) {
+      window (lastSeq, after, limit) {
         const count = Math.min(limit, lastSeq - after)
         if (count <= 0) return NOTHING
         if (listLastSeq !== lastSeq) return undefined
@@ -101,28 +101,28 @@ export class MemoryCache implements Cache {
     }
   }
 
-  get size(): number {
+  get size (): number {
     return this.entries.size
   }
 
-  state(): CacheState {
+  state (): CacheState {
     return 'ok'
   }
 
-  async ping(): Promise<number> {
+  async ping (): Promise<number> {
     return 0
   }
 
-  async close(): Promise<void> {
+  async close (): Promise<void> {
     this.entries.clear()
   }
 
-  private readList(key: string): SeqList | undefined {
+  private readList (key: string): SeqList | undefined {
     const value = this.read(key)
     return typeof value === 'object' ? value : undefined
   }
 
-  private read(key: string): Entry['value'] | undefined {
+  private read (key: string): Entry['value'] | undefined {
     const entry = this.entries.get(key)
     if (!entry) return undefined
     if (entry.expiresAt <= this.now()) {
@@ -135,7 +135,7 @@ export class MemoryCache implements Cache {
     return entry.value
   }
 
-  private write(key: string, value: Entry['value'], ttlSeconds: number): void {
+  private write (key: string, value: Entry['value'], ttlSeconds: number): void {
     this.entries.delete(key)
     this.entries.set(key, { value, expiresAt: this.now() + ttlSeconds * 1000 })
     while (this.entries.size > this.maxEntries) {

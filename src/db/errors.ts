@@ -16,7 +16,7 @@ const UNAVAILABLE_MESSAGES = [
   /does not allow connections/i
 ]
 
-export function isDatabaseUnavailable(err: unknown): boolean {
+export function isDatabaseUnavailable (err: unknown): boolean {
   const { code, message } = (err ?? {}) as { code?: string; message?: string }
   if (code && (code.startsWith('08') || UNAVAILABLE_CODES.has(code))) return true
   if (code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'ETIMEDOUT') return true
@@ -24,6 +24,6 @@ export function isDatabaseUnavailable(err: unknown): boolean {
 }
 
 /** A database outage becomes a 503 the client can retry, never a 500. */
-export function databaseUnavailable(): DomainError {
+export function databaseUnavailable (): DomainError {
   return new DomainError('unavailable', 'The database is unavailable; retry shortly', { code: 'DATABASE_UNAVAILABLE', retryAfterSeconds: 5 })
 }

@@ -9,7 +9,7 @@ import { runMigrations } from './migrate.js'
 // DATA_DIR when it is unset) and exits non-zero on failure. Safe to run beside starting replicas:
 // the same advisory lock serialises them.
 
-function readConfig(): Config {
+function readConfig (): Config {
   const data = selectEnvironment(process.env)
   try {
     return envSchema({ schema: EnvSchema, data, env: false }) as Config

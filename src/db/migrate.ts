@@ -14,7 +14,7 @@ export interface MigrationResult {
 }
 
 /** Applies every pending migration in db/migrations, under a session-level advisory lock. */
-export async function runMigrations(pool: pg.Pool, log: Logger): Promise<MigrationResult> {
+export async function runMigrations (pool: pg.Pool, log: Logger): Promise<MigrationResult> {
   const client = await pool.connect()
   try {
     await client.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK_KEY])
@@ -39,7 +39,7 @@ export async function runMigrations(pool: pg.Pool, log: Logger): Promise<Migrati
 }
 
 /** The newest migration version shipped with this build, to compare with the database's. */
-export async function latestMigrationVersion(pool: pg.Pool): Promise<{ expected: number; current: number }> {
+export async function latestMigrationVersion (pool: pg.Pool): Promise<{ expected: number; current: number }> {
   const postgrator = new Postgrator({
     driver: 'pg',
     migrationPattern: `${MIGRATIONS_DIR}/*.sql`,

@@ -11,7 +11,7 @@ const pendingAfterCommit = new WeakMap<object, AfterCommit[]>()
  * Queues `task` to run on `db` right after its transaction commits, when `db` is a client inside
  * withTransaction; returns false (and queues nothing) otherwise, so the caller runs it at once.
  */
-export function afterCommit(db: Queryable, task: AfterCommit): boolean {
+export function afterCommit (db: Queryable, task: AfterCommit): boolean {
   const queue = pendingAfterCommit.get(db)
   if (!queue) return false
   queue.push(task)
@@ -19,7 +19,7 @@ export function afterCommit(db: Queryable, task: AfterCommit): boolean {
 }
 
 /** Runs `work` in one transaction on one pooled connection: committed if it returns, rolled back if it throws. */
-export async function withTransaction<T>(pool: pg.Pool, work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+export async function withTransaction<T> (pool: pg.Pool, work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
   const client = await pool.connect()
   let broken = false
   const queue: AfterCommit[] = []

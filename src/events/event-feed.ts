@@ -19,7 +19,7 @@ export interface Subscriber {
 }
 
 /** `session.*` → matches session.created, session.expired...; `*` or nothing → everything. */
-export function typeMatcher(type: string | undefined): (candidate: string) => boolean {
+export function typeMatcher (type: string | undefined): (candidate: string) => boolean {
   if (!type || type === '*') return () => true
   if (type.endsWith('.*')) {
     const prefix = type.slice(0, -1)
@@ -51,33 +51,33 @@ export class EventFeed {
   private stopped = false
   private reconnectTimer: NodeJS.Timeout | undefined
 
-  constructor(
+  constructor (
     private readonly connectionString: string,
     private readonly pool: pg.Pool,
     private readonly log: FastifyBaseLogger
   ) {}
 
-  async start(): Promise<void> {
+  async start (): Promise<void> {
     const { rows } = await this.pool.query<{ id: string | null }>('SELECT max(id)::text AS id FROM event_logs')
     this.lastId = rows[0]?.id ?? '0'
     await this.listen()
   }
 
-  subscribe(subscriber: Subscriber): () => void {
+  subscribe (subscriber: Subscriber): () => void {
     this.subscribers.add(subscriber)
     return () => this.subscribers.delete(subscriber)
   }
 
-  get subscriberCount(): number {
+  get subscriberCount (): number {
     return this.subscribers.size
   }
 
   /** The events after `after` that a subscriber may see, for a resume with Last-Event-ID. */
-  backlog(tenant: string, after: string, type: string | undefined, limit: number) {
+  backlog (tenant: string, after: string, type: string | undefined, limit: number) {
     return listEvents(this.pool, { tenant, after, type, limit })
   }
 
-  async stop(): Promise<void> {
+  async stop (): Promise<void> {
     this.stopped = true
     clearTimeout(this.reconnectTimer)
     this.subscribers.clear()
@@ -85,7 +85,7 @@ export class EventFeed {
     await this.client?.end().catch(() => undefined)
   }
 
-  private async listen(): Promise<void> {
+  private async listen (): Promise<void> {
     const client = new pg.Client({ connectionString: this.connectionString, application_name: 'smalltalk-events' })
     client.on('error', (err) => this.lost(err))
     client.on('end', () => this.lost(new Error('connection ended')))
@@ -103,7 +103,7 @@ export class EventFeed {
     this.fetch()
   }
 
-  private lost(err: Error): void {
+  private lost (err: Error): void {
     if (this.stopped || this.reconnectTimer) return
     this.log.warn({ err: { message: err.message } }, 'event feed lost its PostgreSQL connection; reconnecting')
     const client = this.client
@@ -117,7 +117,7 @@ export class EventFeed {
     this.reconnectTimer.unref()
   }
 
-  private announced(payload: string | undefined): void {
+  private announced (payload: string | undefined): void {
     let wanted = false
     for (const entry of (payload ?? '').split(';')) {
       const [min, max, types] = entry.split(':')
@@ -137,7 +137,7 @@ export class EventFeed {
   }
 
   /** Reads the announced ranges; announcements that arrive during a read are coalesced into the next. */
-  private fetch(): void {
+  private fetch (): void {
     if (this.fetching) return
     this.fetching = (async () => {
       while (this.pending.length > 0 && !this.stopped) {
@@ -152,7 +152,7 @@ export class EventFeed {
     })().finally(() => (this.fetching = undefined))
   }
 
-  private async deliver(batch: Array<[string, string] | null>): Promise<void> {
+  private async deliver (batch: Array<[string, string] | null>): Promise<void> {
     const ranges = batch.filter((range): range is [string, string] => range !== null)
     const rows: Row[] = []
     if (ranges.length > 0) {

@@ -39,14 +39,14 @@ export const EVENTS_CHANNEL = 'smalltalk_events'
  * range, which is visible when the notification arrives (NOTIFY is delivered at commit), and skips
  * the read when no subscriber wants any of those types.
  */
-export const NOTIFY_PAYLOAD = `min(e.id)::text || ':' || max(e.id)::text || ':' || string_agg(DISTINCT e.type, ',')`
+export const NOTIFY_PAYLOAD = 'min(e.id)::text || \':\' || max(e.id)::text || \':\' || string_agg(DISTINCT e.type, \',\')'
 
 /**
  * Writes events with the caller's client, so that inside a transaction they commit or vanish with
  * the change they describe: the event log never disagrees with the data. One round trip for all.
  * The announcement to the live feeds goes out after the commit (see `announce`).
  */
-export async function recordEvents(db: Queryable, events: NewEvent[]): Promise<void> {
+export async function recordEvents (db: Queryable, events: NewEvent[]): Promise<void> {
   if (events.length === 0) return
   const { rows } = await db.query<{ payload: string }>(
     `WITH e AS (
@@ -82,7 +82,7 @@ export async function recordEvents(db: Queryable, events: NewEvent[]): Promise<v
  * The cost is a window: a process that dies between a commit and the flush leaves its events stored
  * and listed by GET /v1/events, but not pushed to live streams. A failed flush is dropped the same way.
  */
-export function announce(pool: pg.Pool, payload: string): void {
+export function announce (pool: pg.Pool, payload: string): void {
   let announcer = announcers.get(pool)
   if (!announcer) {
     announcer = new Announcer(pool)
@@ -92,7 +92,7 @@ export function announce(pool: pg.Pool, payload: string): void {
 }
 
 /** Sends what is waiting to be announced at once (before the pool closes). */
-export async function flushAnnouncements(pool: pg.Pool): Promise<void> {
+export async function flushAnnouncements (pool: pg.Pool): Promise<void> {
   await announcers.get(pool)?.flush()
 }
 
@@ -105,15 +105,15 @@ class Announcer {
   private pending: string[] = []
   private timer: NodeJS.Timeout | undefined
 
-  constructor(private readonly pool: pg.Pool) {}
+  constructor (private readonly pool: pg.Pool) {}
 
-  add(payload: string): void {
+  add (payload: string): void {
     this.pending.push(payload)
     if (this.timer) return
-    this.timer = setTimeout(() => void this.flush(), ANNOUNCE_WINDOW_MS)
+    this.timer = setTimeout(() => { void this.flush() }, ANNOUNCE_WINDOW_MS)
   }
 
-  async flush(): Promise<void> {
+  async flush (): Promise<void> {
     clearTimeout(this.timer)
     this.timer = undefined
     const payloads = this.pending
@@ -131,7 +131,7 @@ class Announcer {
     await Promise.all(sent)
   }
 
-  private send(batch: string): Promise<void> {
+  private send (batch: string): Promise<void> {
     return this.pool.query('SELECT pg_notify($1, $2)', [EVENTS_CHANNEL, batch]).then(
       () => undefined,
       () => undefined
@@ -150,12 +150,12 @@ export interface EventQuery {
 }
 
 /** Turns `session.*` into a LIKE pattern and an exact type into itself. */
-export function typePattern(type: string): string {
+export function typePattern (type: string): string {
   const escaped = type.replace(/[\\%_]/g, (c) => '\\' + c)
   return escaped.endsWith('.*') ? escaped.slice(0, -1) + '%' : escaped === '*' ? '%' : escaped
 }
 
-export async function listEvents(db: Queryable, query: EventQuery): Promise<{ events: StoredEvent[]; nextCursor: string | null }> {
+export async function listEvents (db: Queryable, query: EventQuery): Promise<{ events: StoredEvent[]; nextCursor: string | null }> {
   const { rows } = await db.query<{ id: string; type: string; session_id: string | null; agent_id: string | null; data: Record<string, unknown>; created_at: Date }>(
     `SELECT id, type, session_id, agent_id, data, created_at
        FROM event_logs
@@ -174,12 +174,12 @@ export async function listEvents(db: Queryable, query: EventQuery): Promise<{ ev
   }
 }
 
-function toStoredEvent(row: { id: string; type: string; session_id: string | null; agent_id: string | null; data: Record<string, unknown>; created_at: Date }): StoredEvent {
+function toStoredEvent (row: { id: string; type: string; session_id: string | null; agent_id: string | null; data: Record<string, unknown>; created_at: Date }): StoredEvent {
   return { id: String(row.id), type: row.type, sessionId: row.session_id, agentId: row.agent_id, data: row.data, createdAt: row.created_at.toISOString() }
 }
 
 /** Retention: events older than `days` go, in bounded batches so a big backlog never locks for long. */
-export async function purgeOldEvents(pool: pg.Pool, days: number, batch = 5000): Promise<number> {
+export async function purgeOldEvents (pool: pg.Pool, days: number, batch = 5000): Promise<number> {
   let total = 0
   for (;;) {
     const { rowCount } = await pool.query(

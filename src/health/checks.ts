@@ -12,9 +12,9 @@ export interface CheckResult {
   latencyMs?: number
 }
 
-function withTimeout<T>(promise: Promise<T>, timeoutMs: number, what: string): Promise<T> {
+function withTimeout<T> (promise: Promise<T>, timeoutMs: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined
-  const deadline = new Promise<never>((_, reject) => {
+  const deadline = new Promise<never>((_resolve, reject) => {
     timer = setTimeout(() => reject(new Error(`${what}: no answer within ${timeoutMs} ms`)), timeoutMs)
   })
   return Promise.race([promise, deadline]).finally(() => clearTimeout(timer))
@@ -23,7 +23,7 @@ function withTimeout<T>(promise: Promise<T>, timeoutMs: number, what: string): P
 const round = (ms: number) => Math.round(ms * 100) / 100
 
 /** A real round trip through the pool (so an exhausted pool shows up too), bounded in time. */
-export async function checkPostgres(pool: pg.Pool, timeoutMs: number): Promise<CheckResult> {
+export async function checkPostgres (pool: pg.Pool, timeoutMs: number): Promise<CheckResult> {
   const started = performance.now()
   try {
     await withTimeout(pool.query('SELECT 1'), timeoutMs, 'PostgreSQL')
@@ -33,7 +33,7 @@ export async function checkPostgres(pool: pg.Pool, timeoutMs: number): Promise<C
   }
 }
 
-export async function checkCache(cache: Cache, timeoutMs: number): Promise<CheckResult> {
+export async function checkCache (cache: Cache, timeoutMs: number): Promise<CheckResult> {
   if (cache.backend === 'memory') return { status: 'disabled', message: 'no REDIS_URL: in-process cache' }
   try {
     const latencyMs = await cache.ping(timeoutMs)
@@ -43,7 +43,7 @@ export async function checkCache(cache: Cache, timeoutMs: number): Promise<Check
   }
 }
 
-export function checkMemory(warnRatio: number): CheckResult {
+export function checkMemory (warnRatio: number): CheckResult {
   const { used_heap_size: used, heap_size_limit: limit } = getHeapStatistics()
   const ratio = used / limit
   const message = `heap ${(used / 1048576).toFixed(1)} MiB of ${(limit / 1048576).toFixed(0)} MiB (${(ratio * 100).toFixed(1)}%), rss ${(process.memoryUsage.rss() / 1048576).toFixed(1)} MiB`
@@ -55,18 +55,18 @@ export class EventLoopMonitor {
   private readonly histogram: IntervalHistogram = monitorEventLoopDelay({ resolution: 20 })
   private readonly resetTimer: NodeJS.Timeout
 
-  constructor(windowMs = 10_000) {
+  constructor (windowMs = 10_000) {
     this.histogram.enable()
     this.resetTimer = setInterval(() => this.histogram.reset(), windowMs)
     this.resetTimer.unref()
   }
 
   /** Forgets what was sampled so far: start-up (loading and compiling) is not service latency. */
-  reset(): void {
+  reset (): void {
     this.histogram.reset()
   }
 
-  check(warnMs: number): CheckResult {
+  check (warnMs: number): CheckResult {
     const p99 = this.histogram.count > 0 ? this.histogram.percentile(99) / 1e6 : 0
     return {
       status: p99 >= warnMs ? 'degraded' : 'up',
@@ -75,14 +75,14 @@ export class EventLoopMonitor {
     }
   }
 
-  stop(): void {
+  stop (): void {
     clearInterval(this.resetTimer)
     this.histogram.disable()
   }
 }
 
 /** Up when every agent is healthy; degraded when some are not; down when none can answer. */
-export function checkAgents(agents: AgentRegistry): CheckResult {
+export function checkAgents (agents: AgentRegistry): CheckResult {
   const list = agents.list()
   const count = (status: string) => list.filter((agent) => agent.status === status).length
   const [healthy, degraded, down] = [count('healthy'), count('degraded'), count('down')]

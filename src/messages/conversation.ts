@@ -75,13 +75,13 @@ export class ConversationService {
   /** Sessions this replica is producing a reply in (their lease is held here). */
   private readonly replying = new Set<string>()
 
-  constructor(private readonly options: ConversationOptions) {}
+  constructor (private readonly options: ConversationOptions) {}
 
   /**
    * Posts a message and produces its reply. With an Idempotency-Key, a request seen before answers
    * its first outcome (`replayed`), whether that was a reply or a failure.
    */
-  async post(tenant: string, sessionId: string, input: PostMessageInput, sink: ReplySink, idempotencyKey?: string): Promise<PostOutcome> {
+  async post (tenant: string, sessionId: string, input: PostMessageInput, sink: ReplySink, idempotencyKey?: string): Promise<PostOutcome> {
     assertStorable('content', input.content)
     assertStorable('metadata', input.metadata)
     // The record and the cached history (the model's context) in one round trip.
@@ -108,7 +108,7 @@ export class ConversationService {
     }
   }
 
-  private async reply(tenant: string, cached: SessionRecord, list: SeqListSnapshot | undefined, input: PostMessageInput, sink: ReplySink, idempotencyKey?: string): Promise<PostResult> {
+  private async reply (tenant: string, cached: SessionRecord, list: SeqListSnapshot | undefined, input: PostMessageInput, sink: ReplySink, idempotencyKey?: string): Promise<PostResult> {
     const started = performance.now()
     const { pool, agents, metrics } = this.options
     const leaseMs = this.options.llmTimeoutMs + 5000
@@ -238,7 +238,7 @@ export class ConversationService {
    * settles with the reply, `abandon()` stops a call whose message was not stored (or was asked with
    * a stale context) and waits until it has let go.
    */
-  private startProducing(first: AgentDefinition, messages: ChatTurn[], sink: ReplySink): Producing {
+  private startProducing (first: AgentDefinition, messages: ChatTurn[], sink: ReplySink): Producing {
     const replyDeadline = deadline(this.options.llmTimeoutMs, this.options.shutdownSignal)
     const answer = this.produceWithin(first, messages, sink, replyDeadline).finally(() => replyDeadline.dispose())
     answer.catch(() => undefined) // awaited by the caller, or dropped by abandon()
@@ -257,7 +257,7 @@ export class ConversationService {
    * same LLM_TIMEOUT_MS deadline. A failure after a delta was sent ends the reply (never restarted,
    * so the client never sees two different beginnings).
    */
-  private async produceWithin(first: AgentDefinition, messages: ChatTurn[], sink: ReplySink, replyDeadline: Deadline): Promise<Answer> {
+  private async produceWithin (first: AgentDefinition, messages: ChatTurn[], sink: ReplySink, replyDeadline: Deadline): Promise<Answer> {
     const { signal } = replyDeadline
     const { agents, guard, llmMetrics, log } = this.options
     const tried = new Set<string>()
@@ -293,7 +293,7 @@ export class ConversationService {
   }
 
   /** The first agent along `agent`'s fallback chain that is not down and was not tried yet. */
-  private nextFallback(agent: AgentDefinition, tried: Set<string>): AgentDefinition | undefined {
+  private nextFallback (agent: AgentDefinition, tried: Set<string>): AgentDefinition | undefined {
     const { agents } = this.options
     const seen = new Set<string>([agent.id])
     let next = agent.fallback === undefined ? undefined : agents.get(agent.fallback)
@@ -309,7 +309,7 @@ export class ConversationService {
    * Stores the reply, releases the lease, counts the agent's usage and records the events: one
    * statement. With an Idempotency-Key, the outcome is recorded under it in the same transaction.
    */
-  private async storeReply(
+  private async storeReply (
     tenant: string,
     session: SessionRecord,
     answer: Answer,
@@ -346,7 +346,7 @@ export class ConversationService {
   }
 
   /** Why the lease could not be taken: unknown, ended, or a reply already running. */
-  private async refuse(tenant: string, id: string): Promise<never> {
+  private async refuse (tenant: string, id: string): Promise<never> {
     const { rows } = await this.options.pool.query<SessionRow & { lease_ms: number | null }>(
       `SELECT ${SESSION_COLUMNS}, (extract(epoch FROM reply_lease_until - now()) * 1000)::int AS lease_ms FROM sessions WHERE id = $1`,
       [id]
@@ -361,13 +361,13 @@ export class ConversationService {
     })
   }
 
-  private candidates(session: SessionRecord): AgentDefinition[] {
+  private candidates (session: SessionRecord): AgentDefinition[] {
     const { agents } = this.options
     return session.agents.filter((id) => agents.has(id)).map((id) => agents.get(id) as AgentDefinition)
   }
 
   /** The agent that answers: the client's, else the LLM router's pick (`routed`) if still valid, else scoring. */
-  private select(session: SessionRecord, input: PostMessageInput, routed?: AgentDefinition): AgentSelection {
+  private select (session: SessionRecord, input: PostMessageInput, routed?: AgentDefinition): AgentSelection {
     const { agents } = this.options
     const candidates = this.candidates(session)
     if (candidates.length === 0) throw new DomainError('invalid', 'None of this session\'s agents exists any more: PATCH its agents', { code: 'NO_AGENTS' })
@@ -377,7 +377,7 @@ export class ConversationService {
     return selectAgent({ content: input.content, candidates, requested: input.agent, isDown: (id) => agents.isDown(id), resolve: (id) => agents.get(id) })
   }
 
-  private assertAgentOf(session: SessionRecord, agentId: string): void {
+  private assertAgentOf (session: SessionRecord, agentId: string): void {
     if (!this.options.agents.has(agentId)) {
       throw new DomainError('invalid', `Unknown agent: ${agentId}`, { code: 'UNKNOWN_AGENT', details: { unknown: [agentId] } })
     }
@@ -392,7 +392,7 @@ export class ConversationService {
    * retries a 502, every breaker open a 503 with Retry-After, a stream broken after its first delta
    * a 502 that says the partial text was not kept.
    */
-  private describeFailure(err: unknown, agent: AgentDefinition, messageId: string): DomainError {
+  private describeFailure (err: unknown, agent: AgentDefinition, messageId: string): DomainError {
     const details: Record<string, unknown> = { messageId }
     const failures = err instanceof ProduceFailed ? err.failures : [err]
     const streamed = err instanceof ProduceFailed && err.afterFirstDelta
@@ -436,7 +436,7 @@ export class ConversationService {
   }
 
   /** A failed reply: the user message stays, the lease is released, the failure is an event. */
-  private async fail(tenant: string, session: SessionRecord, agent: AgentDefinition, failure: DomainError, idempotencyKey: string | undefined, leaseToken: string, leaseMs: number): Promise<void> {
+  private async fail (tenant: string, session: SessionRecord, agent: AgentDefinition, failure: DomainError, idempotencyKey: string | undefined, leaseToken: string, leaseMs: number): Promise<void> {
     await withTransaction(this.options.pool, async (client) => {
       await client.query('UPDATE sessions SET reply_lease_until = NULL WHERE id = $1 AND reply_lease_until = $2::timestamptz', [session.id, leaseToken])
       await recordEvents(client, [
@@ -456,7 +456,7 @@ export class ConversationService {
    * Releases this request's reply lease in the background, retrying while the database is away,
    * until the lease would have expired anyway. A newer lease (another request's) is never touched.
    */
-  private releaseLeaseEventually(sessionId: string, leaseToken: string, leaseMs: number): void {
+  private releaseLeaseEventually (sessionId: string, leaseToken: string, leaseMs: number): void {
     const giveUpAt = Date.now() + leaseMs
     const attempt = () => {
       this.options.pool
@@ -476,7 +476,7 @@ const PREFIXED_MESSAGE_COLUMNS = MESSAGE_COLUMNS.split(', ')
 
 type PrefixedMessageRow = { [K in keyof MessageRow as `m_${K & string}`]: MessageRow[K] }
 
-function unprefixMessage(row: PrefixedMessageRow): MessageRow {
+function unprefixMessage (row: PrefixedMessageRow): MessageRow {
   const message: Record<string, unknown> = {}
   for (const [key, value] of Object.entries(row)) if (key.startsWith('m_')) message[key.slice(2)] = value
   return message as unknown as MessageRow
@@ -568,25 +568,25 @@ const turnsOf = (messages: Message[]): ChatTurn[] => messages.map((m) => ({ role
 class SinkGate implements ReplySink {
   private held: Array<() => Promise<void> | void> | undefined = []
 
-  constructor(private readonly sink: ReplySink) {}
+  constructor (private readonly sink: ReplySink) {}
 
-  get live(): boolean {
+  get live (): boolean {
     return this.sink.live
   }
 
-  message(message: Message): Promise<void> | void {
+  message (message: Message): Promise<void> | void {
     return this.pass(() => this.sink.message(message))
   }
 
-  agent(selection: Parameters<ReplySink['agent']>[0]): Promise<void> | void {
+  agent (selection: Parameters<ReplySink['agent']>[0]): Promise<void> | void {
     return this.pass(() => this.sink.agent(selection))
   }
 
-  delta(text: string): Promise<void> | void {
+  delta (text: string): Promise<void> | void {
     return this.pass(() => this.sink.delta(text))
   }
 
-  async open(): Promise<void> {
+  async open (): Promise<void> {
     // Calls made while replaying (a producer that resumed) queue behind the held ones.
     while (this.held && this.held.length > 0) {
       const next = this.held.shift() as () => Promise<void> | void
@@ -595,7 +595,7 @@ class SinkGate implements ReplySink {
     this.held = undefined
   }
 
-  private pass(call: () => Promise<void> | void): Promise<void> | void {
+  private pass (call: () => Promise<void> | void): Promise<void> | void {
     if (!this.held) return call()
     this.held.push(call)
   }
@@ -612,7 +612,7 @@ interface Answer {
 
 /** Every agent tried failed: the failures in order, and whether text had reached the client. */
 class ProduceFailed extends Error {
-  constructor(
+  constructor (
     readonly failures: unknown[],
     readonly afterFirstDelta: boolean
   ) {
@@ -620,13 +620,13 @@ class ProduceFailed extends Error {
   }
 }
 
-function describeError(err: unknown): { name: string; message: string } {
+function describeError (err: unknown): { name: string; message: string } {
   return err instanceof Error ? { name: err.name, message: err.message } : { name: 'Error', message: String(err) }
 }
 
 /** A failure after the user message was stored: its outcome is already recorded under the key. */
 class ReplyFailed extends Error {
-  constructor(override readonly cause: DomainError) {
+  constructor (override readonly cause: DomainError) {
     super(cause.message)
   }
 }

@@ -17,31 +17,31 @@ interface KeptPage {
 export class HistoryPages {
   private readonly pages: LRUCache<string, KeptPage> | undefined
 
-  constructor(maxBytes: number) {
+  constructor (maxBytes: number) {
     this.pages = maxBytes > 0 ? new LRUCache<string, KeptPage>({ maxSize: maxBytes, sizeCalculation: (page, key) => page.body.length + key.length + 64 }) : undefined
   }
 
-  get enabled(): boolean {
+  get enabled (): boolean {
     return this.pages !== undefined
   }
 
   /** Whether a response for this window is kept (current or not). */
-  has(sessionId: string, after: number, limit: number): boolean {
+  has (sessionId: string, after: number, limit: number): boolean {
     return this.pages?.has(pageKey(sessionId, after, limit)) ?? false
   }
 
   /** The kept response for this window, if it was built at `lastSeq`. */
-  get(sessionId: string, after: number, limit: number, lastSeq: number): Buffer | undefined {
+  get (sessionId: string, after: number, limit: number, lastSeq: number): Buffer | undefined {
     const page = this.pages?.get(pageKey(sessionId, after, limit))
     return page?.lastSeq === lastSeq ? page.body : undefined
   }
 
-  set(sessionId: string, after: number, limit: number, lastSeq: number, body: Buffer): void {
+  set (sessionId: string, after: number, limit: number, lastSeq: number, body: Buffer): void {
     this.pages?.set(pageKey(sessionId, after, limit), { lastSeq, body })
   }
 
   /** Bytes held, as the budget counts them. */
-  get bytes(): number {
+  get bytes (): number {
     return this.pages?.calculatedSize ?? 0
   }
 }

@@ -12,7 +12,7 @@ export interface StoredOutcome {
 
 export type Claim = { kind: 'claimed' } | { kind: 'replay'; outcome: StoredOutcome }
 
-export function requestHash(parts: unknown): string {
+export function requestHash (parts: unknown): string {
   return createHash('sha256').update(JSON.stringify(parts)).digest('hex')
 }
 
@@ -23,13 +23,13 @@ export function requestHash(parts: unknown): string {
  * instead of storing anything twice.
  */
 export class IdempotencyKeys {
-  constructor(
+  constructor (
     private readonly pool: pg.Pool,
     /** A pending claim older than this was abandoned (its process died) and may be taken over. */
     private readonly abandonAfterMs: number
   ) {}
 
-  async claim(tenant: string, key: string, sessionId: string, hash: string): Promise<Claim> {
+  async claim (tenant: string, key: string, sessionId: string, hash: string): Promise<Claim> {
     const deadline = Date.now() + this.abandonAfterMs + 5000
     let wait = 25
     for (;;) {
@@ -77,11 +77,11 @@ export class IdempotencyKeys {
   }
 
   /** Links the claim to the user message it stored: call inside the transaction that stores it. */
-  async attachMessage(db: Queryable, tenant: string, key: string, messageId: string): Promise<void> {
+  async attachMessage (db: Queryable, tenant: string, key: string, messageId: string): Promise<void> {
     await db.query('UPDATE idempotency_keys SET message_id = $3 WHERE tenant = $1 AND key = $2', [tenant, key, messageId])
   }
 
-  private async abandon(tenant: string, key: string, messageId: string): Promise<StoredOutcome> {
+  private async abandon (tenant: string, key: string, messageId: string): Promise<StoredOutcome> {
     const body = {
       statusCode: 503,
       error: 'Service Unavailable',
@@ -105,19 +105,19 @@ export class IdempotencyKeys {
   }
 
   /** Records the outcome: call inside the transaction that commits the reply. */
-  async complete(db: Queryable, tenant: string, key: string, outcome: StoredOutcome): Promise<void> {
+  async complete (db: Queryable, tenant: string, key: string, outcome: StoredOutcome): Promise<void> {
     await db.query(
-      `UPDATE idempotency_keys SET status = 'completed', status_code = $3, response = $4 WHERE tenant = $1 AND key = $2`,
+      'UPDATE idempotency_keys SET status = \'completed\', status_code = $3, response = $4 WHERE tenant = $1 AND key = $2',
       [tenant, key, outcome.statusCode, JSON.stringify(outcome.body)]
     )
   }
 
   /** Nothing was stored under the claim (the request failed early): a retry may try again. */
-  async release(tenant: string, key: string): Promise<void> {
-    await this.pool.query(`DELETE FROM idempotency_keys WHERE tenant = $1 AND key = $2 AND status = 'pending' AND message_id IS NULL`, [tenant, key])
+  async release (tenant: string, key: string): Promise<void> {
+    await this.pool.query('DELETE FROM idempotency_keys WHERE tenant = $1 AND key = $2 AND status = \'pending\' AND message_id IS NULL', [tenant, key])
   }
 
-  async purgeExpired(): Promise<number> {
+  async purgeExpired (): Promise<number> {
     const { rowCount } = await this.pool.query('DELETE FROM idempotency_keys WHERE expires_at < now()')
     return rowCount ?? 0
   }

@@ -36,7 +36,7 @@ export interface MessageRow {
 
 export const MESSAGE_COLUMNS = 'id, seq, role, agent, content, metadata, provider, model, input_tokens, output_tokens, latency_ms, created_at'
 
-export function toMessage(row: MessageRow): Message {
+export function toMessage (row: MessageRow): Message {
   const message: Message = {
     id: row.id,
     seq: Number(row.seq),
@@ -86,7 +86,7 @@ const EMPTY_LIST = Buffer.from('{"messages":[],"nextCursor":null}')
 export class MessageHistory {
   private readonly pages: HistoryPages
 
-  constructor(private readonly options: HistoryOptions) {
+  constructor (private readonly options: HistoryOptions) {
     this.pages = new HistoryPages(options.pageCacheBytes ?? 0)
   }
 
@@ -99,7 +99,7 @@ export class MessageHistory {
    * the list serves the page when it ends at the record's lastSeq and holds the whole window, else
    * PostgreSQL does.
    */
-  async page(sessions: SessionStore, db: Queryable, tenant: string, sessionId: string, after: number, limit: number): Promise<Buffer> {
+  async page (sessions: SessionStore, db: Queryable, tenant: string, sessionId: string, after: number, limit: number): Promise<Buffer> {
     const kept = this.pages.has(sessionId, after, limit)
     let session: SessionRecord
     let list: SeqListSnapshot | undefined
@@ -142,7 +142,7 @@ export class MessageHistory {
    * An active session's record with its cached history list, in one round trip to the cache (404
    * or 410 as SessionStore.getActive): a history read, and a reply before it can ask the model.
    */
-  async activeSession(sessions: SessionStore, tenant: string, sessionId: string): Promise<{ session: SessionRecord; list: SeqListSnapshot | undefined }> {
+  async activeSession (sessions: SessionStore, tenant: string, sessionId: string): Promise<{ session: SessionRecord; list: SeqListSnapshot | undefined }> {
     const { record, list } = await sessions.getActiveWithList(tenant, sessionId, historyKey(sessionId))
     return { session: record, list }
   }
@@ -152,7 +152,7 @@ export class MessageHistory {
    * read already (`read`, from activeSession: the cache is not asked again, even when it had none),
    * else from the cache; PostgreSQL when the cache lacks them.
    */
-  async recent(db: Queryable, sessionId: string, lastSeq: number, count: number, read?: { list: SeqListSnapshot | undefined }): Promise<Message[]> {
+  async recent (db: Queryable, sessionId: string, lastSeq: number, count: number, read?: { list: SeqListSnapshot | undefined }): Promise<Message[]> {
     if (lastSeq === 0) return []
     const after = Math.max(0, lastSeq - count)
     const cached = read ? read.list?.window(lastSeq, after, count) : await this.options.cache.readSeqList(historyKey(sessionId), lastSeq, after, count)
@@ -172,15 +172,15 @@ export class MessageHistory {
    * Write-through after a commit: appends the message to the cached list when it continues it
    * (one atomic step in the cache), drops a list it would leave with a gap.
    */
-  async append(sessionId: string, message: Message): Promise<void> {
+  async append (sessionId: string, message: Message): Promise<void> {
     await this.options.cache.appendToSeqList(historyKey(sessionId), message.seq, JSON.stringify(message), this.options.cacheSize, HISTORY_TTL_SECONDS)
   }
 
-  async forget(sessionId: string): Promise<void> {
+  async forget (sessionId: string): Promise<void> {
     await this.options.cache.deleteSeqLists(historyKey(sessionId))
   }
 
-  private async loadTail(db: Queryable, sessionId: string, count: number): Promise<Message[]> {
+  private async loadTail (db: Queryable, sessionId: string, count: number): Promise<Message[]> {
     const { rows } = await db.query<MessageRow>(
       `SELECT * FROM (SELECT ${MESSAGE_COLUMNS} FROM chat_messages WHERE session_id = $1 ORDER BY seq DESC LIMIT $2) newest ORDER BY seq`,
       [sessionId, count]

@@ -15,7 +15,7 @@ export class ConversationMetrics {
   readonly cacheLookups: promClient.Counter<'cache' | 'result'>
 
   /** `activeSessions` is asked at most every 15 s, and a scrape never waits more than `timeoutMs` for it. */
-  constructor(registry: Registry, activeSessions: () => Promise<number>, timeoutMs: number) {
+  constructor (registry: Registry, activeSessions: () => Promise<number>, timeoutMs: number) {
     const registers = [registry]
     this.sessionsCreated = new promClient.Counter({ name: 'smalltalk_sessions_created_total', help: 'Sessions created', registers })
     this.sessionsInvalidated = new promClient.Counter({ name: 'smalltalk_sessions_invalidated_total', help: 'Sessions deleted by their client', registers })
@@ -51,7 +51,7 @@ export class ConversationMetrics {
       name: 'smalltalk_active_sessions',
       help: 'Sessions active and not expired (counted in PostgreSQL, at most every 15 s)',
       registers,
-      async collect() {
+      async collect () {
         if (Date.now() - cached.at > 15_000) {
           let timer: NodeJS.Timeout | undefined
           const deadline = new Promise<number>((resolve) => (timer = setTimeout(() => resolve(cached.value), timeoutMs)))

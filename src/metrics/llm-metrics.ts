@@ -39,7 +39,7 @@ export class LlmMetrics {
   private readonly breakerState: promClient.Gauge<'provider' | 'model' | 'state'>
   private readonly agentState: promClient.Gauge<'agent' | 'state'>
 
-  constructor(registry: Registry, agents: MeteredAgent[]) {
+  constructor (registry: Registry, agents: MeteredAgent[]) {
     const registers = [registry]
     this.requests = new promClient.Counter({
       name: 'smalltalk_llm_requests_total',
@@ -117,11 +117,11 @@ export class LlmMetrics {
     }
   }
 
-  setBreakerState(provider: string, model: string, current: BreakerState): void {
+  setBreakerState (provider: string, model: string, current: BreakerState): void {
     for (const state of BREAKER_STATES) this.breakerState.set({ provider, model, state }, state === current ? 1 : 0)
   }
 
-  setAgentState(agent: string, current: AgentStatus): void {
+  setAgentState (agent: string, current: AgentStatus): void {
     for (const state of AGENT_STATES) this.agentState.set({ agent, state }, state === current ? 1 : 0)
   }
 }

@@ -15,7 +15,7 @@ export interface AnthropicClientOptions {
  * An Anthropic SDK client that never retries and has no timeout of its own (the caller's signal bounds
  * every call). The base URL is always passed, so the SDK never falls back to its own environment.
  */
-export function createAnthropicClient(options: AnthropicClientOptions): Anthropic {
+export function createAnthropicClient (options: AnthropicClientOptions): Anthropic {
   return new Anthropic({ apiKey: options.apiKey, baseURL: options.baseUrl, maxRetries: 0, timeout: NO_SDK_TIMEOUT_MS, fetch: providerFetch })
 }
 
@@ -44,18 +44,18 @@ export class AnthropicProvider implements Provider {
   private readonly baseUrl: string
   private readonly apiKey: string | undefined
 
-  constructor(options: AnthropicProviderOptions) {
+  constructor (options: AnthropicProviderOptions) {
     this.client = options.client
     this.baseUrl = options.baseUrl
     this.apiKey = options.apiKey
   }
 
-  async *stream(request: ChatRequest): AsyncGenerator<ChatChunk> {
+  async * stream (request: ChatRequest): AsyncGenerator<ChatChunk> {
     const context = this.context(request.model, request.signal)
     request.signal.throwIfAborted()
     const { system, turns } = alternatingTurns(request.systemPrompt, request.messages)
     if (request.stream === false) {
-      yield* this.whole(request, system, turns, context)
+      yield * this.whole(request, system, turns, context)
       return
     }
 
@@ -104,7 +104,7 @@ export class AnthropicProvider implements Provider {
   }
 
   /** The message in one response (`stream: false`): its text blocks as one delta, then its usage. */
-  private async *whole(request: ChatRequest, system: string, turns: ConversationTurns['turns'], context: CallContext): AsyncGenerator<ChatChunk> {
+  private async * whole (request: ChatRequest, system: string, turns: ConversationTurns['turns'], context: CallContext): AsyncGenerator<ChatChunk> {
     const message: Anthropic.Message = await singleCall(
       request.signal,
       (signal) => this.client.messages.create({ model: request.model, max_tokens: request.maxTokens, ...(system === '' ? {} : { system }), messages: turns, stream: false }, { signal }),
@@ -123,7 +123,7 @@ export class AnthropicProvider implements Provider {
    * `models`: GET /v1/models/{model} (free, and it proves the key and that the model or alias exists).
    * `completion`: a 1-token message.
    */
-  async probe(request: ProbeRequest): Promise<void> {
+  async probe (request: ProbeRequest): Promise<void> {
     const context = this.context(request.model, request.signal)
     request.signal.throwIfAborted()
     await singleCall<unknown>(
@@ -136,11 +136,11 @@ export class AnthropicProvider implements Provider {
     )
   }
 
-  private context(model: string, signal: AbortSignal): CallContext {
+  private context (model: string, signal: AbortSignal): CallContext {
     return { provider: this.name, model, baseUrl: this.baseUrl, apiKey: this.apiKey, signal }
   }
 
-  private toProviderError(err: unknown, context: CallContext): ProviderError {
+  private toProviderError (err: unknown, context: CallContext): ProviderError {
     if (err instanceof APIConnectionTimeoutError) return timedOut(context, err)
     if (err instanceof APIConnectionError) return fromTransportError(err.cause ?? err, context)
     if (err instanceof APIError) {
@@ -157,7 +157,7 @@ export class AnthropicProvider implements Provider {
  * message_start carries the input tokens (and cache reads and writes); message_delta carries the
  * cumulative output tokens, and on newer API versions the cumulative input counts too.
  */
-function addUsage(
+function addUsage (
   usage: Usage,
   reported: { input_tokens?: number | null; output_tokens?: number | null; cache_creation_input_tokens?: number | null; cache_read_input_tokens?: number | null } | null | undefined
 ): void {

@@ -13,7 +13,7 @@ export const GEMINI_DEFAULT_BASE_URL = 'https://generativelanguage.googleapis.co
  * every reply. The SDK gets `controller.signal`; the caller's own signal stays untouched, so
  * `signal.aborted` still tells a caller's abort from our release.
  */
-export function callController(signal: AbortSignal): { signal: AbortSignal; release: (finished?: boolean) => void } {
+export function callController (signal: AbortSignal): { signal: AbortSignal; release: (finished?: boolean) => void } {
   const controller = new AbortController()
   const onAbort = () => controller.abort(signal.reason)
   if (signal.aborted) onAbort()
@@ -31,7 +31,7 @@ export function callController(signal: AbortSignal): { signal: AbortSignal; rele
  * A request-response call (a whole answer, a probe) under its own `callController`: released without
  * an abort once answered, aborted when it failed, its error passed through `mapError`.
  */
-export async function singleCall<T>(signal: AbortSignal, run: (signal: AbortSignal) => Promise<T>, mapError: (err: unknown) => unknown): Promise<T> {
+export async function singleCall<T> (signal: AbortSignal, run: (signal: AbortSignal) => Promise<T>, mapError: (err: unknown) => unknown): Promise<T> {
   const call = callController(signal)
   try {
     const result = await run(call.signal)
@@ -58,7 +58,7 @@ export interface ConversationTurns {
  * alternate from a user turn (Anthropic, Gemini). Two user turns in a row happen when a reply failed;
  * a history window can start with an assistant turn: both are made acceptable here.
  */
-export function alternatingTurns(systemPrompt: string, messages: ChatTurn[]): ConversationTurns {
+export function alternatingTurns (systemPrompt: string, messages: ChatTurn[]): ConversationTurns {
   const system = [systemPrompt, ...messages.filter((m) => m.role === 'system').map((m) => m.content)].filter((s) => s !== '').join('\n\n')
   const turns: ConversationTurns['turns'] = []
   for (const message of messages) {
@@ -72,7 +72,7 @@ export function alternatingTurns(systemPrompt: string, messages: ChatTurn[]): Co
 }
 
 /** Waits `ms`, or rejects with the signal's reason (not a generic AbortError) as soon as it aborts. */
-export function sleep(ms: number, signal: AbortSignal): Promise<void> {
+export function sleep (ms: number, signal: AbortSignal): Promise<void> {
   signal.throwIfAborted()
   return new Promise((resolve, reject) => {
     const onAbort = () => {

@@ -19,12 +19,12 @@ export class EchoProvider implements Provider {
   readonly name = 'echo'
   private readonly tokenDelayMs: number
 
-  constructor(options: EchoProviderOptions = {}) {
+  constructor (options: EchoProviderOptions = {}) {
     this.tokenDelayMs = Math.max(0, options.tokenDelayMs ?? 0)
   }
 
   /** The full text a request is answered with (what the deltas add up to). */
-  static replyText(request: Pick<ChatRequest, 'model' | 'messages'>): string {
+  static replyText (request: Pick<ChatRequest, 'model' | 'messages'>): string {
     let content = ''
     for (let i = request.messages.length - 1; i >= 0; i--) {
       if (request.messages[i]!.role === 'user') {
@@ -36,7 +36,7 @@ export class EchoProvider implements Provider {
   }
 
   /** The deltas of a reply text, in order: their concatenation is exactly the text. */
-  static split(text: string): string[] {
+  static split (text: string): string[] {
     const pieces: string[] = text.match(PIECE) ?? []
     const covered = pieces.reduce((length, piece) => length + piece.length, 0)
     const trailing = text.slice(covered)
@@ -47,11 +47,11 @@ export class EchoProvider implements Provider {
     return pieces
   }
 
-  static countWords(text: string): number {
+  static countWords (text: string): number {
     return text.match(WORD)?.length ?? 0
   }
 
-  async *stream(request: ChatRequest): AsyncGenerator<ChatChunk> {
+  async * stream (request: ChatRequest): AsyncGenerator<ChatChunk> {
     const { signal } = request
     const text = EchoProvider.replyText(request)
     const pieces = EchoProvider.split(text)
@@ -66,7 +66,7 @@ export class EchoProvider implements Provider {
   }
 
   /** Echo runs in-process: it is up whenever the service is. */
-  async probe(request: ProbeRequest): Promise<void> {
+  async probe (request: ProbeRequest): Promise<void> {
     request.signal.throwIfAborted()
   }
 }

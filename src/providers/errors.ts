@@ -43,7 +43,7 @@ const STATUS_WORDS: Record<number, string> = {
 }
 
 /** The kind of failure an HTTP status means (issue 5: what the resilience layer acts on). */
-export function kindForStatus(status: number): ProviderErrorKind {
+export function kindForStatus (status: number): ProviderErrorKind {
   if (status === 401 || status === 403) return 'auth'
   if (status === 429) return 'rate_limited'
   if (status === 408) return 'timeout'
@@ -56,7 +56,7 @@ export function kindForStatus(status: number): ProviderErrorKind {
  * from its type word: Anthropic's `overloaded_error`, OpenAI's `server_error`, Google's `UNAVAILABLE`.
  * Unknown words count as a server failure: the provider broke off a reply it had accepted.
  */
-export function kindForType(type: string | undefined): ProviderErrorKind {
+export function kindForType (type: string | undefined): ProviderErrorKind {
   switch (type?.toLowerCase()) {
     case 'authentication_error':
     case 'permission_error':
@@ -85,7 +85,7 @@ export function kindForType(type: string | undefined): ProviderErrorKind {
  * How long the provider asked to wait, in ms: `retry-after-ms` (OpenAI, Anthropic), else `Retry-After`
  * as seconds or an HTTP date, else Google's RetryInfo `retryDelay` ("37s") in the error body.
  */
-export function retryAfterMs(headers: Headers | undefined, body?: unknown, now = Date.now()): number | undefined {
+export function retryAfterMs (headers: Headers | undefined, body?: unknown, now = Date.now()): number | undefined {
   const ms = headers?.get('retry-after-ms')
   if (ms) {
     const value = Number(ms)
@@ -100,7 +100,7 @@ export function retryAfterMs(headers: Headers | undefined, body?: unknown, now =
   return retryDelayFromBody(body)
 }
 
-function retryDelayFromBody(body: unknown): number | undefined {
+function retryDelayFromBody (body: unknown): number | undefined {
   const details = (body as { error?: { details?: unknown } } | undefined)?.error?.details
   if (!Array.isArray(details)) return undefined
   for (const detail of details) {
@@ -114,13 +114,13 @@ function retryDelayFromBody(body: unknown): number | undefined {
 }
 
 /** The message with every occurrence of the key replaced (providers echo keys back in 401 bodies). */
-export function redact(text: string, apiKey: string | undefined): string {
+export function redact (text: string, apiKey: string | undefined): string {
   if (!apiKey || apiKey.length < 4) return text
   return text.split(apiKey).join('[redacted]')
 }
 
 /** The base URL without user:password@ or a query string, for messages. */
-export function displayUrl(baseUrl: string): string {
+export function displayUrl (baseUrl: string): string {
   try {
     const url = new URL(baseUrl)
     url.username = ''
@@ -133,7 +133,7 @@ export function displayUrl(baseUrl: string): string {
 }
 
 /** A ProviderError from an HTTP status answer, with the provider's words and Retry-After. */
-export function fromHttpFailure(failure: HttpFailure, context: CallContext, cause?: unknown): ProviderError {
+export function fromHttpFailure (failure: HttpFailure, context: CallContext, cause?: unknown): ProviderError {
   const kind = kindForStatus(failure.status)
   const words = STATUS_WORDS[failure.status] ?? (failure.status >= 500 ? 'server error' : 'request refused')
   const said = failure.message.trim() === '' ? '' : `: ${truncate(failure.message.trim())}`
@@ -146,24 +146,24 @@ export function fromHttpFailure(failure: HttpFailure, context: CallContext, caus
 }
 
 /** A ProviderError for an error event inside a stream (the HTTP status was 200). */
-export function fromStreamError(type: string | undefined, providerMessage: string, context: CallContext, cause?: unknown): ProviderError {
+export function fromStreamError (type: string | undefined, providerMessage: string, context: CallContext, cause?: unknown): ProviderError {
   const kind = kindForType(type)
   const what = type ? `${type}: ` : ''
   return build(kind, `${context.provider} (model ${context.model}) reported an error mid-stream: ${what}${truncate(providerMessage)}`, context, { cause })
 }
 
 /** The stream ended (cleanly, at the HTTP level) before the provider's end-of-reply marker. */
-export function streamEndedEarly(context: CallContext, marker: string): ProviderError {
+export function streamEndedEarly (context: CallContext, marker: string): ProviderError {
   return build('connection', `${context.provider} (model ${context.model}): the stream ended before ${marker}; the reply is incomplete`, context, {})
 }
 
 /** The client library's own timeout (or the socket's) fired before the caller's signal. */
-export function timedOut(context: CallContext, cause?: unknown): ProviderError {
+export function timedOut (context: CallContext, cause?: unknown): ProviderError {
   return build('timeout', `${context.provider} (model ${context.model}): the request to ${displayUrl(context.baseUrl)} timed out`, context, { cause })
 }
 
 /** The provider answered 200 with something that is not the reply format. */
-export function invalidResponse(context: CallContext, what: string, cause?: unknown): ProviderError {
+export function invalidResponse (context: CallContext, what: string, cause?: unknown): ProviderError {
   return build('invalid_response', `${context.provider} (model ${context.model}) sent a reply that could not be understood: ${truncate(what)}`, context, { cause })
 }
 
@@ -172,7 +172,7 @@ export function invalidResponse(context: CallContext, what: string, cause?: unkn
  * own timeout, an unparseable reply. `fromSdkError` in each adapter handles the SDK's HTTP errors
  * first and hands the rest here.
  */
-export function fromTransportError(err: unknown, context: CallContext): ProviderError {
+export function fromTransportError (err: unknown, context: CallContext): ProviderError {
   if (err instanceof ProviderError) return err
   const chain = causes(err)
   const text = chain.map((e) => `${e.name} ${e.message} ${(e as NodeJS.ErrnoException).code ?? ''}`).join(' | ')
@@ -190,7 +190,7 @@ export function fromTransportError(err: unknown, context: CallContext): Provider
   return invalidResponse(context, chain[0]?.message ?? String(err), err)
 }
 
-function connectionWords(code: string): string {
+function connectionWords (code: string): string {
   switch (code) {
     case 'ECONNREFUSED':
       return 'connection refused (ECONNREFUSED): is the server running?'
@@ -210,7 +210,7 @@ function connectionWords(code: string): string {
 }
 
 /** The error and its causes, outermost first (at most a few levels). */
-function causes(err: unknown): Error[] {
+function causes (err: unknown): Error[] {
   const chain: Error[] = []
   let current: unknown = err
   while (current instanceof Error && chain.length < 5 && !chain.includes(current)) {
@@ -220,7 +220,7 @@ function causes(err: unknown): Error[] {
   return chain
 }
 
-function truncate(text: string, max = 500): string {
+function truncate (text: string, max = 500): string {
   return text.length > max ? `${text.slice(0, max)}…` : text
 }
 
@@ -228,7 +228,7 @@ function truncate(text: string, max = 500): string {
  * The ProviderError, with the key removed from its message. The SDK error is kept as the cause only
  * when nothing in it carries the key, so that logging the error cannot print it either.
  */
-function build(
+function build (
   kind: ProviderErrorKind,
   message: string,
   context: CallContext,
@@ -243,12 +243,12 @@ function build(
   })
 }
 
-function mentionsKey(err: unknown, apiKey: string | undefined): boolean {
+function mentionsKey (err: unknown, apiKey: string | undefined): boolean {
   if (!apiKey || apiKey.length < 4) return false
   return causes(err).some((e) => `${e.message} ${e.stack ?? ''} ${safeJson(e)}`.includes(apiKey))
 }
 
-function safeJson(value: unknown): string {
+function safeJson (value: unknown): string {
   try {
     return JSON.stringify(value) ?? ''
   } catch {
@@ -260,7 +260,7 @@ function safeJson(value: unknown): string {
  * Runs the adapter's mapping, except that once the caller's signal has aborted, the caller gets the
  * signal's reason (a TimeoutError or AbortError) unchanged, whatever the SDK made of the abort.
  */
-export function failure(err: unknown, context: CallContext, map: (err: unknown) => ProviderError): unknown {
+export function failure (err: unknown, context: CallContext, map: (err: unknown) => ProviderError): unknown {
   if (context.signal.aborted) return context.signal.reason
   return map(err)
 }

@@ -17,13 +17,13 @@ export interface GeminiClientOptions {
  */
 class GeminiHttpError extends Error {
   override readonly name = 'GeminiHttpError'
-  constructor(readonly status: number, readonly headers: Headers, readonly body: unknown, readonly text: string) {
+  constructor (readonly status: number, readonly headers: Headers, readonly body: unknown, readonly text: string) {
     super(`HTTP ${status}`)
   }
 }
 
 /** fetch, except that an error answer is thrown as a GeminiHttpError with its headers and body. */
-async function fetchKeepingErrors(input: RequestInfo | URL, init?: RequestInit): Promise<Response> {
+async function fetchKeepingErrors (input: RequestInfo | URL, init?: RequestInit): Promise<Response> {
   const response = await providerFetch(input, init)
   if (response.ok) return response
   const text = await response.text()
@@ -41,7 +41,7 @@ async function fetchKeepingErrors(input: RequestInfo | URL, init?: RequestInit):
  * 1 is the first call only, no SDK timeout (the caller's signal bounds every call), and the base URL
  * is always given so the SDK reads nothing from the environment.
  */
-export function createGeminiClient(options: GeminiClientOptions): GoogleGenAI {
+export function createGeminiClient (options: GeminiClientOptions): GoogleGenAI {
   return new GoogleGenAI({
     vertexai: false,
     apiKey: options.apiKey,
@@ -66,13 +66,13 @@ export class GeminiProvider implements Provider {
   private readonly baseUrl: string
   private readonly apiKey: string | undefined
 
-  constructor(options: GeminiProviderOptions) {
+  constructor (options: GeminiProviderOptions) {
     this.client = options.client
     this.baseUrl = options.baseUrl
     this.apiKey = options.apiKey
   }
 
-  async *stream(request: ChatRequest): AsyncGenerator<ChatChunk> {
+  async * stream (request: ChatRequest): AsyncGenerator<ChatChunk> {
     const context = this.context(request.model, request.signal)
     request.signal.throwIfAborted()
     const { system, turns } = alternatingTurns(request.systemPrompt, request.messages)
@@ -85,7 +85,7 @@ export class GeminiProvider implements Provider {
       automaticContinuation: false
     }
     if (request.stream === false) {
-      yield* this.whole(request, contents, config, context)
+      yield * this.whole(request, contents, config, context)
       return
     }
     const call = callController(request.signal)
@@ -115,7 +115,7 @@ export class GeminiProvider implements Provider {
   }
 
   /** The answer in one response (`stream: false`, generateContent): its text as one delta, then its usage. */
-  private async *whole(request: ChatRequest, contents: Content[], config: GenerateContentConfig, context: CallContext): AsyncGenerator<ChatChunk> {
+  private async * whole (request: ChatRequest, contents: Content[], config: GenerateContentConfig, context: CallContext): AsyncGenerator<ChatChunk> {
     const response: GenerateContentResponse = await singleCall(
       request.signal,
       (signal) => this.client.models.generateContent({ model: request.model, contents, config: { ...config, abortSignal: signal } }),
@@ -131,7 +131,7 @@ export class GeminiProvider implements Provider {
    * `models`: GET /v1beta/models/{model} (free; proves the key and the model). `completion`: a
    * generateContent of at most one token.
    */
-  async probe(request: ProbeRequest): Promise<void> {
+  async probe (request: ProbeRequest): Promise<void> {
     const context = this.context(request.model, request.signal)
     request.signal.throwIfAborted()
     await singleCall<unknown>(
@@ -140,19 +140,19 @@ export class GeminiProvider implements Provider {
         request.mode === 'models'
           ? this.client.models.get({ model: request.model, config: { abortSignal: signal } })
           : this.client.models.generateContent({
-              model: request.model,
-              contents: [{ role: 'user', parts: [{ text: 'ping' }] }],
-              config: { maxOutputTokens: 1, abortSignal: signal, automaticContinuation: false }
-            }),
+            model: request.model,
+            contents: [{ role: 'user', parts: [{ text: 'ping' }] }],
+            config: { maxOutputTokens: 1, abortSignal: signal, automaticContinuation: false }
+          }),
       (err) => failure(err, context, (e) => this.toProviderError(e, context))
     )
   }
 
-  private context(model: string, signal: AbortSignal): CallContext {
+  private context (model: string, signal: AbortSignal): CallContext {
     return { provider: this.name, model, baseUrl: this.baseUrl, apiKey: this.apiKey, signal }
   }
 
-  private toProviderError(err: unknown, context: CallContext): ProviderError {
+  private toProviderError (err: unknown, context: CallContext): ProviderError {
     if (err instanceof GeminiHttpError) {
       const error = (err.body as { error?: { message?: unknown; status?: unknown } } | undefined)?.error
       const message = typeof error?.message === 'string' ? error.message : err.text
@@ -173,7 +173,7 @@ export class GeminiProvider implements Provider {
 }
 
 /** The text parts of the first candidate (thought summaries left out). */
-function usageOf(chunk: GenerateContentResponse): ChatChunk | undefined {
+function usageOf (chunk: GenerateContentResponse): ChatChunk | undefined {
   const metadata = chunk.usageMetadata
   if (!metadata) return undefined
   return {
@@ -184,14 +184,14 @@ function usageOf(chunk: GenerateContentResponse): ChatChunk | undefined {
   }
 }
 
-function textOf(chunk: GenerateContentResponse): string {
+function textOf (chunk: GenerateContentResponse): string {
   const parts = chunk.candidates?.[0]?.content?.parts ?? []
   let text = ''
   for (const part of parts) if (typeof part.text === 'string' && !part.thought) text += part.text
   return text
 }
 
-function parseJson(text: string): unknown {
+function parseJson (text: string): unknown {
   try {
     return JSON.parse(text)
   } catch {

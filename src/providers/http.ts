@@ -13,7 +13,7 @@ import { Agent, request } from 'undici'
  * would decompress them. A request this cannot carry (a Request object, a streamed or form body:
  * nothing our adapters send) goes to the global fetch.
  */
-export async function providerFetch(input: string | URL | Request, init: RequestInit = {}): Promise<Response> {
+export async function providerFetch (input: string | URL | Request, init: RequestInit = {}): Promise<Response> {
   const body = init.body
   if (input instanceof Request || (body !== undefined && body !== null && typeof body !== 'string' && !(body instanceof Uint8Array))) {
     return fetch(input, init)
@@ -45,7 +45,7 @@ export async function providerFetch(input: string | URL | Request, init: Request
 // Keep-alive connections to each provider, as the global fetch keeps them.
 const dispatcher = new Agent({ keepAliveTimeout: 30_000 })
 
-function requestHeaders(init: HeadersInit | undefined): Record<string, string> {
+function requestHeaders (init: HeadersInit | undefined): Record<string, string> {
   const headers: Record<string, string> = {}
   new Headers(init).forEach((value, name) => {
     headers[name] = value

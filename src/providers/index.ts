@@ -32,7 +32,7 @@ export interface Endpoint {
  * The setting an agent lacks to reach its provider ('OPENAI_API_KEY', ...), or undefined when it has
  * what it needs. An agent that lacks one answers with echo (AgentRegistry) and the start-up log says so.
  */
-export function missingSetting(definition: AgentDefinition, config: ProviderConfig): string | undefined {
+export function missingSetting (definition: AgentDefinition, config: ProviderConfig): string | undefined {
   switch (definition.provider) {
     case 'openai':
       return config.OPENAI_API_KEY ? undefined : 'OPENAI_API_KEY'
@@ -54,7 +54,7 @@ export function missingSetting(definition: AgentDefinition, config: ProviderConf
  * OPENAI_BASE_URL: a server named by the agent's own baseUrl gets the placeholder, so the OpenAI key
  * never travels to a host it was not configured for.
  */
-export function endpointFor(definition: AgentDefinition, config: ProviderConfig): Endpoint {
+export function endpointFor (definition: AgentDefinition, config: ProviderConfig): Endpoint {
   const missing = missingSetting(definition, config)
   if (missing) throw new Error(`Agent "${definition.id}" (${definition.provider}) cannot call its provider: no ${missing}`)
   switch (definition.provider) {
@@ -74,7 +74,7 @@ export function endpointFor(definition: AgentDefinition, config: ProviderConfig)
   }
 }
 
-function sameUrl(a: string, b: string | undefined): boolean {
+function sameUrl (a: string, b: string | undefined): boolean {
   return b !== undefined && a.replace(/\/+$/, '') === b.replace(/\/+$/, '')
 }
 
@@ -86,7 +86,7 @@ export class ProviderCache {
   private readonly providers = new Map<string, Provider>()
   private readonly clients = new Map<string, unknown>()
 
-  provider(name: string, endpoint: Endpoint | undefined, build: () => Provider): Provider {
+  provider (name: string, endpoint: Endpoint | undefined, build: () => Provider): Provider {
     const key = endpoint ? `${name}\n${endpoint.baseUrl}\n${endpoint.apiKey ?? ''}` : name
     let provider = this.providers.get(key)
     if (!provider) {
@@ -112,7 +112,7 @@ export class ProviderCache {
  * the registry substitutes echo for those agents before it gets here. Pass one cache for all the
  * agents of a manifest, so that they share providers and SDK clients.
  */
-export function createProvider(definition: AgentDefinition, config: ProviderConfig, cache: ProviderCache = new ProviderCache()): Provider {
+export function createProvider (definition: AgentDefinition, config: ProviderConfig, cache: ProviderCache = new ProviderCache()): Provider {
   if (definition.provider === 'echo') {
     return cache.provider('echo', undefined, () => new EchoProvider({ tokenDelayMs: config.ECHO_TOKEN_DELAY_MS ?? 0 }))
   }
@@ -153,22 +153,22 @@ export function createProvider(definition: AgentDefinition, config: ProviderConf
 export class LazyProvider implements Provider {
   private loaded: Promise<Provider> | undefined
 
-  constructor(
+  constructor (
     readonly name: string,
     private readonly load: () => Promise<Provider>
   ) {}
 
   /** The adapter itself (OpenAiProvider, AnthropicProvider, GeminiProvider), imported if need be. */
-  adapter(): Promise<Provider> {
+  adapter (): Promise<Provider> {
     this.loaded ??= this.load()
     return this.loaded
   }
 
-  async *stream(request: ChatRequest): AsyncGenerator<ChatChunk> {
-    yield* (await this.adapter()).stream(request)
+  async * stream (request: ChatRequest): AsyncGenerator<ChatChunk> {
+    yield * (await this.adapter()).stream(request)
   }
 
-  async probe(request: ProbeRequest): Promise<void> {
+  async probe (request: ProbeRequest): Promise<void> {
     return (await this.adapter()).probe(request)
   }
 }

@@ -17,7 +17,7 @@ export interface OpenAiClientOptions {
  * the adapters retries, and the caller's signal (LLM_TIMEOUT_MS, shutdown) bounds every call. The
  * organization and project are pinned so that the SDK reads nothing from the environment.
  */
-export function createOpenAiClient(options: OpenAiClientOptions): OpenAI {
+export function createOpenAiClient (options: OpenAiClientOptions): OpenAI {
   return new OpenAI({
     apiKey: options.apiKey,
     baseURL: options.baseUrl,
@@ -49,21 +49,21 @@ export class OpenAiProvider implements Provider {
   private readonly baseUrl: string
   private readonly apiKey: string | undefined
 
-  constructor(options: OpenAiProviderOptions) {
+  constructor (options: OpenAiProviderOptions) {
     this.name = options.name
     this.client = options.client
     this.baseUrl = options.baseUrl
     this.apiKey = options.apiKey
   }
 
-  async *stream(request: ChatRequest): AsyncGenerator<ChatChunk> {
+  async * stream (request: ChatRequest): AsyncGenerator<ChatChunk> {
     const context = this.context(request.model, request.signal)
     request.signal.throwIfAborted()
     const messages: ChatCompletionMessageParam[] = []
     if (request.systemPrompt !== '') messages.push({ role: 'system', content: request.systemPrompt })
     for (const turn of request.messages) messages.push({ role: turn.role, content: turn.content })
     if (request.stream === false) {
-      yield* this.whole(request, messages, context)
+      yield * this.whole(request, messages, context)
       return
     }
     const body: ChatCompletionCreateParamsStreaming = {
@@ -103,7 +103,7 @@ export class OpenAiProvider implements Provider {
   }
 
   /** The completion in one response (`stream: false`): its text as one delta, then its usage. */
-  private async *whole(request: ChatRequest, messages: ChatCompletionMessageParam[], context: CallContext): AsyncGenerator<ChatChunk> {
+  private async * whole (request: ChatRequest, messages: ChatCompletionMessageParam[], context: CallContext): AsyncGenerator<ChatChunk> {
     const completion: ChatCompletion = await singleCall(
       request.signal,
       (signal) => this.client.chat.completions.create({ model: request.model, messages, temperature: request.temperature, ...this.maxTokens(request.maxTokens), stream: false }, { signal }),
@@ -121,7 +121,7 @@ export class OpenAiProvider implements Provider {
    * LM Studio have no GET /models/{id}), and it proves the server answers and accepts the key.
    * `completion`: a non-streamed completion of at most one token, which proves the model itself.
    */
-  async probe(request: ProbeRequest): Promise<void> {
+  async probe (request: ProbeRequest): Promise<void> {
     const context = this.context(request.model, request.signal)
     request.signal.throwIfAborted()
     await singleCall<unknown>(
@@ -138,15 +138,15 @@ export class OpenAiProvider implements Provider {
    * OpenAI deprecated `max_tokens` for `max_completion_tokens` (its reasoning models refuse the old
    * name); OpenAI-compatible servers (Ollama, older vLLM) know only `max_tokens`.
    */
-  private maxTokens(value: number): { max_completion_tokens: number } | { max_tokens: number } {
+  private maxTokens (value: number): { max_completion_tokens: number } | { max_tokens: number } {
     return this.name === 'openai' ? { max_completion_tokens: value } : { max_tokens: value }
   }
 
-  private context(model: string, signal: AbortSignal): CallContext {
+  private context (model: string, signal: AbortSignal): CallContext {
     return { provider: this.name, model, baseUrl: this.baseUrl, apiKey: this.apiKey, signal }
   }
 
-  private toProviderError(err: unknown, context: CallContext): ProviderError {
+  private toProviderError (err: unknown, context: CallContext): ProviderError {
     if (err instanceof APIConnectionTimeoutError) return timedOut(context, err)
     if (err instanceof APIConnectionError) return fromTransportError(err.cause ?? err, context)
     if (err instanceof APIError) {

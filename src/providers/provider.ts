@@ -77,7 +77,7 @@ export class ProviderError extends Error {
   /** From Retry-After (or retry-after-ms), when the provider sent it. */
   readonly retryAfterMs: number | undefined
 
-  constructor(
+  constructor (
     kind: ProviderErrorKind,
     message: string,
     options: { provider: string; status?: number | undefined; retryAfterMs?: number | undefined; cause?: unknown }
@@ -89,7 +89,7 @@ export class ProviderError extends Error {
     this.retryAfterMs = options.retryAfterMs
   }
 
-  get retryable(): boolean {
+  get retryable (): boolean {
     return RETRYABLE.has(this.kind)
   }
 }

@@ -35,7 +35,7 @@ export interface CleanupReport {
  * session.expired events), deletes ended sessions with their messages after the grace period, and
  * applies the retention of events and idempotency keys.
  */
-export async function runCleanup(options: CleanupOptions): Promise<CleanupReport> {
+export async function runCleanup (options: CleanupOptions): Promise<CleanupReport> {
   const { pool } = options
   const lockClient = await pool.connect()
   try {
@@ -82,9 +82,9 @@ export class CleanupJob {
   private timer: NodeJS.Timeout | undefined
   private running: Promise<unknown> | undefined
 
-  constructor(private readonly options: CleanupOptions, private readonly intervalSeconds: number) {}
+  constructor (private readonly options: CleanupOptions, private readonly intervalSeconds: number) {}
 
-  start(): void {
+  start (): void {
     this.timer = setInterval(() => {
       if (this.running) return
       this.running = this.runOnce()
@@ -94,11 +94,11 @@ export class CleanupJob {
     this.timer.unref()
   }
 
-  runOnce(): Promise<CleanupReport> {
+  runOnce (): Promise<CleanupReport> {
     return runCleanup(this.options)
   }
 
-  async stop(): Promise<void> {
+  async stop (): Promise<void> {
     clearInterval(this.timer)
     await this.running
   }

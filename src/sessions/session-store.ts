@@ -40,7 +40,7 @@ export interface SessionRow {
 
 export const SESSION_COLUMNS = 'id, tenant, status, agents, metadata, created_at, updated_at, expires_at, version, message_count, last_seq'
 
-export function toRecord(row: SessionRow): SessionRecord {
+export function toRecord (row: SessionRow): SessionRecord {
   return {
     id: row.id,
     tenant: row.tenant,
@@ -56,7 +56,7 @@ export function toRecord(row: SessionRow): SessionRecord {
   }
 }
 
-export function toSession(record: SessionRecord): Session {
+export function toSession (record: SessionRecord): Session {
   const { tenant: _tenant, lastSeq: _lastSeq, ...session } = record
   return session
 }
@@ -88,11 +88,11 @@ const sessionKey = (id: string) => `session:${id}`
 export class SessionStore {
   private readonly now: () => number
 
-  constructor(private readonly options: SessionStoreOptions) {
+  constructor (private readonly options: SessionStoreOptions) {
     this.now = options.now ?? Date.now
   }
 
-  async create(tenant: string, input: { agents?: string[]; metadata?: Record<string, unknown>; ttlSeconds?: number }): Promise<Session> {
+  async create (tenant: string, input: { agents?: string[]; metadata?: Record<string, unknown>; ttlSeconds?: number }): Promise<Session> {
     const agents = input.agents ?? this.options.defaultAgents()
     this.assertAgents(agents)
     assertStorable('metadata', input.metadata)
@@ -114,7 +114,7 @@ export class SessionStore {
   }
 
   /** The live record of an active session of this tenant: 404 for others' and unknown, 410 if ended. */
-  async getActive(tenant: string, id: string): Promise<SessionRecord> {
+  async getActive (tenant: string, id: string): Promise<SessionRecord> {
     const record = await this.find(id)
     if (!record || record.tenant !== tenant) throw notFound()
     assertActive(record, this.now())
@@ -125,7 +125,7 @@ export class SessionStore {
    * getActive, with the cached seq list `listKey` (the session's history) read in the same round
    * trip to the cache. The list is for the caller to check against the record's lastSeq.
    */
-  async getActiveWithList(tenant: string, id: string, listKey: string): Promise<{ record: SessionRecord; list: SeqListSnapshot | undefined }> {
+  async getActiveWithList (tenant: string, id: string, listKey: string): Promise<{ record: SessionRecord; list: SeqListSnapshot | undefined }> {
     const { value, list } = await this.options.cache.getRankedWithSeqList(sessionKey(id), listKey)
     const record = await this.resolve(id, value)
     if (!record || record.tenant !== tenant) throw notFound()
@@ -134,12 +134,12 @@ export class SessionStore {
   }
 
   /** Reads through the cache; PostgreSQL on a miss (or with Redis down). */
-  async find(id: string): Promise<SessionRecord | undefined> {
+  async find (id: string): Promise<SessionRecord | undefined> {
     return this.resolve(id, await this.options.cache.getRanked(sessionKey(id)))
   }
 
   /** The record from its cached value, else from PostgreSQL (and cached again). */
-  private async resolve(id: string, cached: string | undefined): Promise<SessionRecord | undefined> {
+  private async resolve (id: string, cached: string | undefined): Promise<SessionRecord | undefined> {
     this.options.metrics.cacheLookups.inc({ cache: 'session', result: cached ? 'hit' : 'miss' })
     if (cached) return JSON.parse(cached) as SessionRecord
     const record = await this.load(this.options.pool, id)
@@ -147,13 +147,13 @@ export class SessionStore {
     return record
   }
 
-  async load(db: Queryable, id: string): Promise<SessionRecord | undefined> {
+  async load (db: Queryable, id: string): Promise<SessionRecord | undefined> {
     const { rows } = await db.query<SessionRow>(`SELECT ${SESSION_COLUMNS} FROM sessions WHERE id = $1`, [id])
     return rows[0] ? toRecord(rows[0]) : undefined
   }
 
   /** Newest first, keyset-paginated: the cursor is opaque to clients. */
-  async list(tenant: string, limit: number, cursor?: string): Promise<{ sessions: Session[]; nextCursor: string | null }> {
+  async list (tenant: string, limit: number, cursor?: string): Promise<{ sessions: Session[]; nextCursor: string | null }> {
     const position = cursor ? decodeCursor(cursor) : undefined
     const { rows } = await this.options.pool.query<SessionRow & { created_us: string }>(
       `SELECT ${SESSION_COLUMNS}, (extract(epoch FROM created_at) * 1000000)::bigint AS created_us
@@ -173,7 +173,7 @@ export class SessionStore {
   }
 
   /** Optimistic locking: applies only if `expectedVersion` is still the stored version. */
-  async update(tenant: string, id: string, expectedVersion: number, changes: SessionChanges): Promise<Session> {
+  async update (tenant: string, id: string, expectedVersion: number, changes: SessionChanges): Promise<Session> {
     if (changes.agents) this.assertAgents(changes.agents)
     assertStorable('metadata', changes.metadata)
     const record = await withTransaction(this.options.pool, async (client) => {
@@ -211,7 +211,7 @@ export class SessionStore {
    * DELETE: the session answers 410 from now on; its rows go with the cleanup job's purge. The
    * version is raised so that the cached tombstone outranks any older record still in flight.
    */
-  async invalidate(tenant: string, id: string): Promise<void> {
+  async invalidate (tenant: string, id: string): Promise<void> {
     const record = await withTransaction(this.options.pool, async (client) => {
       const { rows } = await client.query<SessionRow>(
         `UPDATE sessions SET status = 'invalidated', invalidated_at = now(), reply_lease_until = NULL, version = version + 1
@@ -231,11 +231,11 @@ export class SessionStore {
     await this.cacheRecord(record)
   }
 
-  async forget(...ids: string[]): Promise<void> {
+  async forget (...ids: string[]): Promise<void> {
     await this.options.cache.delete(...ids.map(sessionKey))
   }
 
-  async cacheRecord(record: SessionRecord): Promise<void> {
+  async cacheRecord (record: SessionRecord): Promise<void> {
     const untilExpiry = record.expiresAt ? Math.floor((Date.parse(record.expiresAt) - this.now()) / 1000) : CACHE_TTL_SECONDS
     if (untilExpiry <= 0) return
     // Ranked by (lastSeq, version): every change of the row raises one of them, so an older record
@@ -243,14 +243,14 @@ export class SessionStore {
     await this.options.cache.setRanked(sessionKey(record.id), JSON.stringify(record), Math.min(CACHE_TTL_SECONDS, untilExpiry), [record.lastSeq, record.version])
   }
 
-  async countActive(): Promise<number> {
+  async countActive (): Promise<number> {
     const { rows } = await this.options.pool.query<{ n: number }>(
       "SELECT count(*)::int AS n FROM sessions WHERE status = 'active' AND (expires_at IS NULL OR expires_at > now())"
     )
     return rows[0]?.n ?? 0
   }
 
-  private assertAgents(agents: string[]): void {
+  private assertAgents (agents: string[]): void {
     if (agents.length === 0) throw new DomainError('invalid', 'A session needs at least one agent', { code: 'NO_AGENTS' })
     const unknown = this.options.unknownAgents(agents)
     if (unknown.length > 0) {
@@ -259,27 +259,27 @@ export class SessionStore {
   }
 }
 
-export function notFound(): DomainError {
+export function notFound (): DomainError {
   return new DomainError('not_found', 'Session not found', { code: 'SESSION_NOT_FOUND' })
 }
 
 /** An active session whose expiry has passed is expired, whether or not the cleanup job ran yet. */
-export function withLiveStatus(record: SessionRecord, now: number): SessionRecord {
+export function withLiveStatus (record: SessionRecord, now: number): SessionRecord {
   if (record.status === 'active' && record.expiresAt && Date.parse(record.expiresAt) <= now) return { ...record, status: 'expired' }
   return record
 }
 
-export function assertActive(record: SessionRecord, now: number): void {
+export function assertActive (record: SessionRecord, now: number): void {
   const status = withLiveStatus(record, now).status
   if (status === 'invalidated') throw new DomainError('gone', 'Session invalidated', { code: 'SESSION_INVALIDATED' })
   if (status === 'expired') throw new DomainError('gone', 'Session expired', { code: 'SESSION_EXPIRED' })
 }
 
-function encodeCursor(createdUs: string, id: string): string {
+function encodeCursor (createdUs: string, id: string): string {
   return Buffer.from(`${createdUs}.${id}`).toString('base64url')
 }
 
-function decodeCursor(cursor: string): { createdUs: string; id: string } {
+function decodeCursor (cursor: string): { createdUs: string; id: string } {
   const [createdUs, id] = Buffer.from(cursor, 'base64url').toString().split('.')
   if (!createdUs || !/^\d{1,20}$/.test(createdUs) || !id || !/^[0-9a-f-]{36}$/.test(id)) {
     throw new DomainError('invalid', 'Invalid cursor: pass the nextCursor of the previous page', { code: 'INVALID_CURSOR' })

@@ -78,11 +78,11 @@ t.test('error texts lose the keys and anything shaped like one', async (t) => {
 // ---------------------------------------------------------------------------------------------
 // The monitor against the real PostgreSQL and the real OpenAI adapter talking to a loopback stub.
 
-function agent(id: string, provider: AgentDefinition['provider'], model: string, extra: Partial<AgentDefinition> = {}): AgentDefinition {
+function agent (id: string, provider: AgentDefinition['provider'], model: string, extra: Partial<AgentDefinition> = {}): AgentDefinition {
   return { id, name: id, description: '', provider, model, systemPrompt: '', temperature: 0.7, maxTokens: 100, expertise: [], ...extra }
 }
 
-async function migratedPool(t: Test, url?: string): Promise<{ pool: pg.Pool; url: string }> {
+async function migratedPool (t: Test, url?: string): Promise<{ pool: pg.Pool; url: string }> {
   const databaseUrl = url ?? (await createTestDatabase(t))
   const pool = new pg.Pool({ connectionString: databaseUrl, max: 4 })
   pool.on('error', () => undefined)
@@ -101,7 +101,7 @@ interface Replica {
  * One replica: gpt and mini share model gpt-x (one probe), other has its own model and base URL,
  * offline runs on echo.
  */
-function replica(t: Test, pool: pg.Pool, stub: LlmStub, options: Partial<HealthMonitorOptions> = {}): Replica {
+function replica (t: Test, pool: pg.Pool, stub: LlmStub, options: Partial<HealthMonitorOptions> = {}): Replica {
   const definitions = [
     agent('gpt', 'openai', 'gpt-x', { fallback: 'offline' }),
     agent('mini', 'openai', 'gpt-x'),
@@ -129,18 +129,18 @@ function replica(t: Test, pool: pg.Pool, stub: LlmStub, options: Partial<HealthM
   return { monitor, registry, prom }
 }
 
-async function startStub(t: Test): Promise<LlmStub> {
+async function startStub (t: Test): Promise<LlmStub> {
   const stub = await LlmStub.start()
   t.teardown(() => stub.close())
   return stub
 }
 
 /** Makes every last probe an hour old, so that the next run probes again (instead of waiting an interval). */
-async function ageProbes(pool: pg.Pool): Promise<void> {
+async function ageProbes (pool: pg.Pool): Promise<void> {
   await pool.query("UPDATE agent_health SET probed_at = probed_at - interval '1 hour'")
 }
 
-async function events(pool: pg.Pool, agentId: string) {
+async function events (pool: pg.Pool, agentId: string) {
   const { rows } = await pool.query<{ type: string; tenant: string | null; data: Record<string, unknown> }>(
     'SELECT type, tenant, data FROM event_logs WHERE agent_id = $1 ORDER BY id',
     [agentId]
@@ -148,7 +148,7 @@ async function events(pool: pg.Pool, agentId: string) {
   return rows
 }
 
-async function gauge(prom: Registry, agentId: string): Promise<Record<string, number>> {
+async function gauge (prom: Registry, agentId: string): Promise<Record<string, number>> {
   const metric = await prom.getSingleMetric('smalltalk_agent_health_state')!.get()
   return Object.fromEntries(metric.values.filter((v) => v.labels.agent === agentId).map((v) => [String(v.labels.state), v.value]))
 }

@@ -6,7 +6,7 @@ import { PROJECT_ROOT } from '../../src/paths.js'
 const DEFAULT_FILE = join(PROJECT_ROOT, 'agents', 'default.yaml')
 
 /** A valid agent entry in YAML, with fields replaced or removed by `overrides` (null removes). */
-function agentYaml(overrides: Record<string, unknown> = {}): string {
+function agentYaml (overrides: Record<string, unknown> = {}): string {
   const fields: Record<string, unknown> = {
     id: 'helper',
     name: 'Helper',
@@ -25,7 +25,7 @@ function agentYaml(overrides: Record<string, unknown> = {}): string {
   return '  - ' + lines.join('\n    ')
 }
 
-function manifest(...agents: string[]): string {
+function manifest (...agents: string[]): string {
   return 'agents:\n' + agents.join('\n') + '\n'
 }
 
@@ -139,7 +139,7 @@ t.test('loadManifest names the file it cannot read', async (t) => {
   await t.rejects(loadManifest(join(dir, 'folder.yaml')), { message: /folder\.yaml: cannot read the agents manifest \(is a directory, not a file\)/ })
 })
 
-function catchError(fn: () => unknown): Error | undefined {
+function catchError (fn: () => unknown): Error | undefined {
   try {
     fn()
   } catch (err) {

@@ -14,7 +14,7 @@ import { LlmStub } from '../support/llm-stub.js'
 
 const NEVER = new AbortController().signal
 
-function agent(overrides: Partial<AgentDefinition> = {}): AgentDefinition {
+function agent (overrides: Partial<AgentDefinition> = {}): AgentDefinition {
   return {
     id: 'a',
     name: 'A',
@@ -39,7 +39,7 @@ interface Setup {
   metric(name: string, labels: Record<string, string>): Promise<number | undefined>
 }
 
-async function setup(t: Test, options: Partial<ProviderGuardOptions> = {}, definitions: AgentDefinition[] = [agent()]): Promise<Setup> {
+async function setup (t: Test, options: Partial<ProviderGuardOptions> = {}, definitions: AgentDefinition[] = [agent()]): Promise<Setup> {
   const stub = await LlmStub.start()
   t.teardown(() => stub.close())
   const agents = new AgentRegistry(definitions, { OPENAI_API_KEY: 'sk-guard-test', OPENAI_BASE_URL: stub.openaiBaseUrl })
@@ -66,7 +66,7 @@ async function setup(t: Test, options: Partial<ProviderGuardOptions> = {}, defin
     registry,
     agents,
     traffic,
-    call(callOptions = {}) {
+    call (callOptions = {}) {
       const definition = agents.get(callOptions.agentId ?? 'a') as AgentDefinition
       return guard.run({
         agent: definition,
@@ -74,11 +74,11 @@ async function setup(t: Test, options: Partial<ProviderGuardOptions> = {}, defin
         request: { model: definition.model, systemPrompt: definition.systemPrompt, messages: [{ role: 'user', content: 'hello' }], temperature: 0.5, maxTokens: 100 },
         signal: callOptions.deadline?.signal ?? NEVER,
         ...(callOptions.deadline ? { deadlineAt: callOptions.deadline.at } : {}),
-        onDelta: (text) => void callOptions.deltas?.push(text),
+        onDelta: (text) => { callOptions.deltas?.push(text) },
         ...(callOptions.maxRetries === undefined ? {} : { maxRetries: callOptions.maxRetries })
       })
     },
-    async metric(name, labels) {
+    async metric (name, labels) {
       const found = (await registry.getSingleMetric(name)?.get())?.values.find((v) =>
         Object.entries(labels).every(([key, value]) => String((v.labels as Record<string, unknown>)[key]) === value)
       )

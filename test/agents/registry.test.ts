@@ -7,7 +7,7 @@ import { GeminiProvider } from '../../src/providers/gemini.js'
 import { OpenAiProvider } from '../../src/providers/openai.js'
 import type { LazyProvider } from '../../src/providers/index.js'
 
-function agent(id: string, provider: AgentDefinition['provider'], extra: Partial<AgentDefinition> = {}): AgentDefinition {
+function agent (id: string, provider: AgentDefinition['provider'], extra: Partial<AgentDefinition> = {}): AgentDefinition {
   return { id, name: id, description: '', provider, model: 'm', systemPrompt: '', temperature: 0.7, maxTokens: 100, expertise: [], ...extra }
 }
 

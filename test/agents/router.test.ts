@@ -5,7 +5,7 @@ import { loadManifest } from '../../src/agents/manifest.js'
 import { selectAgent } from '../../src/agents/router.js'
 import { PROJECT_ROOT } from '../../src/paths.js'
 
-function agent(id: string, expertise: string[], fallback?: string): AgentDefinition {
+function agent (id: string, expertise: string[], fallback?: string): AgentDefinition {
   const definition: AgentDefinition = {
     id, name: id, description: '', provider: 'echo', model: 'echo', systemPrompt: '', temperature: 0.7, maxTokens: 100, expertise
   }

@@ -23,10 +23,10 @@ interface Built {
   logs: Array<{ level: number; msg: string; [key: string]: unknown }>
 }
 
-async function build(t: Test, env: Environment = {}): Promise<Built> {
+async function build (t: Test, env: Environment = {}): Promise<Built> {
   const logs: Built['logs'] = []
   const stream = new Writable({
-    write(chunk, _encoding, done) {
+    write (chunk, _encoding, done) {
       for (const line of String(chunk).split('\n')) if (line) logs.push(JSON.parse(line))
       done()
     }

@@ -13,7 +13,7 @@ import { REDIS_URL, eventually, redisUnavailable } from '../helper.js'
 
 const silent = pino({ level: 'silent' })
 
-async function redisCache(t: Test, url = REDIS_URL as string, commandTimeoutMs = 1000): Promise<RedisCache> {
+async function redisCache (t: Test, url = REDIS_URL as string, commandTimeoutMs = 1000): Promise<RedisCache> {
   const cache = new RedisCache({ url, keyPrefix: `test:${randomBytes(4).toString('hex')}:`, connectTimeoutMs: 1000, commandTimeoutMs, log: silent })
   await cache.connect()
   t.teardown(() => cache.close())
@@ -26,7 +26,7 @@ const item = (seq: number) => JSON.stringify({ seq, content: `message ${seq}` })
 const joined = (...seqs: number[]) => seqs.map(item).join(',')
 const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i)
 
-async function read(cache: Cache, key: string, lastSeq: number, after: number, limit: number): Promise<string | undefined> {
+async function read (cache: Cache, key: string, lastSeq: number, after: number, limit: number): Promise<string | undefined> {
   const items = await cache.readSeqList(key, lastSeq, after, limit)
   if (items === undefined) return undefined
   const text = items.joined.toString()
@@ -34,7 +34,7 @@ async function read(cache: Cache, key: string, lastSeq: number, after: number, l
   return text
 }
 
-async function appendAll(cache: Cache, key: string, seqs: number[], maxLength = 100): Promise<void> {
+async function appendAll (cache: Cache, key: string, seqs: number[], maxLength = 100): Promise<void> {
   for (const seq of seqs) await cache.appendToSeqList(key, seq, item(seq), maxLength, 60)
 }
 

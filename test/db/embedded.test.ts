@@ -9,11 +9,10 @@ import { startServerProcess } from '../support/server-process.js'
 // No DATABASE_URL: the service runs its own PostgreSQL in DATA_DIR. This path runs in CI too: it is
 // what a new user gets from `npm start` on a fresh clone.
 
-function postmasterPid(dataDir: string): number | undefined {
+function postmasterPid (dataDir: string): number | undefined {
   const file = join(dataDir, 'postgres', 'postmaster.pid')
   return existsSync(file) ? Number(readFileSync(file, 'utf8').split('\n')[0]) : undefined
 }
-
 
 t.test('start, write, stop, start again: the data is still there and the server is stopped with the app', async (t) => {
   const dataDir = await tempDir(t)

@@ -13,7 +13,7 @@ const EXPECTED_TABLES = ['agent_health', 'agent_states', 'chat_messages', 'event
 const SHIPPED = readdirSync(MIGRATIONS_DIR).filter((file) => /^\d+\.do\..*\.sql$/.test(file)).sort()
 const LATEST = Math.max(...SHIPPED.map((file) => Number(file.split('.')[0])))
 
-async function tables(pool: pg.Pool): Promise<string[]> {
+async function tables (pool: pg.Pool): Promise<string[]> {
   const { rows } = await pool.query<{ table_name: string }>(
     "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name"
   )
@@ -21,13 +21,13 @@ async function tables(pool: pg.Pool): Promise<string[]> {
 }
 
 /** A pool for the test itself; its database is dropped WITH (FORCE) at teardown, which ends idle clients. */
-function testPool(connectionString: string, max: number): pg.Pool {
+function testPool (connectionString: string, max: number): pg.Pool {
   const pool = new pg.Pool({ connectionString, max })
   pool.on('error', () => undefined)
   return pool
 }
 
-function migrateInChild(databaseUrl: string): Promise<{ code: number | null; output: string }> {
+function migrateInChild (databaseUrl: string): Promise<{ code: number | null; output: string }> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, ['--import', 'tsx', 'src/db/migrate-cli.ts'], {
       env: { PATH: process.env.PATH, DATABASE_URL: databaseUrl, LOG_LEVEL: 'info' },

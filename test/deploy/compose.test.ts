@@ -28,7 +28,7 @@ interface ComposeConfig {
 }
 
 /** `docker-compose config` on the given files, with exactly the variables given (an empty .env). */
-async function resolve(t: Test, files: string[], vars: Record<string, string> = {}): Promise<{ code: number | null; config?: ComposeConfig; stderr: string }> {
+async function resolve (t: Test, files: string[], vars: Record<string, string> = {}): Promise<{ code: number | null; config?: ComposeConfig; stderr: string }> {
   const dir = await mkdtemp(join(tmpdir(), 'smalltalk-compose-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   const envFile = join(dir, 'env')
@@ -40,7 +40,7 @@ async function resolve(t: Test, files: string[], vars: Record<string, string> = 
   return { code: full.code, config: parseYaml(full.stdout) as ComposeConfig, stderr: full.stderr }
 }
 
-function ports(service: Service): Array<{ hostIp: string | undefined; published: string; target: string }> {
+function ports (service: Service): Array<{ hostIp: string | undefined; published: string; target: string }> {
   return (service.ports ?? []).map((port) => {
     if (typeof port === 'string') {
       const parts = port.replace(/\/tcp$/, '').split(':')

@@ -37,7 +37,7 @@ interface Query {
   label?: string
 }
 
-function queries(): Query[] {
+function queries (): Query[] {
   const dashboard = readDashboard()
   const found: Query[] = []
   for (const panel of allPanels(dashboard)) {

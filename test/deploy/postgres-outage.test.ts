@@ -21,7 +21,7 @@ const seconds = (duration: string) => {
 }
 
 /** A TCP proxy to PostgreSQL that can be made to hang: new connections get no answer, open ones are cut. */
-async function hangingProxy(target: URL) {
+async function hangingProxy (target: URL) {
   let hanging = false
   const sockets = new Set<Socket>()
   const track = (socket: Socket) => {
@@ -41,11 +41,11 @@ async function hangingProxy(target: URL) {
   if (typeof address !== 'object' || !address) throw new Error('proxy: no address')
   return {
     port: address.port,
-    hang() {
+    hang () {
       hanging = true
       for (const socket of sockets) socket.destroy()
     },
-    close() {
+    close () {
       for (const socket of sockets) socket.destroy()
       return new Promise<void>((resolve) => server.close(() => resolve()))
     }

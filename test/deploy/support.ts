@@ -18,7 +18,7 @@ export const readYaml = <T = unknown>(...parts: string[]): T => parseYaml(readRe
 
 const INSTALL_HINT = 'bash scripts/install-deploy-tools.sh installs it'
 
-export function which(tool: string): string | undefined {
+export function which (tool: string): string | undefined {
   for (const dir of (process.env.PATH ?? '').split(delimiter)) {
     if (!dir) continue
     const candidate = join(dir, tool)
@@ -36,7 +36,7 @@ export function which(tool: string): string | undefined {
  * True when `tool` is on PATH. Otherwise the check cannot run: it fails under REQUIRE_SERVICES
  * (CI installs the tools) and is skipped, saying why, on a developer's machine.
  */
-export function haveTool(t: Test, tool: string): boolean {
+export function haveTool (t: Test, tool: string): boolean {
   if (which(tool)) return true
   const why = `${tool} is not installed (${INSTALL_HINT})`
   if (REQUIRE_SERVICES) t.fail(`${why}, and REQUIRE_SERVICES is set`)
@@ -52,12 +52,12 @@ export interface RunResult {
 }
 
 /** Runs a command to completion (killed at timeoutMs), capturing its output. */
-export function run(
+export function run (
   command: string,
   args: string[],
   options: { cwd?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}
 ): Promise<RunResult> {
-  return new Promise((resolvePromise, reject) => {
+  return new Promise((resolve, reject) => {
     const child = spawn(command, args, { cwd: options.cwd ?? ROOT, env: options.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] })
     let stdout = ''
     let stderr = ''
@@ -70,13 +70,13 @@ export function run(
     })
     child.on('close', (code, signal) => {
       clearTimeout(timer)
-      resolvePromise({ code, signal, stdout, stderr })
+      resolve({ code, signal, stdout, stderr })
     })
   })
 }
 
 /** A minimal environment for child tools: nothing from the developer's shell leaks into a check. */
-export function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+export function cleanEnv (extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   return { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp', LANG: 'C.UTF-8', ...extra }
 }
 
@@ -89,17 +89,17 @@ export interface ChildServer {
   exited: Promise<number | null>
 }
 
-export function startChild(command: string, args: string[], options: { cwd: string; env: NodeJS.ProcessEnv }): ChildServer {
+export function startChild (command: string, args: string[], options: { cwd: string; env: NodeJS.ProcessEnv }): ChildServer {
   const child = spawn(command, args, { cwd: options.cwd, env: options.env, stdio: ['ignore', 'pipe', 'pipe'] })
   let output = ''
   child.stdout?.on('data', (chunk) => (output += chunk))
   child.stderr?.on('data', (chunk) => (output += chunk))
-  const exited = new Promise<number | null>((resolvePromise) => child.on('exit', (code) => resolvePromise(code)))
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
   return { child, output: () => output, exited }
 }
 
 /** Polls url until it answers `status`; throws (with the server's output) at the deadline or on exit. */
-export async function waitForStatus(server: ChildServer, url: string, status: number, timeoutMs: number): Promise<void> {
+export async function waitForStatus (server: ChildServer, url: string, status: number, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs
   while (Date.now() < deadline) {
     if (server.child.exitCode !== null) throw new Error(`server exited with ${server.child.exitCode}:\n${server.output()}`)
@@ -111,7 +111,7 @@ export async function waitForStatus(server: ChildServer, url: string, status: nu
 }
 
 /** SIGTERM, then the exit code (SIGKILL and null if it has not exited within timeoutMs). */
-export async function stopChild(server: ChildServer, timeoutMs = 20_000): Promise<number | null> {
+export async function stopChild (server: ChildServer, timeoutMs = 20_000): Promise<number | null> {
   if (server.child.exitCode !== null) return server.child.exitCode
   server.child.kill('SIGTERM')
   const timedOut = sleep(timeoutMs).then(() => 'timeout' as const)
@@ -138,7 +138,7 @@ export interface Stage {
 }
 
 /** Instructions with continuation lines joined and comments dropped; FROM images with ARG defaults resolved. */
-export function parseDockerfile(text: string): { globalArgs: Record<string, string>; stages: Stage[] } {
+export function parseDockerfile (text: string): { globalArgs: Record<string, string>; stages: Stage[] } {
   const logical: string[] = []
   let current = ''
   for (const raw of text.split('\n')) {
@@ -180,7 +180,7 @@ export function parseDockerfile(text: string): { globalArgs: Record<string, stri
 }
 
 /** The JSON array of an exec-form instruction (CMD, ENTRYPOINT), or undefined for the shell form. */
-export function execForm(args: string): string[] | undefined {
+export function execForm (args: string): string[] | undefined {
   if (!args.startsWith('[')) return undefined
   const parsed: unknown = JSON.parse(args)
   return Array.isArray(parsed) && parsed.every((item) => typeof item === 'string') ? parsed : undefined
@@ -198,7 +198,7 @@ interface Token {
   text: string
 }
 
-function tokenize(expr: string): Token[] {
+function tokenize (expr: string): Token[] {
   const tokens: Token[] = []
   let i = 0
   while (i < expr.length) {
@@ -241,7 +241,7 @@ export interface PromqlReferences {
 }
 
 /** The metric and label names a PromQL expression refers to (Grafana variables allowed). */
-export function promqlReferences(expr: string): PromqlReferences {
+export function promqlReferences (expr: string): PromqlReferences {
   const tokens = tokenize(expr)
   const refs: PromqlReferences = { metrics: new Set(), matcherLabels: [], groupingLabels: new Set() }
   for (let i = 0; i < tokens.length; i++) {
@@ -290,12 +290,12 @@ export function promqlReferences(expr: string): PromqlReferences {
 // The Prometheus text exposition format
 
 /** Sample name → the label names seen on its samples. */
-export function parseExposition(text: string): Map<string, Set<string>> {
+export function parseExposition (text: string): Map<string, Set<string>> {
   return new Map([...parseExpositionValues(text)].map(([name, labels]) => [name, new Set(labels.keys())]))
 }
 
 /** Sample name → label name → the values seen on its samples (escapes resolved). */
-export function parseExpositionValues(text: string): Map<string, Map<string, Set<string>>> {
+export function parseExpositionValues (text: string): Map<string, Map<string, Set<string>>> {
   const samples = new Map<string, Map<string, Set<string>>>()
   for (const line of text.split('\n')) {
     if (line === '' || line.startsWith('#')) continue
@@ -314,7 +314,7 @@ export function parseExpositionValues(text: string): Map<string, Map<string, Set
 }
 
 /** The value of the first sample of `name` that carries every label given (exactly), or undefined. */
-export function sampleValue(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
+export function sampleValue (text: string, name: string, labels: Record<string, string> = {}): number | undefined {
   const wanted = Object.entries(labels).map(([label, value]) => `${label}="${value}"`)
   const line = text
     .split('\n')
@@ -333,7 +333,7 @@ export interface AlertRule {
   annotations?: Record<string, string>
 }
 
-export function alertRules(): AlertRule[] {
+export function alertRules (): AlertRule[] {
   const file = readYaml<{ groups: Array<{ name: string; rules: AlertRule[] }> }>('monitoring', 'alerts.yml')
   return file.groups.flatMap((group) => group.rules)
 }
@@ -370,12 +370,12 @@ export interface Dashboard {
 export const readDashboard = (): Dashboard => JSON.parse(readRepoFile('monitoring', 'grafana', 'dashboards', 'smalltalk.json')) as Dashboard
 
 /** Every panel, those inside collapsed rows included. */
-export function allPanels(dashboard: Dashboard): Panel[] {
+export function allPanels (dashboard: Dashboard): Panel[] {
   return dashboard.panels.flatMap((panel) => [panel, ...(panel.panels ?? [])])
 }
 
 /** The PromQL of a query variable: `label_values(<selector>, <label>)` gives the selector and the label. */
-export function variableQuery(variable: TemplateVariable): { expr: string; label?: string } {
+export function variableQuery (variable: TemplateVariable): { expr: string; label?: string } {
   const query = typeof variable.query === 'string' ? variable.query : variable.query?.query ?? variable.definition ?? ''
   const labelValues = /^label_values\((.*),\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\)$/.exec(query.trim())
   return labelValues ? { expr: labelValues[1]!, label: labelValues[2]! } : { expr: query }

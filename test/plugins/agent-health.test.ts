@@ -12,7 +12,7 @@ const TEAM = `agents:
   - { id: offline, name: Offline, provider: echo, model: echo-1 }
 `
 
-async function setup(t: Test, overrides: Environment = {}) {
+async function setup (t: Test, overrides: Environment = {}) {
   const stub = await LlmStub.start()
   t.teardown(() => stub.close())
   const dir = t.testdir({ 'team.yaml': TEAM })

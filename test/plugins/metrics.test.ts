@@ -1,7 +1,7 @@
 import t from 'tap'
 import { buildService, testEnv } from '../helper.js'
 
-function sample(text: string, name: string, labels = ''): number | undefined {
+function sample (text: string, name: string, labels = ''): number | undefined {
   const line = text.split('\n').find((l) => l.startsWith(name + (labels ? `{${labels}}` : ' ')) || (labels && l.startsWith(`${name}{`) && l.includes(labels)))
   return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : undefined
 }

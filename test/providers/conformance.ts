@@ -23,31 +23,31 @@ export const KEYS = { OPENAI_API_KEY: 'sk-test-openai-0123456789', ANTHROPIC_API
  * Configuration whose every base URL is the stub: no test can reach a real provider. `baseUrlFor`
  * gives the per-agent baseUrl form of the stub for each wire format.
  */
-export function stubConfig(stub: LlmStub, extra: ProviderConfig = {}): ProviderConfig {
+export function stubConfig (stub: LlmStub, extra: ProviderConfig = {}): ProviderConfig {
   return { ...KEYS, OPENAI_BASE_URL: stub.openaiBaseUrl, ANTHROPIC_BASE_URL: stub.anthropicBaseUrl, GEMINI_BASE_URL: stub.geminiBaseUrl, ...extra }
 }
 
-export function agentBaseUrl(provider: Subject['provider'], stub: LlmStub, prefix: string): string {
+export function agentBaseUrl (provider: Subject['provider'], stub: LlmStub, prefix: string): string {
   return provider === 'openai' || provider === 'openai-compatible' ? stub.urlFor(prefix) : `${stub.url}/${prefix}`
 }
 
-export function definition(provider: Subject['provider'], extra: Partial<AgentDefinition> = {}): AgentDefinition {
+export function definition (provider: Subject['provider'], extra: Partial<AgentDefinition> = {}): AgentDefinition {
   return { id: 'agent', name: 'Agent', description: '', provider, model: 'model-1', systemPrompt: 'You are terse.', temperature: 0.3, maxTokens: 77, expertise: [], ...extra }
 }
 
 /** The provider for an agent, built by the factory; it asserts the endpoint is the loopback stub. */
-export function providerFor(t: Test, stub: LlmStub, agent: AgentDefinition, config: ProviderConfig = stubConfig(stub)): Provider {
+export function providerFor (t: Test, stub: LlmStub, agent: AgentDefinition, config: ProviderConfig = stubConfig(stub)): Provider {
   t.match(endpointFor(agent, config).baseUrl, /^http:\/\/127\.0\.0\.1:\d+(\/|$)/, 'the test talks to the loopback stub, never to the internet')
   return createProvider(agent, config)
 }
 
-export async function startStub(t: Test): Promise<LlmStub> {
+export async function startStub (t: Test): Promise<LlmStub> {
   const stub = await LlmStub.start()
   t.teardown(() => stub.close())
   return stub
 }
 
-export function chat(signal: AbortSignal = new AbortController().signal, extra: Partial<ChatRequest> = {}): ChatRequest {
+export function chat (signal: AbortSignal = new AbortController().signal, extra: Partial<ChatRequest> = {}): ChatRequest {
   return {
     model: 'model-1',
     systemPrompt: 'You are terse.',
@@ -71,7 +71,7 @@ export interface Collected {
 }
 
 /** Reads a stream to its end or its error; `onChunk` may stop it early by returning false. */
-export async function collect(stream: AsyncIterable<ChatChunk>, onChunk?: (chunk: ChatChunk, index: number) => boolean | void): Promise<Collected> {
+export async function collect (stream: AsyncIterable<ChatChunk>, onChunk?: (chunk: ChatChunk, index: number) => boolean | void): Promise<Collected> {
   const chunks: ChatChunk[] = []
   const started = performance.now()
   let error: unknown
@@ -86,7 +86,7 @@ export async function collect(stream: AsyncIterable<ChatChunk>, onChunk?: (chunk
   return { chunks, deltas: chunks.flatMap((c) => (c.type === 'delta' ? [c.text] : [])), error, ms: performance.now() - started }
 }
 
-export function providerConformance(t: Test, subject: Subject): void {
+export function providerConformance (t: Test, subject: Subject): void {
   const { provider } = subject
   const agent = definition(provider)
 
@@ -263,7 +263,12 @@ export function providerConformance(t: Test, subject: Subject): void {
     const reason = new DOMException('deadline', 'TimeoutError')
     let abortedAt = 0
     const { deltas, error } = await collect(providerFor(t, stub, agent).stream(chat(controller.signal)), (chunk) => {
-      if (chunk.type === 'delta') setTimeout(() => ((abortedAt = performance.now()), controller.abort(reason)), 50)
+      if (chunk.type === 'delta') {
+        setTimeout(() => {
+          abortedAt = performance.now()
+          controller.abort(reason)
+        }, 50)
+      }
     })
     t.equal(error, reason, 'the very reason, not a ProviderError')
     t.same(deltas, ['a'])

@@ -2,7 +2,7 @@ import t from 'tap'
 import { EchoProvider } from '../../src/providers/echo.js'
 import type { ChatChunk, ChatRequest } from '../../src/providers/provider.js'
 
-function request(content: string, extra: Partial<ChatRequest> = {}): ChatRequest {
+function request (content: string, extra: Partial<ChatRequest> = {}): ChatRequest {
   return {
     model: 'gpt-4o-mini',
     systemPrompt: 'You are a helpful assistant.',
@@ -18,7 +18,7 @@ function request(content: string, extra: Partial<ChatRequest> = {}): ChatRequest
   }
 }
 
-async function collect(stream: AsyncIterable<ChatChunk>): Promise<ChatChunk[]> {
+async function collect (stream: AsyncIterable<ChatChunk>): Promise<ChatChunk[]> {
   const chunks: ChatChunk[] = []
   for await (const chunk of stream) chunks.push(chunk)
   return chunks

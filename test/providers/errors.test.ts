@@ -4,7 +4,7 @@ import { ProviderError } from '../../src/providers/provider.js'
 
 const KEY = 'sk-live-abcdef0123456789'
 
-function context(signal: AbortSignal = new AbortController().signal): CallContext {
+function context (signal: AbortSignal = new AbortController().signal): CallContext {
   return { provider: 'openai', model: 'gpt-x', baseUrl: 'https://user:secret@api.example.test/v1?token=x', apiKey: KEY, signal }
 }
 

@@ -6,15 +6,21 @@ import { providerFetch } from '../../src/providers/http.js'
 // The fetch the provider SDKs are given (undici's request API behind the fetch signature): what it
 // sends, and the WHATWG Response it gives back, against a loopback server.
 
-async function server(t: Test) {
+async function server (t: Test) {
   const seen: Array<{ method: string; url: string; headers: IncomingHttpHeaders; body: string }> = []
   const srv = createServer((req, res) => {
     let body = ''
     req.on('data', (chunk) => (body += chunk))
     req.on('end', () => {
       seen.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, body })
-      if (req.url === '/empty') return void res.writeHead(204).end()
-      if (req.url === '/cookies') return void res.writeHead(200, [['content-type', 'text/plain'], ['set-cookie', 'a=1'], ['set-cookie', 'b=2']]).end('ok')
+      if (req.url === '/empty') {
+        res.writeHead(204).end()
+        return
+      }
+      if (req.url === '/cookies') {
+        res.writeHead(200, [['content-type', 'text/plain'], ['set-cookie', 'a=1'], ['set-cookie', 'b=2']]).end('ok')
+        return
+      }
       if (req.url === '/events') {
         res.writeHead(200, { 'content-type': 'text/event-stream' })
         res.write('data: one\n\n')

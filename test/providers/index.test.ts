@@ -6,7 +6,7 @@ import { GeminiProvider } from '../../src/providers/gemini.js'
 import { createProvider, endpointFor, missingSetting, ProviderCache, type LazyProvider } from '../../src/providers/index.js'
 import { OpenAiProvider } from '../../src/providers/openai.js'
 
-function agent(provider: AgentDefinition['provider'], extra: Partial<AgentDefinition> = {}): AgentDefinition {
+function agent (provider: AgentDefinition['provider'], extra: Partial<AgentDefinition> = {}): AgentDefinition {
   return { id: 'a', name: 'A', description: '', provider, model: 'm', systemPrompt: '', temperature: 0.5, maxTokens: 10, expertise: [], ...extra }
 }
 

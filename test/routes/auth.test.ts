@@ -6,7 +6,7 @@ import { buildTestApp, testEnv } from '../helper.js'
 const KEYS = 'sk-alpha-1:alpha,sk-alpha-2:alpha,sk-beta-1:beta'
 const as = (key: string) => ({ authorization: `Bearer ${key}` })
 
-async function sessionOf(app: FastifyInstance, key: string) {
+async function sessionOf (app: FastifyInstance, key: string) {
   const res = await app.inject({ method: 'POST', url: '/v1/sessions', headers: as(key), payload: { metadata: { owner: key } } })
   t.equal(res.statusCode, 201)
   const session = res.json()

@@ -8,7 +8,7 @@ import { OPEN_TENANT } from '../../plugins/auth.js'
 const json = { 'content-type': 'application/json' }
 
 /** Follows /v1/events/stream as a browser's EventSource would, collecting parsed events. */
-async function follow(t: Test, app: FastifyInstance, query = '', headers: Record<string, string> = {}) {
+async function follow (t: Test, app: FastifyInstance, query = '', headers: Record<string, string> = {}) {
   const address = app.server.address()
   const port = typeof address === 'object' && address ? address.port : 0
   const controller = new AbortController()
@@ -35,7 +35,7 @@ async function follow(t: Test, app: FastifyInstance, query = '', headers: Record
   return { response, events, stop: () => controller.abort(), ended: pump }
 }
 
-async function listening(t: Test, env: Record<string, string | undefined>) {
+async function listening (t: Test, env: Record<string, string | undefined>) {
   const app = await buildTestApp(t, env)
   await app.listen({ port: 0, host: '127.0.0.1' })
   return app

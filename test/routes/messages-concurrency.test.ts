@@ -18,17 +18,17 @@ interface Message {
   agent?: string
 }
 
-function post(app: FastifyInstance, id: string, body: unknown, headers: Record<string, string> = {}): Promise<LightMyRequestResponse> {
+function post (app: FastifyInstance, id: string, body: unknown, headers: Record<string, string> = {}): Promise<LightMyRequestResponse> {
   return app.inject({ method: 'POST', url: `/v1/sessions/${id}/messages`, headers, payload: body as Record<string, unknown> })
 }
 
-async function createSession(app: FastifyInstance, headers: Record<string, string> = {}): Promise<string> {
+async function createSession (app: FastifyInstance, headers: Record<string, string> = {}): Promise<string> {
   const res = await app.inject({ method: 'POST', url: '/v1/sessions', headers, payload: { agents: ['assistant'] } })
   if (res.statusCode !== 201) throw new Error(`session not created: ${res.statusCode} ${res.body}`)
   return res.json().id
 }
 
-async function messages(app: FastifyInstance, id: string, headers: Record<string, string> = {}): Promise<Message[]> {
+async function messages (app: FastifyInstance, id: string, headers: Record<string, string> = {}): Promise<Message[]> {
   const all: Message[] = []
   let after = 0
   for (let page = 0; page < 20; page++) {
@@ -42,7 +42,7 @@ async function messages(app: FastifyInstance, id: string, headers: Record<string
   throw new Error('history: too many pages')
 }
 
-async function counter(registry: Registry, name: string, labels: Record<string, string> = {}): Promise<number> {
+async function counter (registry: Registry, name: string, labels: Record<string, string> = {}): Promise<number> {
   const metric = registry.getSingleMetric(name)
   if (!metric) throw new Error(`no metric ${name}`)
   const { values } = await metric.get()
@@ -56,14 +56,14 @@ async function counter(registry: Registry, name: string, labels: Record<string, 
  * it, measures event-loop utilisation cumulatively since start-up, so right after booting two apps
  * in one process every request can be a 503 OVERLOADED for a moment (reported as a bug).
  */
-async function settle(t: Test, ...apps: FastifyInstance[]): Promise<void> {
+async function settle (t: Test, ...apps: FastifyInstance[]): Promise<void> {
   const pressured = () => apps.some((app) => (app as unknown as { isUnderPressure(): boolean }).isUnderPressure())
   await sleep(1100) // the first sample is taken one second (sampleInterval) after start-up
   t.ok(await eventually(() => !pressured(), 10_000, 50), 'the apps are not shedding load')
 }
 
 /** Checks the stored history of a session that received `k` answered posts: seqs 1..2k, user/assistant pairs. */
-function assertPairs(t: Test, stored: Message[], answered: Array<{ message: Message; reply: Message }>): void {
+function assertPairs (t: Test, stored: Message[], answered: Array<{ message: Message; reply: Message }>): void {
   const k = answered.length
   t.same(stored.map((m) => m.seq), Array.from({ length: 2 * k }, (_, i) => i + 1), `seqs are exactly 1..${2 * k}: no gap, no duplicate`)
   t.ok(stored.every((m, i) => m.role === (i % 2 === 0 ? 'user' : 'assistant')), 'user and assistant alternate, in pairs')
@@ -119,7 +119,7 @@ t.test('N concurrent posts to one session: 201 or 409, seqs gap-free and paired,
  * Workers that post to one session until each got `perWorker` replies, backing off on 409: replies
  * follow each other as closely as possible, the hardest case for the lease and the cache.
  */
-async function hammer(t: Test, apps: FastifyInstance[], id: string, workers: number, perWorker: number, deadlineMs: number) {
+async function hammer (t: Test, apps: FastifyInstance[], id: string, workers: number, perWorker: number, deadlineMs: number) {
   const answered: Array<{ message: Message; reply: Message }> = []
   let refused = 0
   const unexpected: string[] = []
@@ -271,7 +271,7 @@ t.test('Idempotency-Keys belong to a tenant: the same key in two tenants are two
 })
 
 /** A loopback TCP proxy that delays everything sent to the server: a replica with a slow path to Redis. */
-async function delayingProxy(t: Test, target: string, delayMs: number): Promise<string> {
+async function delayingProxy (t: Test, target: string, delayMs: number): Promise<string> {
   const { createServer, connect } = await import('node:net')
   const parsed = new URL(target)
   const [host, port] = [parsed.hostname, Number(parsed.port)]

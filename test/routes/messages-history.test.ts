@@ -10,29 +10,29 @@ import { REDIS_URL, buildTestApp, redisUnavailable, testEnv } from '../helper.js
 
 const KEY = 'history-test-key'
 
-async function start(t: Test, env: Environment): Promise<FastifyInstance> {
+async function start (t: Test, env: Environment): Promise<FastifyInstance> {
   const app = await buildTestApp(t, env)
   await app.ready()
   return app
 }
 
-async function createSession(app: FastifyInstance, headers: Record<string, string> = {}): Promise<string> {
+async function createSession (app: FastifyInstance, headers: Record<string, string> = {}): Promise<string> {
   const res = await app.inject({ method: 'POST', url: '/v1/sessions', payload: {}, headers })
   if (res.statusCode !== 201) throw new Error(`session not created: ${res.statusCode} ${res.body}`)
   return res.json().id
 }
 
-async function post(app: FastifyInstance, id: string, content: string, headers: Record<string, string> = {}): Promise<void> {
+async function post (app: FastifyInstance, id: string, content: string, headers: Record<string, string> = {}): Promise<void> {
   const res = await app.inject({ method: 'POST', url: `/v1/sessions/${id}/messages`, headers: { 'content-type': 'application/json', ...headers }, payload: { content } })
   if (res.statusCode !== 201) throw new Error(`post: ${res.statusCode} ${res.body}`)
 }
 
-function read(app: FastifyInstance, id: string, query = '', headers: Record<string, string> = {}): Promise<LightMyRequestResponse> {
+function read (app: FastifyInstance, id: string, query = '', headers: Record<string, string> = {}): Promise<LightMyRequestResponse> {
   return app.inject({ url: `/v1/sessions/${id}/messages${query ? `?${query}` : ''}`, headers })
 }
 
 /** smalltalk_cache_lookups_total{cache="history"} (or "session"), by result. */
-async function historyLookups(app: FastifyInstance, cache = 'history'): Promise<{ hit: number; miss: number }> {
+async function historyLookups (app: FastifyInstance, cache = 'history'): Promise<{ hit: number; miss: number }> {
   const metric = await app.metricsRegistry.getSingleMetric('smalltalk_cache_lookups_total')?.get()
   const value = (result: string) => metric?.values.find((v) => v.labels.cache === cache && v.labels.result === result)?.value ?? 0
   return { hit: value('hit'), miss: value('miss') }

@@ -20,7 +20,7 @@ interface Message {
   content: string
 }
 
-async function startListening(t: Test, env: Environment): Promise<{ app: FastifyInstance; base: string }> {
+async function startListening (t: Test, env: Environment): Promise<{ app: FastifyInstance; base: string }> {
   const app = await buildTestApp(t, env)
   // Node's fetch may leave a spare connection open; drop every connection when the app closes.
   app.addHook('preClose', (done) => {
@@ -31,28 +31,28 @@ async function startListening(t: Test, env: Environment): Promise<{ app: Fastify
   return { app, base }
 }
 
-async function createSession(app: FastifyInstance): Promise<string> {
+async function createSession (app: FastifyInstance): Promise<string> {
   const res = await app.inject({ method: 'POST', url: '/v1/sessions', payload: { agents: ['assistant'] } })
   if (res.statusCode !== 201) throw new Error(`session not created: ${res.statusCode} ${res.body}`)
   return res.json().id
 }
 
-function post(app: FastifyInstance, id: string, content: string): Promise<LightMyRequestResponse> {
+function post (app: FastifyInstance, id: string, content: string): Promise<LightMyRequestResponse> {
   return app.inject({ method: 'POST', url: `/v1/sessions/${id}/messages`, payload: { content } })
 }
 
-async function history(app: FastifyInstance, id: string, query = 'limit=200'): Promise<Message[]> {
+async function history (app: FastifyInstance, id: string, query = 'limit=200'): Promise<Message[]> {
   const res = await app.inject(`/v1/sessions/${id}/messages?${query}`)
   if (res.statusCode !== 200) throw new Error(`history: ${res.statusCode} ${res.body}`)
   return res.json().messages
 }
 
-async function messageCount(app: FastifyInstance, id: string): Promise<number> {
+async function messageCount (app: FastifyInstance, id: string): Promise<number> {
   return (await app.inject(`/v1/sessions/${id}`)).json().messageCount
 }
 
 /** What the session's history must be after these user messages (each answered by the echo). */
-function conversation(...contents: string[]): Array<[number, string, string]> {
+function conversation (...contents: string[]): Array<[number, string, string]> {
   return contents.flatMap((content, i) => [
     [2 * i + 1, 'user', content],
     [2 * i + 2, 'assistant', echo(content)]
@@ -61,7 +61,7 @@ function conversation(...contents: string[]): Array<[number, string, string]> {
 
 const shape = (messages: Message[]) => messages.map((m) => [m.seq, m.role, m.content])
 
-async function timed<T>(work: () => Promise<T>): Promise<{ value: T; ms: number }> {
+async function timed<T> (work: () => Promise<T>): Promise<{ value: T; ms: number }> {
   const started = performance.now()
   const value = await work()
   return { value, ms: Math.round(performance.now() - started) }
@@ -149,7 +149,7 @@ t.test('Redis blackholed: posts complete quickly (command timeout) and reads sta
  * or a silent network partition): the client still believes it is connected, so every command waits
  * for the command timeout.
  */
-async function freezableProxy(t: Test, target: string): Promise<{ url: string; freeze(): void; thaw(): void }> {
+async function freezableProxy (t: Test, target: string): Promise<{ url: string; freeze(): void; thaw(): void }> {
   const parsed = new URL(target)
   const [host, port] = [parsed.hostname, Number(parsed.port)]
   let frozen = false
@@ -219,7 +219,7 @@ t.test('Redis hung on a live connection: posts still complete within a bounded t
 })
 
 /** Makes the test's database refuse connections, as an unreachable PostgreSQL would, until `allow()`. */
-async function databaseSwitch(t: Test, databaseUrl: string): Promise<{ refuse(): Promise<void>; allow(): Promise<void> }> {
+async function databaseSwitch (t: Test, databaseUrl: string): Promise<{ refuse(): Promise<void>; allow(): Promise<void> }> {
   const name = new URL(databaseUrl).pathname.slice(1)
   if (!/^[a-z0-9_]+$/.test(name)) throw new Error(`unexpected database name ${name}`)
   const admin = new pg.Client({ connectionString: withDatabase(databaseUrl, 'postgres') })
@@ -234,7 +234,7 @@ async function databaseSwitch(t: Test, databaseUrl: string): Promise<{ refuse():
     await admin.end()
   })
   return {
-    async refuse() {
+    async refuse () {
       refused = true
       await admin.query(`ALTER DATABASE ${name} ALLOW_CONNECTIONS false`)
       await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()', [name])
@@ -383,7 +383,7 @@ t.test('a database connection lost in the middle of a transaction fails that req
   await client.query('BEGIN')
   await client.query('SELECT 1')
   const { rows } = await admin.query(
-    `SELECT pg_terminate_backend(pid) AS killed FROM pg_stat_activity WHERE datname = $1 AND state = 'idle in transaction'`,
+    'SELECT pg_terminate_backend(pid) AS killed FROM pg_stat_activity WHERE datname = $1 AND state = \'idle in transaction\'',
     [name]
   )
   t.ok(rows.length >= 1, 'the connection was killed in the middle of its transaction')

@@ -58,7 +58,7 @@ interface World {
   base: string
 }
 
-async function world(t: Test, env: Environment = {}): Promise<World> {
+async function world (t: Test, env: Environment = {}): Promise<World> {
   const stub = await LlmStub.start()
   t.teardown(() => stub.close())
   const dir = await tempDir(t)
@@ -86,17 +86,17 @@ async function world(t: Test, env: Environment = {}): Promise<World> {
   return { stub, app, base }
 }
 
-async function createSession(app: FastifyInstance, agents = ['assistant', 'coder', 'writer']): Promise<string> {
+async function createSession (app: FastifyInstance, agents = ['assistant', 'coder', 'writer']): Promise<string> {
   const res = await app.inject({ method: 'POST', url: '/v1/sessions', payload: { agents } })
   if (res.statusCode !== 201) throw new Error(`session not created: ${res.statusCode} ${res.body}`)
   return res.json().id
 }
 
-function post(app: FastifyInstance, id: string, body: Record<string, unknown>): Promise<LightMyRequestResponse> {
+function post (app: FastifyInstance, id: string, body: Record<string, unknown>): Promise<LightMyRequestResponse> {
   return app.inject({ method: 'POST', url: `/v1/sessions/${id}/messages`, payload: body })
 }
 
-async function history(app: FastifyInstance, id: string): Promise<Array<{ role: string; content: string; agent: string | null; provider: string | null }>> {
+async function history (app: FastifyInstance, id: string): Promise<Array<{ role: string; content: string; agent: string | null; provider: string | null }>> {
   return (await app.inject(`/v1/sessions/${id}/messages`)).json().messages
 }
 
@@ -139,7 +139,7 @@ t.test('each provider answers through its own SDK and wire format, with usage an
 })
 
 /** Two replicas of one service (one database), each with its own Redis key prefix unless `shareCache`. */
-async function twoReplicas(t: Test, shareCache: boolean) {
+async function twoReplicas (t: Test, shareCache: boolean) {
   const stub = await LlmStub.start()
   t.teardown(() => stub.close())
   const dir = await tempDir(t)
@@ -361,7 +361,7 @@ t.test('ROUTER=llm needs a ROUTER_AGENT of the manifest', async (t) => {
   })
 })
 
-async function listenPort(app: FastifyInstance): Promise<number> {
+async function listenPort (app: FastifyInstance): Promise<number> {
   if (!app.server.listening) await app.listen({ port: 0, host: '127.0.0.1' })
   return (app.server.address() as { port: number }).port
 }

@@ -15,7 +15,7 @@ const echo = (agent: string, content: string) => `Echo (${MODELS[agent]}): ${con
 
 type Message = Omit<StoredMessage, 'role'> & { role: 'user' | 'assistant' }
 
-async function start(t: Test, env: Environment = {}): Promise<FastifyInstance> {
+async function start (t: Test, env: Environment = {}): Promise<FastifyInstance> {
   const app = await buildTestApp(t, await testEnv(t, { REDIS_URL, ...env }))
   await app.ready()
   return app
@@ -26,7 +26,7 @@ async function start(t: Test, env: Environment = {}): Promise<FastifyInstance> {
  * when a request is aborted mid-body; Node's server only drops such a connection after its headers
  * timeout, so the app would take a minute to close: at close, every connection is dropped.
  */
-async function startListening(t: Test, env: Environment = {}): Promise<{ app: FastifyInstance; base: string }> {
+async function startListening (t: Test, env: Environment = {}): Promise<{ app: FastifyInstance; base: string }> {
   const app = await buildTestApp(t, await testEnv(t, { REDIS_URL, ...env }))
   app.addHook('preClose', (done) => {
     app.server.closeAllConnections()
@@ -36,13 +36,13 @@ async function startListening(t: Test, env: Environment = {}): Promise<{ app: Fa
   return { app, base }
 }
 
-async function createSession(app: FastifyInstance, body: Record<string, unknown> = {}): Promise<{ id: string; agents: string[]; messageCount: number }> {
+async function createSession (app: FastifyInstance, body: Record<string, unknown> = {}): Promise<{ id: string; agents: string[]; messageCount: number }> {
   const res = await app.inject({ method: 'POST', url: '/v1/sessions', payload: body })
   if (res.statusCode !== 201) throw new Error(`session not created: ${res.statusCode} ${res.body}`)
   return res.json()
 }
 
-function post(app: FastifyInstance, id: string, body: unknown, headers: Record<string, string> = {}): Promise<LightMyRequestResponse> {
+function post (app: FastifyInstance, id: string, body: unknown, headers: Record<string, string> = {}): Promise<LightMyRequestResponse> {
   return app.inject({
     method: 'POST',
     url: `/v1/sessions/${id}/messages`,
@@ -51,22 +51,22 @@ function post(app: FastifyInstance, id: string, body: unknown, headers: Record<s
   })
 }
 
-async function messages(app: FastifyInstance, id: string, query = 'limit=200'): Promise<Message[]> {
+async function messages (app: FastifyInstance, id: string, query = 'limit=200'): Promise<Message[]> {
   const res = await app.inject(`/v1/sessions/${id}/messages?${query}`)
   if (res.statusCode !== 200) throw new Error(`history: ${res.statusCode} ${res.body}`)
   return res.json().messages
 }
 
-async function session(app: FastifyInstance, id: string): Promise<{ messageCount: number }> {
+async function session (app: FastifyInstance, id: string): Promise<{ messageCount: number }> {
   return (await app.inject(`/v1/sessions/${id}`)).json()
 }
 
 /** The delta texts of an SSE answer, concatenated. */
-function deltaText(result: SseResult): string {
+function deltaText (result: SseResult): string {
   return result.events.filter((e) => e.event === 'delta').map((e) => data<{ text: string }>(e).text).join('')
 }
 
-function assertErrorBody(t: Test, res: LightMyRequestResponse, statusCode: number, code?: string): Record<string, any> {
+function assertErrorBody (t: Test, res: LightMyRequestResponse, statusCode: number, code?: string): Record<string, any> {
   if (!t.equal(res.statusCode, statusCode, `status ${statusCode} (${res.body.slice(0, 200)})`)) return {}
   t.match(res.headers['content-type'], /^application\/json/)
   const body = res.json()
@@ -321,6 +321,7 @@ t.test('bad input: a 4xx that says what is wrong, and nothing stored', async (t)
 
 const TRICKY_TEXTS: Array<[string, string]> = [
   ['SQL', "'); DROP TABLE chat_messages; --"],
+  // eslint-disable-next-line no-template-curly-in-string -- a literal ${x} is the point: stored exactly as sent
   ['more SQL', 'Robert\'); DROP TABLE sessions;-- " \\ \\\\ $1 %s %d ${x} `x` \\x00 E\'\\n\' /* */'],
   ['emoji', '👋🏽 family 👨‍👩‍👧‍👦 flag 🇫🇷 keycap 1️⃣ ❤️'],
   ['CJK', '你好，世界。日本語のテキスト、カタカナ。한국어 텍스트'],
@@ -364,7 +365,7 @@ t.test('any text is stored and returned byte for byte, as JSON and as SSE, and t
 
   // Straight from PostgreSQL: the bytes, not a normalised or escaped form.
   const { rows } = await app.pg.pool.query<{ content: string; bytes: number }>(
-    `SELECT content, octet_length(convert_to(content, 'UTF8')) AS bytes FROM chat_messages WHERE session_id = $1 ORDER BY seq`,
+    'SELECT content, octet_length(convert_to(content, \'UTF8\')) AS bytes FROM chat_messages WHERE session_id = $1 ORDER BY seq',
     [id]
   )
   rows.forEach((row, i) => {
@@ -373,7 +374,7 @@ t.test('any text is stored and returned byte for byte, as JSON and as SSE, and t
   })
 
   const tables = await app.pg.pool.query<{ t: string | null }>(
-    `SELECT to_regclass(name) AS t FROM unnest(ARRAY['chat_messages', 'sessions', 'event_logs', 'agent_states']) AS name`
+    'SELECT to_regclass(name) AS t FROM unnest(ARRAY[\'chat_messages\', \'sessions\', \'event_logs\', \'agent_states\']) AS name'
   )
   t.same(tables.rows.map((r) => r.t), ['chat_messages', 'sessions', 'event_logs', 'agent_states'], 'every table still exists')
   t.equal((await app.inject('/v1/sessions')).statusCode, 200)

@@ -4,7 +4,7 @@ import { buildTestApp, testEnv } from '../helper.js'
 
 const json = { 'content-type': 'application/json' }
 
-async function createSession(app: FastifyInstance, body: Record<string, unknown> = {}) {
+async function createSession (app: FastifyInstance, body: Record<string, unknown> = {}) {
   const res = await app.inject({ method: 'POST', url: '/v1/sessions', headers: json, payload: body })
   if (res.statusCode !== 201) throw new Error(`create failed: ${res.statusCode} ${res.body}`)
   return res.json()

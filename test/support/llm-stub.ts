@@ -119,9 +119,9 @@ export class LlmStub {
   private readonly closing = new AbortController()
   private idleWaiters: (() => void)[] = []
 
-  private constructor(private readonly server: Server, readonly port: number) {}
+  private constructor (private readonly server: Server, readonly port: number) {}
 
-  static async start(): Promise<LlmStub> {
+  static async start (): Promise<LlmStub> {
     const server = createServer()
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject)
@@ -133,63 +133,63 @@ export class LlmStub {
       stub.sockets.add(socket)
       socket.on('close', () => stub.sockets.delete(socket))
     })
-    server.on('request', (req, res) => void stub.handle(req, res))
+    server.on('request', (req, res) => { void stub.handle(req, res) })
     return stub
   }
 
-  get url(): string {
+  get url (): string {
     return `http://127.0.0.1:${this.port}`
   }
 
-  get openaiBaseUrl(): string {
+  get openaiBaseUrl (): string {
     return `${this.url}/v1`
   }
 
-  get anthropicBaseUrl(): string {
+  get anthropicBaseUrl (): string {
     return this.url
   }
 
-  get geminiBaseUrl(): string {
+  get geminiBaseUrl (): string {
     return this.url
   }
 
   /** An OpenAI-style base URL under a prefix of its own: requests through it record `prefix: '/<name>'`. */
-  urlFor(name: string): string {
+  urlFor (name: string): string {
     return `${this.url}/${name}/v1`
   }
 
   /** Responses started and not yet finished or closed. */
-  get inFlight(): number {
+  get inFlight (): number {
     return this.active.size
   }
 
-  enqueue(handler: StubHandler, options: { times?: number; when?: (request: StubRequest) => boolean } = {}): this {
+  enqueue (handler: StubHandler, options: { times?: number; when?: (request: StubRequest) => boolean } = {}): this {
     this.queue.push({ handler, times: options.times ?? 1, when: options.when })
     return this
   }
 
   /** The next `count` requests answer `status` with a provider-shaped error body and these headers. */
-  failNext(count: number, status: number, headers: Record<string, string> = {}): this {
+  failNext (count: number, status: number, headers: Record<string, string> = {}): this {
     return this.enqueue({ status, headers }, { times: count })
   }
 
-  setDefault(handler: StubHandler): this {
+  setDefault (handler: StubHandler): this {
     this.fallback = handler
     return this
   }
 
-  reset(): void {
+  reset (): void {
     this.queue.length = 0
     this.fallback = {}
     this.requests.length = 0
   }
 
-  chatRequests(): StubRequest[] {
+  chatRequests (): StubRequest[] {
     return this.requests.filter((request) => request.kind === 'chat')
   }
 
   /** Resolves once no response is in flight (a client that aborted has closed its connection). */
-  idle(timeoutMs = 2000): Promise<void> {
+  idle (timeoutMs = 2000): Promise<void> {
     if (this.active.size === 0) return Promise.resolve()
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`stub: ${this.active.size} response(s) still in flight after ${timeoutMs} ms`)), timeoutMs)
@@ -200,7 +200,7 @@ export class LlmStub {
     })
   }
 
-  async waitForRequests(count: number, timeoutMs = 2000): Promise<void> {
+  async waitForRequests (count: number, timeoutMs = 2000): Promise<void> {
     const deadline = Date.now() + timeoutMs
     while (this.requests.length < count) {
       if (Date.now() > deadline) throw new Error(`stub: ${this.requests.length} request(s) after ${timeoutMs} ms, expected ${count}`)
@@ -208,14 +208,14 @@ export class LlmStub {
     }
   }
 
-  async close(): Promise<void> {
+  async close (): Promise<void> {
     this.closing.abort()
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()))
     for (const socket of this.sockets) socket.destroy()
     await closed
   }
 
-  private nextScript(request: StubRequest): StubScript {
+  private nextScript (request: StubRequest): StubScript {
     const index = this.queue.findIndex((entry) => entry.when === undefined || entry.when(request))
     let handler = this.fallback
     if (index >= 0) {
@@ -226,7 +226,7 @@ export class LlmStub {
     return typeof handler === 'function' ? handler(request) : handler
   }
 
-  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  private async handle (req: IncomingMessage, res: ServerResponse): Promise<void> {
     this.active.add(res)
     const done = new AbortController()
     res.on('close', () => {
@@ -277,7 +277,7 @@ export class LlmStub {
 }
 
 /** A loopback URL where nothing listens (connection refused), OpenAI-style with /v1. */
-export async function refusedUrl(): Promise<string> {
+export async function refusedUrl (): Promise<string> {
   return `http://127.0.0.1:${await freeLoopbackPort()}/v1`
 }
 
@@ -287,7 +287,7 @@ interface Reply {
   usage: { inputTokens: number; outputTokens: number }
 }
 
-function replyOf(request: StubRequest, script: StubScript): Reply {
+function replyOf (request: StubRequest, script: StubScript): Reply {
   const model = request.model ?? 'stub-model'
   const text = script.text ?? `Stub reply from ${model}`
   const deltas = typeof text === 'string' ? EchoProvider.split(text) : text
@@ -295,11 +295,11 @@ function replyOf(request: StubRequest, script: StubScript): Reply {
   return { model, deltas, usage: script.usage ?? { inputTokens: inputWords, outputTokens: EchoProvider.countWords(deltas.join('')) } }
 }
 
-async function pause(ms: number | undefined, signal: AbortSignal): Promise<void> {
+async function pause (ms: number | undefined, signal: AbortSignal): Promise<void> {
   if (ms && ms > 0) await sleep(ms, undefined, { signal })
 }
 
-function readBody(req: IncomingMessage): Promise<string> {
+function readBody (req: IncomingMessage): Promise<string> {
   return new Promise((resolve, reject) => {
     let text = ''
     req.setEncoding('utf8')
@@ -315,7 +315,7 @@ const ANTHROPIC_MESSAGES = /^(.*)\/v1\/messages$/
 const GEMINI_GENERATE = /^(.*)\/v1beta\/models\/([^/:]+):(streamGenerateContent|generateContent)$/
 const GEMINI_MODELS = /^(.*)\/v1beta\/models(?:\/([^/:]+))?$/
 
-function parseRequest(req: IncomingMessage, raw: string): StubRequest | undefined {
+function parseRequest (req: IncomingMessage, raw: string): StubRequest | undefined {
   const url = new URL(req.url ?? '/', 'http://stub')
   const path = url.pathname
   const method = req.method ?? 'GET'
@@ -331,7 +331,11 @@ function parseRequest(req: IncomingMessage, raw: string): StubRequest | undefine
     const system = b.systemInstruction as { parts?: { text?: string }[] } | undefined
     const contents = (b.contents ?? []) as { role?: string; parts?: { text?: string }[] }[]
     return {
-      ...base, protocol: 'gemini', kind: 'chat', prefix: match[1]!, model: decodeURIComponent(match[2]!),
+      ...base,
+      protocol: 'gemini',
+      kind: 'chat',
+      prefix: match[1]!,
+      model: decodeURIComponent(match[2]!),
       apiKey: String(headers['x-goog-api-key'] ?? url.searchParams.get('key') ?? '') || undefined,
       stream: match[3] === 'streamGenerateContent',
       system: system?.parts?.map((p) => p.text ?? '').join(''),
@@ -342,34 +346,63 @@ function parseRequest(req: IncomingMessage, raw: string): StubRequest | undefine
   }
   if (method === 'GET' && (match = GEMINI_MODELS.exec(path))) {
     return {
-      ...base, protocol: 'gemini', kind: match[2] ? 'model' : 'models', prefix: match[1]!, model: match[2] && decodeURIComponent(match[2]),
+      ...base,
+      protocol: 'gemini',
+      kind: match[2] ? 'model' : 'models',
+      prefix: match[1]!,
+      model: match[2] && decodeURIComponent(match[2]),
       apiKey: String(headers['x-goog-api-key'] ?? url.searchParams.get('key') ?? '') || undefined,
-      stream: false, system: undefined, messages: [], temperature: undefined, maxTokens: undefined
+      stream: false,
+      system: undefined,
+      messages: [],
+      temperature: undefined,
+      maxTokens: undefined
     }
   }
   if (method === 'POST' && (match = ANTHROPIC_MESSAGES.exec(path))) {
     const system = typeof b.system === 'string' ? b.system : Array.isArray(b.system) ? (b.system as { text?: string }[]).map((p) => p.text ?? '').join('') : undefined
     return {
-      ...base, protocol: 'anthropic', kind: 'chat', prefix: match[1]!, model: b.model as string | undefined,
+      ...base,
+      protocol: 'anthropic',
+      kind: 'chat',
+      prefix: match[1]!,
+      model: b.model as string | undefined,
       apiKey: (headers['x-api-key'] as string | undefined) ?? bearer,
-      stream: b.stream === true, system, messages: chatMessages(b.messages),
-      temperature: b.temperature as number | undefined, maxTokens: b.max_tokens as number | undefined
+      stream: b.stream === true,
+      system,
+      messages: chatMessages(b.messages),
+      temperature: b.temperature as number | undefined,
+      maxTokens: b.max_tokens as number | undefined
     }
   }
   if (method === 'GET' && (match = MODELS.exec(path))) {
     const protocol: StubProtocol = headers['anthropic-version'] ? 'anthropic' : 'openai'
     return {
-      ...base, protocol, kind: match[2] ? 'model' : 'models', prefix: match[1]!, model: match[2] && decodeURIComponent(match[2]),
+      ...base,
+      protocol,
+      kind: match[2] ? 'model' : 'models',
+      prefix: match[1]!,
+      model: match[2] && decodeURIComponent(match[2]),
       apiKey: protocol === 'anthropic' ? (headers['x-api-key'] as string | undefined) : bearer,
-      stream: false, system: undefined, messages: [], temperature: undefined, maxTokens: undefined
+      stream: false,
+      system: undefined,
+      messages: [],
+      temperature: undefined,
+      maxTokens: undefined
     }
   }
   if (method === 'POST' && (match = OPENAI_CHAT.exec(path))) {
     const all = chatMessages(b.messages)
     const system = all.filter((m) => m.role === 'system' || m.role === 'developer').map((m) => m.content).join('\n\n')
     return {
-      ...base, protocol: 'openai', kind: 'chat', prefix: match[1]!.replace(/\/v1$/, ''), model: b.model as string | undefined,
-      apiKey: bearer, stream: b.stream === true, system: system === '' ? undefined : system,
+      ...base,
+      protocol: 'openai',
+      kind: 'chat',
+      prefix: match[1]!.replace(/\/v1$/, ''),
+      model: b.model as string | undefined,
+      apiKey: bearer,
+      stream: b.stream === true,
+      system: system === '' ? undefined : system,
       messages: all.filter((m) => m.role !== 'system' && m.role !== 'developer'),
       temperature: b.temperature as number | undefined,
       maxTokens: (b.max_completion_tokens ?? b.max_tokens) as number | undefined
@@ -378,7 +411,7 @@ function parseRequest(req: IncomingMessage, raw: string): StubRequest | undefine
   return undefined
 }
 
-function chatMessages(value: unknown): { role: string; content: string }[] {
+function chatMessages (value: unknown): { role: string; content: string }[] {
   if (!Array.isArray(value)) return []
   return value.map((m: { role?: string; content?: unknown }) => ({
     role: m.role ?? '',
@@ -392,7 +425,7 @@ const ANTHROPIC_TYPES: Record<number, string> = { 400: 'invalid_request_error', 
 const GOOGLE_STATUS: Record<number, string> = { 400: 'INVALID_ARGUMENT', 401: 'UNAUTHENTICATED', 403: 'PERMISSION_DENIED', 404: 'NOT_FOUND', 409: 'ABORTED', 429: 'RESOURCE_EXHAUSTED', 500: 'INTERNAL', 503: 'UNAVAILABLE', 504: 'DEADLINE_EXCEEDED' }
 const OPENAI_TYPES: Record<number, [string, string | null]> = { 400: ['invalid_request_error', null], 401: ['invalid_request_error', 'invalid_api_key'], 403: ['invalid_request_error', 'unsupported_country_region_territory'], 404: ['invalid_request_error', 'model_not_found'], 429: ['requests', 'rate_limit_exceeded'] }
 
-function errorBody(protocol: StubProtocol, status: number, message: string): unknown {
+function errorBody (protocol: StubProtocol, status: number, message: string): unknown {
   switch (protocol) {
     case 'openai': {
       const [type, code] = OPENAI_TYPES[status] ?? ['server_error', null]
@@ -405,14 +438,14 @@ function errorBody(protocol: StubProtocol, status: number, message: string): unk
   }
 }
 
-function defaultErrorMessage(status: number): string {
+function defaultErrorMessage (status: number): string {
   if (status === 401) return 'Invalid API key'
   if (status === 429) return 'Rate limit reached, please retry later'
   if (status === 529) return 'Overloaded'
   return `stub error ${status}`
 }
 
-function sendError(res: ServerResponse, protocol: StubProtocol, status: number, script: StubScript): void {
+function sendError (res: ServerResponse, protocol: StubProtocol, status: number, script: StubScript): void {
   const body = script.errorBody ?? errorBody(protocol, status, script.errorMessage ?? defaultErrorMessage(status))
   res.writeHead(status, STATUS_TEXT[status] ?? 'Error', { 'content-type': 'application/json; charset=utf-8', ...(protocol === 'anthropic' ? { 'request-id': 'req_stub' } : {}), ...script.headers })
   res.end(JSON.stringify(body))
@@ -420,7 +453,7 @@ function sendError(res: ServerResponse, protocol: StubProtocol, status: number, 
 
 // --- Models -------------------------------------------------------------------------------------
 
-function sendModel(res: ServerResponse, request: StubRequest, script: StubScript): void {
+function sendModel (res: ServerResponse, request: StubRequest, script: StubScript): void {
   const known = script.models ?? (request.model ? [request.model] : ['stub-model'])
   if (request.kind === 'model' && script.models && !script.models.includes(request.model!)) {
     sendError(res, request.protocol, 404, { errorMessage: `The model '${request.model}' does not exist` })
@@ -444,32 +477,43 @@ function sendModel(res: ServerResponse, request: StubRequest, script: StubScript
   sendJson(res, body, script.headers)
 }
 
-function sendJson(res: ServerResponse, body: unknown, headers: Record<string, string> = {}): void {
+function sendJson (res: ServerResponse, body: unknown, headers: Record<string, string> = {}): void {
   res.writeHead(200, { 'content-type': 'application/json; charset=utf-8', ...headers }).end(JSON.stringify(body))
 }
 
 // --- Replies ------------------------------------------------------------------------------------
 
-function sendJsonReply(res: ServerResponse, request: StubRequest, reply: Reply): void {
+function sendJsonReply (res: ServerResponse, request: StubRequest, reply: Reply): void {
   const text = reply.deltas.join('')
   const { inputTokens, outputTokens } = reply.usage
   switch (request.protocol) {
     case 'openai':
       return sendJson(res, {
-        id: 'chatcmpl-stub', object: 'chat.completion', created: Math.floor(Date.now() / 1000), model: reply.model, system_fingerprint: 'fp_stub',
+        id: 'chatcmpl-stub',
+        object: 'chat.completion',
+        created: Math.floor(Date.now() / 1000),
+        model: reply.model,
+        system_fingerprint: 'fp_stub',
         choices: [{ index: 0, message: { role: 'assistant', content: text, refusal: null }, logprobs: null, finish_reason: 'stop' }],
         usage: { prompt_tokens: inputTokens, completion_tokens: outputTokens, total_tokens: inputTokens + outputTokens }
       })
     case 'anthropic':
       return sendJson(res, {
-        id: 'msg_stub', type: 'message', role: 'assistant', model: reply.model, content: [{ type: 'text', text }],
-        stop_reason: 'end_turn', stop_sequence: null, usage: { input_tokens: inputTokens, output_tokens: outputTokens }
+        id: 'msg_stub',
+        type: 'message',
+        role: 'assistant',
+        model: reply.model,
+        content: [{ type: 'text', text }],
+        stop_reason: 'end_turn',
+        stop_sequence: null,
+        usage: { input_tokens: inputTokens, output_tokens: outputTokens }
       })
     case 'gemini':
       return sendJson(res, {
         candidates: [{ content: { parts: [{ text }], role: 'model' }, finishReason: 'STOP', index: 0 }],
         usageMetadata: { promptTokenCount: inputTokens, candidatesTokenCount: outputTokens, totalTokenCount: inputTokens + outputTokens },
-        modelVersion: reply.model, responseId: 'stub'
+        modelVersion: reply.model,
+        responseId: 'stub'
       })
   }
 }
@@ -482,7 +526,7 @@ interface StreamFormat {
   error(status: number, message: string): string
 }
 
-function formatFor(request: StubRequest, reply: Reply, script: StubScript): StreamFormat {
+function formatFor (request: StubRequest, reply: Reply, script: StubScript): StreamFormat {
   const { inputTokens, outputTokens } = reply.usage
   switch (request.protocol) {
     case 'openai': {
@@ -532,7 +576,7 @@ function formatFor(request: StubRequest, reply: Reply, script: StubScript): Stre
   }
 }
 
-async function streamReply(res: ServerResponse, request: StubRequest, script: StubScript, reply: Reply, signal: AbortSignal): Promise<void> {
+async function streamReply (res: ServerResponse, request: StubRequest, script: StubScript, reply: Reply, signal: AbortSignal): Promise<void> {
   const format = formatFor(request, reply, script)
   const contentType = request.protocol === 'gemini' ? 'text/event-stream' : 'text/event-stream; charset=utf-8'
   res.writeHead(200, { 'content-type': contentType, 'cache-control': 'no-cache', ...script.headers })
@@ -548,10 +592,14 @@ async function streamReply(res: ServerResponse, request: StubRequest, script: St
       res.socket?.destroy()
       return
     }
-    if (i === script.endAfter) return void res.end()
+    if (i === script.endAfter) {
+      res.end()
+      return
+    }
     if (i === script.hangAfter) return
     if (script.streamError && i === script.streamError.after) {
-      return void res.end(format.error(script.streamError.status ?? 500, script.streamError.message ?? 'The server had an error while processing your request'))
+      res.end(format.error(script.streamError.status ?? 500, script.streamError.message ?? 'The server had an error while processing your request'))
+      return
     }
     if (i < reply.deltas.length) await write(res, format.delta(reply.deltas[i]!))
   }
@@ -559,6 +607,6 @@ async function streamReply(res: ServerResponse, request: StubRequest, script: St
 }
 
 /** Writes and waits until the bytes are handed to the socket (back-pressure, and a cut after them is clean). */
-function write(res: ServerResponse, data: string): Promise<void> {
+function write (res: ServerResponse, data: string): Promise<void> {
   return new Promise((resolve, reject) => res.write(data, (err) => (err ? reject(err) : resolve())))
 }

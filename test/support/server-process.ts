@@ -4,7 +4,6 @@ import { freeLoopbackPort as freePort } from '../../src/db/embedded-postgres.js'
 
 export { freePort }
 
-
 export interface ServerProcess {
   child: ChildProcess
   apiUrl: string
@@ -14,7 +13,7 @@ export interface ServerProcess {
 }
 
 /** The real server (src/server.ts) in a child process, as `npm run dev` runs it. */
-export async function startServerProcess(env: Record<string, string | undefined>): Promise<ServerProcess> {
+export async function startServerProcess (env: Record<string, string | undefined>): Promise<ServerProcess> {
   const [port, healthPort] = [await freePort(), await freePort()]
   const child = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
     env: { PATH: process.env.PATH, HOST: '127.0.0.1', PORT: String(port), HEALTH_PORT: String(healthPort), ...env },

@@ -39,7 +39,7 @@ export interface SseOptions {
  * Sends a request (POST with a JSON body by default) with `Accept: text/event-stream` and reads the
  * answer the way a browser does: a fetch body reader, decoded as a UTF-8 stream, fed to an SSE parser.
  */
-export async function sse(url: string, body: unknown, options: SseOptions = {}): Promise<SseResult> {
+export async function sse (url: string, body: unknown, options: SseOptions = {}): Promise<SseResult> {
   const controller = new AbortController()
   const timeoutMs = options.timeoutMs ?? 15_000
   let timedOut = false
@@ -64,7 +64,7 @@ export async function sse(url: string, body: unknown, options: SseOptions = {}):
     const decoder = new TextDecoder('utf-8', { fatal: true })
     let stop = false
     const parser = createParser({
-      onEvent(message) {
+      onEvent (message) {
         if (stop) return
         const event: SseEvent = { event: message.event ?? 'message', id: message.id, data: message.data }
         events.push(event)
@@ -109,7 +109,7 @@ export async function sse(url: string, body: unknown, options: SseOptions = {}):
 }
 
 /** The JSON data of an event. */
-export function data<T = any>(event: SseEvent | undefined): T {
+export function data<T = any> (event: SseEvent | undefined): T {
   if (!event) throw new Error('no such event')
   return JSON.parse(event.data) as T
 }

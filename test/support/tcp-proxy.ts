@@ -12,15 +12,15 @@ export class TcpProxy {
   private mode: 'forward' | 'blackhole' = 'forward'
   port = 0
 
-  constructor(private readonly targetHost: string, private readonly targetPort: number) {}
+  constructor (private readonly targetHost: string, private readonly targetPort: number) {}
 
-  static forUrl(url: string): TcpProxy {
+  static forUrl (url: string): TcpProxy {
     const parsed = new URL(url)
     return new TcpProxy(parsed.hostname, Number(parsed.port))
   }
 
   /** Listens (on a given port, to come back on the same one after a cut). */
-  async start(port = this.port): Promise<number> {
+  async start (port = this.port): Promise<number> {
     const server = createServer((client) => this.accept(client))
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject)
@@ -33,14 +33,14 @@ export class TcpProxy {
   }
 
   /** The same connection URL (user, database...), pointed at the proxy instead of the server. */
-  rewrite(url: string): string {
+  rewrite (url: string): string {
     const parsed = new URL(url)
     parsed.hostname = '127.0.0.1'
     parsed.port = String(this.port)
     return parsed.toString()
   }
 
-  private accept(client: Socket): void {
+  private accept (client: Socket): void {
     this.sockets.add(client)
     client.on('close', () => this.sockets.delete(client))
     client.on('error', () => client.destroy())
@@ -58,7 +58,7 @@ export class TcpProxy {
   }
 
   /** Drops every open connection and stops listening: connects are refused. */
-  async cut(): Promise<void> {
+  async cut (): Promise<void> {
     for (const socket of this.sockets) socket.destroy()
     this.sockets.clear()
     const server = this.server
@@ -67,21 +67,21 @@ export class TcpProxy {
   }
 
   /** Drops open connections; new ones are accepted but nothing is forwarded either way. */
-  async blackhole(): Promise<void> {
+  async blackhole (): Promise<void> {
     this.mode = 'blackhole'
     for (const socket of this.sockets) socket.destroy()
     this.sockets.clear()
     if (!this.server) await this.start()
   }
 
-  async restore(): Promise<void> {
+  async restore (): Promise<void> {
     this.mode = 'forward'
     for (const socket of this.sockets) socket.destroy()
     this.sockets.clear()
     if (!this.server) await this.start()
   }
 
-  async close(): Promise<void> {
+  async close (): Promise<void> {
     await this.cut()
   }
 }
