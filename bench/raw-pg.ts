@@ -1,5 +1,5 @@
 import type pg from 'pg'
-import { STORE_REPLY, TAKE_LEASE_AND_STORE_MESSAGE } from '../src/messages/conversation.js'
+import { STORE_REPLY, TAKE_LEASE_AND_STORE_MESSAGE } from '../src/messages/reply-repository.js'
 
 /**
  * The rows one reply commits, written by a plain `pg` script with no service around it: the
@@ -41,26 +41,27 @@ export async function commitReplyRows (client: pg.PoolClient | pg.Client, sessio
 }
 
 /**
- * The same rows written with the service's own two statements (src/messages/conversation.ts), sent
+ * The same rows written with the service's own two statements (src/messages/reply-repository.ts), sent
  * by a plain script: the floor under the service, which adds HTTP, auth, validation, the cache, the
  * provider call, serialisation and the (batched) NOTIFY of its events.
  */
 export async function commitReplyRowsAsService (client: pg.PoolClient | pg.Client, sessionId: string): Promise<void> {
-  await takeLeaseAsService(client, sessionId)
-  await storeReplyAsService(client, sessionId)
+  const token = await takeLeaseAsService(client, sessionId)
+  await storeReplyAsService(client, sessionId, token)
 }
 
-/** Step 1 alone (the lease and the user message). */
-export async function takeLeaseAsService (client: pg.PoolClient | pg.Client, sessionId: string): Promise<void> {
-  const selected = JSON.stringify({ reason: 'default', matched: [], score: 0 })
-  const { rows } = await client.query(TAKE_LEASE_AND_STORE_MESSAGE, [sessionId, 'default', 65_000, 'How do I make this query faster?', {}, null, 'assistant', selected])
+/** Step 1 alone (the lease and the user message); returns the lease's token. */
+export async function takeLeaseAsService (client: pg.PoolClient | pg.Client, sessionId: string): Promise<string> {
+  const { rows } = await client.query<{ lease_token: string }>(TAKE_LEASE_AND_STORE_MESSAGE, [sessionId, 'default', 65_000, 'How do I make this query faster?', {}, null])
   if (!rows[0]) throw new Error(`session ${sessionId}: lease not taken`)
+  return rows[0].lease_token
 }
 
 /**
- * Step 3 alone (the reply, its usage and events, the lease released): the one durable commit on
- * the critical path of a JSON reply, since step 1 commits while the model is asked.
+ * Step 3 alone (the reply, its usage and events, the lease released), under the lease `token`.
  */
-export async function storeReplyAsService (client: pg.PoolClient | pg.Client, sessionId: string): Promise<void> {
-  await client.query(STORE_REPLY, [sessionId, 'default', 'Echo (gpt-4o-mini): How do I make this query faster?', 'assistant', 'echo', 'gpt-4o-mini', 30, 12, 5, null])
+export async function storeReplyAsService (client: pg.PoolClient | pg.Client, sessionId: string, token: string): Promise<void> {
+  const selected = JSON.stringify({ reason: 'default', matched: [], score: 0 })
+  const { rows } = await client.query(STORE_REPLY, [sessionId, 'default', 'Echo (gpt-4o-mini): How do I make this query faster?', 'assistant', 'echo', 'gpt-4o-mini', 30, 12, 5, selected, token, 'assistant', null])
+  if (!rows[0]) throw new Error(`session ${sessionId}: reply not stored`)
 }

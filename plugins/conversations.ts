@@ -71,6 +71,7 @@ export default fp(
       log: fastify.log,
       llmTimeoutMs: config.LLM_TIMEOUT_MS,
       contextMessages: config.CONTEXT_MESSAGES,
+      metadataMaxBytes: config.METADATA_MAX_BYTES,
       shutdownSignal: opts.lifecycle.replySignal
     })
     fastify.decorate('sessions', sessions)

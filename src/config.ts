@@ -50,6 +50,7 @@ export const EnvSchema = Type.Object({
   // Public API
   API_KEYS: Type.String({ default: '' }),
   MAX_MESSAGE_CHARS: Positive(32_000),
+  METADATA_MAX_BYTES: Positive(16_384),
 
   // Sessions
   SESSION_TTL: Positive(86_400),

@@ -1,47 +1,42 @@
 /**
- * Errors the domain modules raise, free of HTTP: the error handler maps each kind to its status.
- * Their messages are written for the API caller.
+ * Errors the domain modules raise, free of HTTP: the error handler (src/errors.ts) maps each kind
+ * to its status and headers. Their messages are written for the API caller.
  */
 export type DomainErrorKind =
-  | 'invalid' // 400
-  | 'not_found' // 404
-  | 'not_acceptable' // 406
-  | 'conflict' // 409
-  | 'busy' // 409 with Retry-After
-  | 'gone' // 410
-  | 'precondition_failed' // 412
-  | 'precondition_required' // 428
-  | 'unavailable' // 503
-  | 'bad_gateway' // 502
-  | 'timeout' // 504
+  | 'invalid' // the request is wrong
+  | 'not_found'
+  | 'not_acceptable' // no answer in a media type the client accepts
+  | 'conflict'
+  | 'busy' // try again shortly (retryAfterSeconds)
+  | 'gone' // ended for good
+  | 'precondition_failed'
+  | 'precondition_required'
+  | 'unavailable' // a dependency is away; retry later
+  | 'bad_gateway' // a provider failed
+  | 'timeout' // a provider did not answer in time
 
-const STATUS: Record<DomainErrorKind, number> = {
-  invalid: 400,
-  not_found: 404,
-  not_acceptable: 406,
-  conflict: 409,
-  busy: 409,
-  gone: 410,
-  precondition_failed: 412,
-  precondition_required: 428,
-  unavailable: 503,
-  bad_gateway: 502,
-  timeout: 504
+/** A domain failure as data: what an idempotent retry replays, and what an SSE `error` event carries. */
+export interface Failure {
+  kind: DomainErrorKind
+  message: string
+  code?: string | undefined
+  details?: unknown
+  retryAfterSeconds?: number | undefined
 }
 
 export class DomainError extends Error {
   override name = 'DomainError'
-  readonly statusCode: number
-  /** Client-facing: the message says what happened even for 5xx. */
-  readonly expose = true
 
   constructor (
     readonly kind: DomainErrorKind,
     message: string,
-    readonly extra: { code?: string; details?: unknown; retryAfterSeconds?: number } = {}
+    readonly extra: { code?: string | undefined; details?: unknown; retryAfterSeconds?: number | undefined } = {}
   ) {
     super(message)
-    this.statusCode = STATUS[kind]
+  }
+
+  static from (failure: Failure): DomainError {
+    return new DomainError(failure.kind, failure.message, { code: failure.code, details: failure.details, retryAfterSeconds: failure.retryAfterSeconds })
   }
 
   get code (): string | undefined {
@@ -52,8 +47,16 @@ export class DomainError extends Error {
     return this.extra.details
   }
 
-  get headers (): Record<string, string> | undefined {
-    return this.extra.retryAfterSeconds === undefined ? undefined : { 'retry-after': String(this.extra.retryAfterSeconds) }
+  get retryAfterSeconds (): number | undefined {
+    return this.extra.retryAfterSeconds
+  }
+
+  toFailure (): Failure {
+    const failure: Failure = { kind: this.kind, message: this.message }
+    if (this.code !== undefined) failure.code = this.code
+    if (this.details !== undefined) failure.details = this.details
+    if (this.retryAfterSeconds !== undefined) failure.retryAfterSeconds = this.retryAfterSeconds
+    return failure
   }
 }
 
@@ -77,4 +80,19 @@ function someString (value: unknown, test: (text: string) => boolean): boolean {
   if (Array.isArray(value)) return value.some((item) => someString(item, test))
   if (value && typeof value === 'object') return Object.entries(value).some(([key, inner]) => test(key) || someString(inner, test))
   return false
+}
+
+/**
+ * A metadata object must fit in METADATA_MAX_BYTES as JSON: it is stored with its session or
+ * message and copied into the cached history and every history page.
+ */
+export function assertMetadataSize (field: string, value: Record<string, unknown> | undefined, maxBytes: number): void {
+  if (value === undefined || maxBytes <= 0) return
+  const bytes = Buffer.byteLength(JSON.stringify(value))
+  if (bytes > maxBytes) {
+    throw new DomainError('invalid', `${field} is ${bytes} bytes as JSON; at most ${maxBytes} are allowed (METADATA_MAX_BYTES)`, {
+      code: 'METADATA_TOO_LARGE',
+      details: [{ field: `/${field}`, message: `must be at most ${maxBytes} bytes as JSON` }]
+    })
+  }
 }

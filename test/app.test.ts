@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs'
 import { Writable } from 'node:stream'
 import pino from 'pino'
 import { buildApp } from '../src/app.js'
+import { DomainError } from '../src/domain-errors.js'
 import { loggerOptions } from '../src/logger.js'
 import { buildService, buildTestApp, eventually, testEnv } from './helper.js'
 
@@ -55,6 +56,9 @@ t.test('error handler: 4xx keep their message, 5xx are generic and carry no inte
   app.get('/gateway', async () => {
     throw app.httpErrors.createError(504, 'Agent "writer" did not answer within 60000 ms', { expose: true, code: 'LLM_TIMEOUT' })
   })
+  app.get('/domain', async () => {
+    throw new DomainError('busy', 'A reply is running', { code: 'SESSION_BUSY', retryAfterSeconds: 3, details: { sessionId: 's' } })
+  })
   app.post('/echo', { schema: { body: { type: 'object', required: ['content'], properties: { content: { type: 'string', minLength: 1 } } } } }, async (req) => req.body)
 
   const boom = await app.inject({ method: 'GET', url: '/boom' })
@@ -69,6 +73,11 @@ t.test('error handler: 4xx keep their message, 5xx are generic and carry no inte
   const gateway = await app.inject({ method: 'GET', url: '/gateway' })
   t.equal(gateway.statusCode, 504)
   t.same(gateway.json(), { statusCode: 504, error: 'Gateway Timeout', message: 'Agent "writer" did not answer within 60000 ms', code: 'LLM_TIMEOUT' })
+
+  const domain = await app.inject({ method: 'GET', url: '/domain' })
+  t.equal(domain.statusCode, 409, 'a domain kind maps to its status')
+  t.equal(domain.headers['retry-after'], '3')
+  t.same(domain.json(), { statusCode: 409, error: 'Conflict', message: 'A reply is running', code: 'SESSION_BUSY', details: { sessionId: 's' } })
 
   const invalid = await app.inject({ method: 'POST', url: '/echo', payload: { content: '' } })
   t.equal(invalid.statusCode, 400)

@@ -1,10 +1,10 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyReply } from 'fastify'
 import { Type } from 'typebox'
-import { databaseUnavailable, isDatabaseUnavailable } from '../../src/db/errors.js'
 import { DomainError } from '../../src/domain-errors.js'
-import { reasonPhrase, type ErrorBody } from '../../src/errors.js'
+import { failureBody, streamErrorBody } from '../../src/errors.js'
 import type { PostResult, ReplySink } from '../../src/messages/conversation.js'
+import type { StoredOutcome } from '../../src/messages/idempotency.js'
 import type { Message } from '../../src/messages/message-store.js'
 import { SseStream } from '../sse.js'
 import { Metadata, MessageList, MessagesQuery, PostMessageHeaders, PostReply, SessionParams, errorResponses } from '../sessions/schemas.js'
@@ -21,15 +21,6 @@ function negotiate (accept: string | undefined): Negotiated {
   if (types.includes('text/event-stream')) return 'sse'
   if (types.some((type) => type === 'application/json' || type === '*/*' || type === 'application/*')) return 'json'
   throw new DomainError('not_acceptable', 'Accept must be application/json or text/event-stream', { code: 'NOT_ACCEPTABLE' })
-}
-
-function errorBody (raised: unknown): ErrorBody {
-  // The same mapping as the error handler's: an outage is a 503 the client can retry.
-  const err = isDatabaseUnavailable(raised) && !(raised instanceof DomainError) ? databaseUnavailable() : raised
-  if (err instanceof DomainError) {
-    return { statusCode: err.statusCode, error: reasonPhrase(err.statusCode), message: err.message, code: err.code, details: err.details }
-  }
-  return { statusCode: 500, error: reasonPhrase(500), message: 'Something went wrong on our side; it has been logged.' }
 }
 
 const messages: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -69,8 +60,8 @@ const messages: FastifyPluginAsyncTypebox = async (fastify) => {
         const outcome = await fastify.conversations.post(request.tenant, request.params.id, request.body, NO_SINK, key)
         if (!outcome.replayed) return reply.code(201).send(outcome.result)
         reply.header('idempotent-replayed', 'true')
-        // The stored outcome was validated by the response schema when it was first sent.
-        return (reply as FastifyReply).code(outcome.outcome.statusCode).send(outcome.outcome.body)
+        if (!outcome.outcome.ok) throw DomainError.from(outcome.outcome.failure)
+        return reply.code(201).send(outcome.outcome.result as PostResult)
       }
 
       // Event ids: "<seq of the user message>-<n>", unique within the session.
@@ -91,14 +82,14 @@ const messages: FastifyPluginAsyncTypebox = async (fastify) => {
         const outcome = await fastify.conversations.post(request.tenant, request.params.id, request.body, sink, key)
         if (outcome.replayed) {
           reply.header('idempotent-replayed', 'true')
-          await replay(send, outcome.outcome.statusCode, outcome.outcome.body, (s) => (seq = s))
+          await replay(send, outcome.outcome, (s) => (seq = s))
         } else {
           await send('done', outcome.result.reply)
         }
       } catch (err) {
         if (!sse.isOpen) throw err
         if (!(err instanceof DomainError)) request.log.error({ err }, 'reply failed mid-stream')
-        await send('error', errorBody(err))
+        await send('error', streamErrorBody(err))
       }
       sse.end()
       return reply
@@ -132,12 +123,12 @@ const messages: FastifyPluginAsyncTypebox = async (fastify) => {
 const NO_SINK: ReplySink = { live: false, message: () => undefined, agent: () => undefined, delta: () => undefined }
 
 /** An idempotent retry over SSE: the first outcome, replayed as the same sequence of events. */
-async function replay (send: (event: string, data: unknown) => Promise<void>, statusCode: number, body: unknown, setSeq: (seq: number) => void): Promise<void> {
-  if (statusCode >= 400) {
-    await send('error', body)
+async function replay (send: (event: string, data: unknown) => Promise<void>, outcome: StoredOutcome, setSeq: (seq: number) => void): Promise<void> {
+  if (!outcome.ok) {
+    await send('error', failureBody(outcome.failure))
     return
   }
-  const { message, reply } = body as PostResult
+  const { message, reply } = outcome.result as PostResult
   setSeq(message.seq)
   await send('message', message)
   await send('agent', { agent: reply.agent, reason: 'replayed', provider: reply.provider, model: reply.model })

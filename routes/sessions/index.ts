@@ -1,5 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { DomainError } from '../../src/domain-errors.js'
+import { DomainError, assertMetadataSize } from '../../src/domain-errors.js'
 import {
   CreateSessionBody,
   IfMatchHeaders,
@@ -26,6 +26,7 @@ function parseIfMatch (value: string | undefined): number {
 
 const sessions: FastifyPluginAsyncTypebox = async (fastify) => {
   const store = fastify.sessions
+  const metadataMaxBytes = fastify.config.METADATA_MAX_BYTES
 
   fastify.post(
     '/',
@@ -43,6 +44,7 @@ const sessions: FastifyPluginAsyncTypebox = async (fastify) => {
       }
     },
     async (request, reply) => {
+      assertMetadataSize('metadata', request.body.metadata, metadataMaxBytes)
       const session = await store.create(request.tenant, request.body)
       return reply.code(201).header('etag', `"${session.version}"`).header('location', `/v1/sessions/${session.id}`).send(session)
     }
@@ -94,6 +96,7 @@ const sessions: FastifyPluginAsyncTypebox = async (fastify) => {
     },
     async (request, reply) => {
       const version = parseIfMatch(request.headers['if-match'])
+      assertMetadataSize('metadata', request.body.metadata, metadataMaxBytes)
       const session = await store.update(request.tenant, request.params.id, version, request.body)
       return reply.header('etag', `"${session.version}"`).send(session)
     }

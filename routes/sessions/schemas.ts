@@ -15,7 +15,7 @@ export const ErrorBody = Type.Object(
 
 export const errorResponses = (...statuses: number[]) => Object.fromEntries(statuses.map((status) => [status, ErrorBody]))
 
-export const Metadata = Type.Record(Type.String(), Type.Unknown(), { description: 'Free-form JSON object, stored as sent' })
+export const Metadata = Type.Record(Type.String(), Type.Unknown(), { description: 'Free-form JSON object, stored as sent; at most METADATA_MAX_BYTES (default 16384) bytes as JSON' })
 
 export const AgentIds = Type.Array(Type.String({ minLength: 1, maxLength: 64 }), { minItems: 1, maxItems: 32, uniqueItems: true })
 

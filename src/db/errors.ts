@@ -17,8 +17,10 @@ const UNAVAILABLE_MESSAGES = [
 ]
 
 export function isDatabaseUnavailable (err: unknown): boolean {
-  const { code, message } = (err ?? {}) as { code?: string; message?: string }
-  if (code && (code.startsWith('08') || UNAVAILABLE_CODES.has(code))) return true
+  const { code, message } = (err ?? {}) as { code?: unknown; message?: string }
+  // A DOMException (an abort) has a numeric code: only SQLSTATEs and socket errors are strings.
+  if (typeof code !== 'string') return UNAVAILABLE_MESSAGES.some((pattern) => pattern.test(message ?? ''))
+  if (code.startsWith('08') || UNAVAILABLE_CODES.has(code)) return true
   if (code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'ETIMEDOUT') return true
   return UNAVAILABLE_MESSAGES.some((pattern) => pattern.test(message ?? ''))
 }

@@ -8,6 +8,7 @@ export type EventType =
   | 'session.expired'
   | 'message.created'
   | 'agent.selected'
+  | 'reply.discarded'
   | 'agent.failed'
   | 'agent.recovered'
   | 'agent.status_changed'

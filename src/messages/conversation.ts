@@ -3,19 +3,22 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { SeqListSnapshot } from '../cache/cache.js'
 import type { AgentDefinition, AgentSelection } from '../agents/agent.js'
 import type { LlmRouter } from '../agents/llm-router.js'
-import { CircuitOpenError, deadline, type Deadline, type ProviderGuard } from '../agents/provider-guard.js'
+import type { ProviderGuard } from '../agents/provider-guard.js'
 import type { AgentRegistry } from '../agents/registry.js'
 import { selectAgent } from '../agents/router.js'
-import { afterCommit, withTransaction, type Queryable } from '../db/transaction.js'
-import { DomainError, assertStorable } from '../domain-errors.js'
-import { reasonPhrase } from '../errors.js'
-import { NOTIFY_PAYLOAD, announce, recordEvents } from '../events/event-log.js'
+import { DomainError, assertMetadataSize, assertStorable } from '../domain-errors.js'
+import type { NewEvent } from '../events/event-log.js'
 import type { ConversationMetrics } from '../metrics/conversation-metrics.js'
 import type { LlmMetrics } from '../metrics/llm-metrics.js'
-import { ProviderError, type ChatTurn } from '../providers/provider.js'
-import { SESSION_COLUMNS, assertActive, notFound, toRecord, type SessionRecord, type SessionRow, type SessionStore } from '../sessions/session-store.js'
+import type { ChatTurn } from '../providers/provider.js'
+import type { SessionRecord, SessionStore } from '../sessions/session-store.js'
 import { requestHash, type IdempotencyKeys, type StoredOutcome } from './idempotency.js'
-import { MESSAGE_COLUMNS, toMessage, type Message, type MessageHistory, type MessageRow } from './message-store.js'
+import type { Message, MessageHistory } from './message-store.js'
+import { describeReplyFailure } from './reply-failure.js'
+import { ReplyProducer, type Answer, type ReplySink } from './reply-producer.js'
+import { ReplyRepository, type Lease } from './reply-repository.js'
+
+export type { ReplySink } from './reply-producer.js'
 
 export interface PostMessageInput {
   content: string
@@ -30,22 +33,6 @@ export interface PostResult {
 }
 
 export type PostOutcome = { replayed: false; result: PostResult } | { replayed: true; outcome: StoredOutcome }
-
-/**
- * Where a reply goes as it is produced: the JSON route collects it, the SSE route streams it.
- * A sink whose client went away keeps accepting calls (and drops them): the reply is finished
- * and stored regardless.
- */
-export interface ReplySink {
-  /**
-   * Whether deltas reach a client as they come (SSE). When not (a JSON reply), the provider is asked
-   * for the whole answer in one response.
-   */
-  readonly live: boolean
-  message(message: Message): Promise<void> | void
-  agent(selection: { agent: string; name: string; reason: AgentSelection['reason']; matched: string[]; provider: string; model: string }): Promise<void> | void
-  delta(text: string): Promise<void> | void
-}
 
 export interface ConversationOptions {
   pool: pg.Pool
@@ -62,20 +49,31 @@ export interface ConversationOptions {
   log: FastifyBaseLogger
   llmTimeoutMs: number
   contextMessages: number
+  /** METADATA_MAX_BYTES: the largest metadata object a message may carry, as JSON. */
+  metadataMaxBytes: number
   /** Aborted when the service shuts down past its drain deadline: running replies end with an error. */
   shutdownSignal: AbortSignal
 }
 
 /**
  * The conversation path: a user message in, a reply out, both committed in PostgreSQL before the
- * caller hears of them. One reply at a time per session, across replicas, by a lease on the session
- * row (no connection held while the model talks).
+ * caller hears of them. In order, and nothing of a step before the previous one succeeded:
+ *
+ * 1. the session's reply lease is taken and the user message stored, in one statement (a request
+ *    that is refused, 409 or 410, stores nothing and never reaches a provider);
+ * 2. the agent is chosen (the LLM router is asked only now, under the lease);
+ * 3. the model is asked, with retries and fallbacks (ReplyProducer);
+ * 4. the reply is stored only under this request's lease in an active session (ReplyRepository),
+ *    else nothing is stored and the failure is an event.
  */
 export class ConversationService {
-  /** Sessions this replica is producing a reply in (their lease is held here). */
-  private readonly replying = new Set<string>()
+  private readonly replies: ReplyRepository
+  private readonly producer: ReplyProducer
 
-  constructor (private readonly options: ConversationOptions) {}
+  constructor (private readonly options: ConversationOptions) {
+    this.replies = new ReplyRepository(options.pool)
+    this.producer = new ReplyProducer(options)
+  }
 
   /**
    * Posts a message and produces its reply. With an Idempotency-Key, a request seen before answers
@@ -84,9 +82,13 @@ export class ConversationService {
   async post (tenant: string, sessionId: string, input: PostMessageInput, sink: ReplySink, idempotencyKey?: string): Promise<PostOutcome> {
     assertStorable('content', input.content)
     assertStorable('metadata', input.metadata)
+    assertMetadataSize('metadata', input.metadata, this.options.metadataMaxBytes)
     // The record and the cached history (the model's context) in one round trip.
     const { session, list } = await this.options.history.activeSession(this.options.sessions, tenant, sessionId)
     if (input.agent !== undefined) this.assertAgentOf(session, input.agent)
+    if (this.candidates(session).length === 0) {
+      throw new DomainError('invalid', 'None of this session\'s agents exists any more: PATCH its agents', { code: 'NO_AGENTS' })
+    }
     let claimed = false
     try {
       if (idempotencyKey !== undefined) {
@@ -110,254 +112,100 @@ export class ConversationService {
 
   private async reply (tenant: string, cached: SessionRecord, list: SeqListSnapshot | undefined, input: PostMessageInput, sink: ReplySink, idempotencyKey?: string): Promise<PostResult> {
     const started = performance.now()
-    const { pool, agents, metrics } = this.options
+    const { metrics, sessions, history } = this.options
+    // The lease outlasts the reply's own deadline, so that a live reply never loses it.
     const leaseMs = this.options.llmTimeoutMs + 5000
-    // ROUTER=llm asks its model before any transaction: no row is locked while a model thinks.
-    const routed = input.agent === undefined && this.options.router ? await this.options.router.pick(input.content, this.candidates(cached).filter((agent) => !agents.isDown(agent.id))) : undefined
-    // The agent is chosen from the cached record's agents (write-through, dropped on PATCH).
-    const selection = this.select(cached, input, routed)
-    const chosen = selection.agent
-    // The context before this message (checked against the stored row below).
-    const contextBefore = this.options.contextMessages > 1
-      ? this.options.history.recent(pool, cached.id, cached.lastSeq, this.options.contextMessages - 1, { list }).catch(() => undefined)
-      : Promise.resolve([] as Message[])
 
-    // 1. Take the session's reply lease and store the user message, with its events, at once: one
-    //    statement (one round trip, atomic by itself), so the pool connection is held for one commit.
-    //    Named: each pooled connection parses and plans the statement once, then only binds values.
-    const storing = pool.query<SessionRow & PrefixedMessageRow & { lease_token: string; notify_payload: string }>({
-      name: 'smalltalk-take-lease',
-      text: TAKE_LEASE_AND_STORE_MESSAGE,
-      values: [
-        cached.id,
-        tenant,
-        leaseMs,
-        input.content,
-        input.metadata ?? {},
-        idempotencyKey ?? null,
-        chosen.id,
-        JSON.stringify({ reason: selection.reason, matched: selection.matched, score: selection.score })
-      ]
-    })
-    storing.catch(() => undefined) // awaited below; this only keeps a failure from counting as unhandled meanwhile
-
-    // 2. The model is asked while that statement commits: it is sent only roles and texts, all known
-    //    already. What it produces waits behind a gate until the message is stored and announced;
-    //    if the statement refuses (a reply running, the session ended) or fails, the call is dropped.
-    //    Not when this replica is itself producing a reply in the session: the lease will refuse.
-    const gate = new SinkGate(sink)
-    const before = await contextBefore
-    let producing: Producing | undefined
-    if (before && !this.replying.has(cached.id)) producing = this.startProducing(chosen, [...turnsOf(before), { role: 'user', content: input.content }], gate)
-
-    let rows: Array<SessionRow & PrefixedMessageRow & { lease_token: string; notify_payload: string }>
-    try {
-      rows = (await storing).rows
-      if (!rows[0]) {
-        await this.refuse(tenant, cached.id).catch(async (err) => {
-          // The cached record said active; the row says otherwise: drop the stale record.
-          if (err instanceof DomainError && (err.kind === 'gone' || err.kind === 'not_found')) await this.options.sessions.forget(cached.id)
-          throw err
-        })
-      }
-    } catch (err) {
-      await producing?.abandon()
+    const lease = await this.replies.takeLease(tenant, cached.id, leaseMs, input.content, input.metadata ?? {}, idempotencyKey).catch(async (err) => {
+      if (err instanceof DomainError && err.kind === 'busy') metrics.lockConflicts.inc({ kind: 'busy' })
+      // The cached record said active; the row says otherwise: drop the stale record.
+      if (err instanceof DomainError && (err.kind === 'gone' || err.kind === 'not_found')) await sessions.forget(cached.id)
       throw err
-    }
-    const session = toRecord(rows[0] as SessionRow)
-    // Identifies this request's lease (the exact timestamp), so only this request can release it.
-    const leaseToken = (rows[0] as { lease_token: string }).lease_token
-    const message = toMessage(unprefixMessage(rows[0] as PrefixedMessageRow))
-    announce(pool, (rows[0] as { notify_payload: string }).notify_payload)
-    metrics.messages.inc({ role: 'user' })
-    this.replying.add(session.id)
-    try {
-      // Both cache writes at once, while the model is asked; awaited before the reply's own cache
-      // writes (so the history list grows in order) and before anything is answered.
-      const cacheWrites = Promise.all([this.options.sessions.cacheRecord(session), this.options.history.append(session.id, message)]).catch(() => undefined)
-      // The context read was of the cached record's history: if the row shows another message
-      // stored since, the model was asked with a context that misses it. Ask again.
-      const contextCurrent = before !== undefined && session.lastSeq === cached.lastSeq + 1
-      if (producing && !contextCurrent) {
-        await producing.abandon()
-        producing = undefined
-      }
-      await sink.message(message)
-      await sink.agent({
-        agent: chosen.id,
-        name: chosen.name,
-        reason: selection.reason,
-        matched: selection.matched,
-        provider: agents.providerFor(chosen).name,
-        model: chosen.model
-      })
-
-      let answer: Answer
-      try {
-        if (!producing) {
-          let context: Message[]
-          if (contextCurrent) {
-            context = [...before, message]
-          } else {
-            // The cached record was behind the row: read the context again, after the writes.
-            await cacheWrites
-            context = await this.options.history.recent(pool, session.id, session.lastSeq, this.options.contextMessages)
-          }
-          producing = this.startProducing(chosen, turnsOf(context), gate)
-        }
-        await gate.open()
-        answer = await producing.answer
-      } catch (err) {
-        await cacheWrites
-        const failure = this.describeFailure(err, chosen, message.id)
-        await this.fail(tenant, session, chosen, failure, idempotencyKey, leaseToken, leaseMs)
-        metrics.replyLatency.observe({ agent: chosen.id, outcome: 'error' }, (performance.now() - started) / 1000)
-        throw new ReplyFailed(failure)
-      }
-
-      // 3. Store the reply, release the lease, record the outcome for the idempotency key: one commit.
-      const latencyMs = Math.round(performance.now() - started)
-      const result = await this.storeReply(tenant, session, answer, latencyMs, message, idempotencyKey).catch((err) => {
-        // The database went away after the model answered: free the session as soon as it is back,
-        // rather than at the lease's expiry.
-        this.releaseLeaseEventually(session.id, leaseToken, leaseMs)
-        throw err
-      })
-      metrics.messages.inc({ role: 'assistant' })
-      metrics.replyLatency.observe({ agent: answer.agent.id, outcome: 'ok' }, latencyMs / 1000)
-      await cacheWrites
-      await Promise.all([this.options.sessions.cacheRecord(result.updated), this.options.history.append(session.id, result.result.reply)])
-      return result.result
-    } finally {
-      this.replying.delete(session.id)
-    }
-  }
-
-  /**
-   * Starts `produce` under its own reply deadline (LLM_TIMEOUT_MS) and returns at once: `answer`
-   * settles with the reply, `abandon()` stops a call whose message was not stored (or was asked with
-   * a stale context) and waits until it has let go.
-   */
-  private startProducing (first: AgentDefinition, messages: ChatTurn[], sink: ReplySink): Producing {
-    const replyDeadline = deadline(this.options.llmTimeoutMs, this.options.shutdownSignal)
-    const answer = this.produceWithin(first, messages, sink, replyDeadline).finally(() => replyDeadline.dispose())
-    answer.catch(() => undefined) // awaited by the caller, or dropped by abandon()
-    return {
-      answer,
-      abandon: async () => {
-        replyDeadline.abort(new DOMException('the message was not stored: the reply is dropped', 'AbortError'))
-        await answer.catch(() => undefined)
-      }
-    }
-  }
-
-  /**
-   * Runs the chosen agent's reply through the provider guard (retries, breaker). When it fails before
-   * any delta reached the client, the next agent up along its `fallback` chain answers, within the
-   * same LLM_TIMEOUT_MS deadline. A failure after a delta was sent ends the reply (never restarted,
-   * so the client never sees two different beginnings).
-   */
-  private async produceWithin (first: AgentDefinition, messages: ChatTurn[], sink: ReplySink, replyDeadline: Deadline): Promise<Answer> {
-    const { signal } = replyDeadline
-    const { agents, guard, llmMetrics, log } = this.options
-    const tried = new Set<string>()
-    const failures: unknown[] = []
-    let agent = first
-    let sent = false
-    for (;;) {
-      tried.add(agent.id)
-      const provider = agents.providerFor(agent)
-      try {
-        const { text, usage } = await guard.run({
-          agent,
-          provider,
-          request: { model: agent.model, systemPrompt: agent.systemPrompt, messages, temperature: agent.temperature, maxTokens: agent.maxTokens, stream: sink.live },
-          signal,
-          deadlineAt: replyDeadline.at,
-          onDelta: (text) => {
-            sent = true
-            return sink.delta(text)
-          }
-        })
-        return { agent, providerName: provider.name, text, usage, fallbackFrom: agent === first ? undefined : first }
-      } catch (err) {
-        failures.push(err)
-        const next = sent || signal.aborted ? undefined : this.nextFallback(agent, tried)
-        if (!next) throw new ProduceFailed(failures, sent)
-        llmMetrics.fallbacks.inc({ agent: agent.id, fallback: next.id })
-        log.warn({ agent: agent.id, fallback: next.id, err: { name: (err as Error).name, message: (err as Error).message } }, 'agent failed before its first token; its fallback answers')
-        await sink.agent({ agent: next.id, name: next.name, reason: 'fallback', matched: [], provider: agents.providerFor(next).name, model: next.model })
-        agent = next
-      }
-    }
-  }
-
-  /** The first agent along `agent`'s fallback chain that is not down and was not tried yet. */
-  private nextFallback (agent: AgentDefinition, tried: Set<string>): AgentDefinition | undefined {
-    const { agents } = this.options
-    const seen = new Set<string>([agent.id])
-    let next = agent.fallback === undefined ? undefined : agents.get(agent.fallback)
-    while (next && !seen.has(next.id)) {
-      if (!tried.has(next.id) && !agents.isDown(next.id)) return next
-      seen.add(next.id)
-      next = next.fallback === undefined ? undefined : agents.get(next.fallback)
-    }
-    return undefined
-  }
-
-  /**
-   * Stores the reply, releases the lease, counts the agent's usage and records the events: one
-   * statement. With an Idempotency-Key, the outcome is recorded under it in the same transaction.
-   */
-  private async storeReply (
-    tenant: string,
-    session: SessionRecord,
-    answer: Answer,
-    latencyMs: number,
-    message: Message,
-    idempotencyKey: string | undefined
-  ): Promise<{ result: PostResult; updated: SessionRecord }> {
-    const { agent, providerName, text, usage } = answer
-    const params = [
-      session.id,
-      tenant,
-      text,
-      agent.id,
-      providerName,
-      agent.model,
-      usage.inputTokens,
-      usage.outputTokens,
-      latencyMs,
-      answer.fallbackFrom ? JSON.stringify({ reason: 'fallback', fallbackFrom: answer.fallbackFrom.id }) : null
-    ]
-    const store = async (db: Queryable) => {
-      // Named: each pooled connection parses and plans the statement once, then only binds values.
-      const { rows } = await db.query<SessionRow & PrefixedMessageRow & { notify_payload: string }>({ name: 'smalltalk-store-reply', text: STORE_REPLY, values: params })
-      const row = rows[0] as SessionRow & PrefixedMessageRow & { notify_payload: string }
-      if (!afterCommit(db, (pool) => announce(pool, row.notify_payload))) announce(this.options.pool, row.notify_payload)
-      return { result: { message, reply: toMessage(unprefixMessage(row)) }, updated: toRecord(row) }
-    }
-    if (!idempotencyKey) return store(this.options.pool)
-    return withTransaction(this.options.pool, async (client) => {
-      const stored = await store(client)
-      await this.options.idempotency.complete(client, tenant, idempotencyKey, { statusCode: 201, body: stored.result })
-      return stored
     })
+    const { message } = lease
+    metrics.messages.inc({ role: 'user' })
+    // Both cache writes at once, while the reply is produced; awaited before the reply's own cache
+    // writes (so the history list grows in order) and before anything is answered.
+    const cacheWrites = Promise.all([sessions.cacheRecord(lease.session), history.append(cached.id, message)]).catch(() => undefined)
+
+    let selection: AgentSelection | undefined
+    let answer: Answer
+    try {
+      await sink.message(message)
+      selection = await this.select(lease.session, input)
+      await sink.agent(this.producer.announce(selection.agent, selection.reason, selection.matched))
+      const context = await this.context(lease, cached, list, cacheWrites)
+      answer = await this.producer.produce(selection.agent, turnsOf(context), sink)
+    } catch (err) {
+      await cacheWrites
+      const agent = selection?.agent ?? this.candidates(lease.session)[0] as AgentDefinition
+      const failure = describeReplyFailure(err, { agent, messageId: message.id, llmTimeoutMs: this.options.llmTimeoutMs, shuttingDown: this.options.shutdownSignal.aborted, log: this.options.log })
+      const events: NewEvent[] = [{ type: 'agent.failed', tenant, sessionId: cached.id, agentId: agent.id, data: { code: failure.code, message: failure.message, ...(failure.details as object) } }]
+      if (selection) events.unshift({ type: 'agent.selected', tenant, sessionId: cached.id, agentId: agent.id, data: selectionData(selection) })
+      await this.endWithout(tenant, lease, failure, events, idempotencyKey, leaseMs)
+      metrics.replyLatency.observe({ agent: agent.id, outcome: 'error' }, (performance.now() - started) / 1000)
+      throw new ReplyFailed(failure)
+    }
+
+    const latencyMs = Math.round(performance.now() - started)
+    const reply = {
+      content: answer.text,
+      agent: answer.agent.id,
+      provider: answer.providerName,
+      model: answer.agent.model,
+      usage: answer.usage,
+      latencyMs,
+      selection: { agent: selection.agent.id, data: selectionData(selection) },
+      fallback: answer.fallbackFrom ? { reason: 'fallback', fallbackFrom: answer.fallbackFrom.id } : undefined
+    }
+    const recordOutcome = idempotencyKey === undefined
+      ? undefined
+      : (db: pg.PoolClient, stored: { reply: Message }) => this.options.idempotency.complete(db, tenant, idempotencyKey, { ok: true, result: { message, reply: stored.reply } })
+    const stored = await this.replies.storeReply(lease, reply, recordOutcome).catch((err) => {
+      // The database went away after the model answered: free the session as soon as it is back,
+      // rather than at the lease's expiry.
+      this.replies.releaseEventually(lease, leaseMs)
+      throw err
+    })
+    await cacheWrites
+    if (!stored) {
+      // The session was deleted or expired meanwhile, or the lease was lost: nothing is stored.
+      const failure = DomainError.from(await this.replies.whyNotStored(lease))
+      const events: NewEvent[] = [{ type: 'reply.discarded', tenant, sessionId: cached.id, agentId: answer.agent.id, data: { messageId: message.id, code: failure.code, message: failure.message } }]
+      await this.endWithout(tenant, lease, failure, events, idempotencyKey, leaseMs)
+      metrics.replyLatency.observe({ agent: answer.agent.id, outcome: 'error' }, (performance.now() - started) / 1000)
+      throw new ReplyFailed(failure)
+    }
+    metrics.messages.inc({ role: 'assistant' })
+    metrics.replyLatency.observe({ agent: answer.agent.id, outcome: 'ok' }, latencyMs / 1000)
+    await Promise.all([sessions.cacheRecord(stored.session), history.append(cached.id, stored.reply)])
+    return { message, reply: stored.reply }
   }
 
-  /** Why the lease could not be taken: unknown, ended, or a reply already running. */
-  private async refuse (tenant: string, id: string): Promise<never> {
-    const { rows } = await this.options.pool.query<SessionRow & { lease_ms: number | null }>(
-      `SELECT ${SESSION_COLUMNS}, (extract(epoch FROM reply_lease_until - now()) * 1000)::int AS lease_ms FROM sessions WHERE id = $1`,
-      [id]
-    )
-    const row = rows[0]
-    if (!row || row.tenant !== tenant) throw notFound()
-    assertActive(toRecord(row), Date.now())
-    this.options.metrics.lockConflicts.inc({ kind: 'busy' })
-    throw new DomainError('busy', 'A reply in this session is still being produced; retry when it is done', {
-      code: 'SESSION_BUSY',
-      retryAfterSeconds: Math.max(1, Math.min(5, Math.ceil((row.lease_ms ?? 1000) / 1000)))
+  /**
+   * The model's context: the newest CONTEXT_MESSAGES messages, ending with this request's. When the
+   * cached record was current (no message stored since), the list read with it holds the messages
+   * before this one; otherwise they are read again once this request's cache writes are done.
+   */
+  private async context (lease: Lease, cached: SessionRecord, list: SeqListSnapshot | undefined, cacheWrites: Promise<unknown>): Promise<Message[]> {
+    const { pool, history, contextMessages } = this.options
+    if (contextMessages <= 1) return [lease.message]
+    if (lease.session.lastSeq === cached.lastSeq + 1) {
+      const before = await history.recent(pool, cached.id, cached.lastSeq, contextMessages - 1, { list })
+      return [...before, lease.message]
+    }
+    await cacheWrites
+    return history.recent(pool, cached.id, lease.session.lastSeq, contextMessages)
+  }
+
+  /** A reply that is not stored: lease released, events recorded, the outcome kept for the key. */
+  private async endWithout (tenant: string, lease: Lease, failure: DomainError, events: NewEvent[], idempotencyKey: string | undefined, leaseMs: number): Promise<void> {
+    const recordOutcome = idempotencyKey === undefined
+      ? undefined
+      : (db: pg.PoolClient) => this.options.idempotency.complete(db, tenant, idempotencyKey, { ok: false, failure: failure.toFailure() })
+    await this.replies.endWithout(lease, events, recordOutcome).catch((err) => {
+      this.options.log.error({ err: { message: (err as Error).message }, sessionId: lease.session.id }, 'could not record a reply that was not stored')
+      this.replies.releaseEventually(lease, leaseMs)
     })
   }
 
@@ -366,13 +214,15 @@ export class ConversationService {
     return session.agents.filter((id) => agents.has(id)).map((id) => agents.get(id) as AgentDefinition)
   }
 
-  /** The agent that answers: the client's, else the LLM router's pick (`routed`) if still valid, else scoring. */
-  private select (session: SessionRecord, input: PostMessageInput, routed?: AgentDefinition): AgentSelection {
-    const { agents } = this.options
+  /** The agent that answers: the client's, else the LLM router's pick (ROUTER=llm), else expertise scoring. */
+  private async select (session: SessionRecord, input: PostMessageInput): Promise<AgentSelection> {
+    const { agents, router } = this.options
     const candidates = this.candidates(session)
-    if (candidates.length === 0) throw new DomainError('invalid', 'None of this session\'s agents exists any more: PATCH its agents', { code: 'NO_AGENTS' })
-    if (routed && !agents.isDown(routed.id) && candidates.some((agent) => agent.id === routed.id)) {
-      return { agent: routed, reason: 'router', matched: [], score: 0 }
+    if (input.agent === undefined && router) {
+      const routed = await router.pick(input.content, candidates.filter((agent) => !agents.isDown(agent.id)))
+      if (routed && !agents.isDown(routed.id) && candidates.some((agent) => agent.id === routed.id)) {
+        return { agent: routed, reason: 'router', matched: [], score: 0 }
+      }
     }
     return selectAgent({ content: input.content, candidates, requested: input.agent, isDown: (id) => agents.isDown(id), resolve: (id) => agents.get(id) })
   }
@@ -385,244 +235,11 @@ export class ConversationService {
       throw new DomainError('invalid', `Agent ${agentId} is not one of this session's agents (${session.agents.join(', ')})`, { code: 'AGENT_NOT_IN_SESSION' })
     }
   }
-
-  /**
-   * The client-facing failure; `details.messageId` tells the caller its message was stored. A
-   * provider's auth or request error is a 502 naming the agent, the deadline a 504, exhausted
-   * retries a 502, every breaker open a 503 with Retry-After, a stream broken after its first delta
-   * a 502 that says the partial text was not kept.
-   */
-  private describeFailure (err: unknown, agent: AgentDefinition, messageId: string): DomainError {
-    const details: Record<string, unknown> = { messageId }
-    const failures = err instanceof ProduceFailed ? err.failures : [err]
-    const streamed = err instanceof ProduceFailed && err.afterFirstDelta
-    const last = failures[failures.length - 1]
-    if (last instanceof DomainError) return new DomainError(last.kind, last.message, { ...last.extra, details })
-    if (this.options.shutdownSignal.aborted) {
-      return new DomainError('unavailable', 'The server is shutting down; the reply was not finished. Retry the message.', { code: 'SHUTTING_DOWN', retryAfterSeconds: 1, details })
-    }
-    const name = (last as Error | undefined)?.name
-    if (name === 'TimeoutError' || name === 'AbortError') {
-      return new DomainError('timeout', `Agent "${agent.id}" did not finish its reply within ${this.options.llmTimeoutMs} ms`, { code: 'LLM_TIMEOUT', details })
-    }
-    const tried = failures.length > 1 ? ` (its fallback${failures.length > 2 ? 's' : ''} failed too)` : ''
-    if (streamed) {
-      this.options.log.warn({ err: describeError(last), agent: agent.id }, 'agent reply broke off mid-stream')
-      return new DomainError('bad_gateway', `Agent "${agent.id}"'s reply broke off before it was finished (${describeError(last).message}); the partial reply was not stored. Retry the message.`, { code: 'LLM_STREAM_INTERRUPTED', details })
-    }
-    if (failures.every((failure) => failure instanceof CircuitOpenError)) {
-      const waitMs = Math.min(...failures.map((failure) => (failure as CircuitOpenError).retryAfterMs))
-      return new DomainError('unavailable', `Agent "${agent.id}" is unavailable: its provider failed repeatedly and is paused${tried}. Retry later.`, {
-        code: 'LLM_UNAVAILABLE',
-        retryAfterSeconds: Math.max(1, Math.ceil(waitMs / 1000)),
-        details
-      })
-    }
-    // The first real provider error says most about the agent the client got.
-    const cause = failures.find((failure) => !(failure instanceof CircuitOpenError)) ?? last
-    this.options.log.warn({ err: describeError(cause), agent: agent.id, attempts: failures.length }, 'agent reply failed')
-    if (cause instanceof ProviderError) {
-      details.provider = cause.provider
-      if (cause.status !== undefined) details.providerStatus = cause.status
-      if (cause.kind === 'auth') {
-        return new DomainError('bad_gateway', `Agent "${agent.id}": ${cause.provider} refused the credentials${cause.status ? ` (${cause.status})` : ''}; check the provider's API key${tried}`, { code: 'LLM_AUTH_ERROR', details })
-      }
-      if (cause.kind === 'bad_request') {
-        return new DomainError('bad_gateway', `Agent "${agent.id}": ${cause.provider} rejected the request: ${cause.message}${tried}`, { code: 'LLM_REQUEST_REJECTED', details })
-      }
-      return new DomainError('bad_gateway', `Agent "${agent.id}" failed to reply after retries: ${cause.message}${tried}`, { code: 'LLM_ERROR', details })
-    }
-    return new DomainError('bad_gateway', `Agent "${agent.id}" failed to reply: ${describeError(cause).message}${tried}`, { code: 'LLM_ERROR', details })
-  }
-
-  /** A failed reply: the user message stays, the lease is released, the failure is an event. */
-  private async fail (tenant: string, session: SessionRecord, agent: AgentDefinition, failure: DomainError, idempotencyKey: string | undefined, leaseToken: string, leaseMs: number): Promise<void> {
-    await withTransaction(this.options.pool, async (client) => {
-      await client.query('UPDATE sessions SET reply_lease_until = NULL WHERE id = $1 AND reply_lease_until = $2::timestamptz', [session.id, leaseToken])
-      await recordEvents(client, [
-        { type: 'agent.failed', tenant, sessionId: session.id, agentId: agent.id, data: { code: failure.code, message: failure.message, ...(failure.details as object) } }
-      ])
-      if (idempotencyKey) {
-        const body = { statusCode: failure.statusCode, error: reasonPhrase(failure.statusCode), message: failure.message, code: failure.code, details: failure.details }
-        await this.options.idempotency.complete(client, tenant, idempotencyKey, { statusCode: failure.statusCode, body })
-      }
-    }).catch((err) => {
-      this.options.log.error({ err: { message: (err as Error).message }, sessionId: session.id }, 'could not record a failed reply')
-      this.releaseLeaseEventually(session.id, leaseToken, leaseMs)
-    })
-  }
-
-  /**
-   * Releases this request's reply lease in the background, retrying while the database is away,
-   * until the lease would have expired anyway. A newer lease (another request's) is never touched.
-   */
-  private releaseLeaseEventually (sessionId: string, leaseToken: string, leaseMs: number): void {
-    const giveUpAt = Date.now() + leaseMs
-    const attempt = () => {
-      this.options.pool
-        .query('UPDATE sessions SET reply_lease_until = NULL WHERE id = $1 AND reply_lease_until = $2::timestamptz', [sessionId, leaseToken])
-        .catch(() => {
-          if (Date.now() < giveUpAt) setTimeout(attempt, 500).unref()
-        })
-    }
-    attempt()
-  }
-}
-
-// The message columns of a statement that also returns the session's: prefixed with m_.
-const PREFIXED_MESSAGE_COLUMNS = MESSAGE_COLUMNS.split(', ')
-  .map((column) => `m.${column} AS m_${column}`)
-  .join(', ')
-
-type PrefixedMessageRow = { [K in keyof MessageRow as `m_${K & string}`]: MessageRow[K] }
-
-function unprefixMessage (row: PrefixedMessageRow): MessageRow {
-  const message: Record<string, unknown> = {}
-  for (const [key, value] of Object.entries(row)) if (key.startsWith('m_')) message[key.slice(2)] = value
-  return message as unknown as MessageRow
-}
-
-/**
- * Step 1 of a reply, one statement: take the lease (only if none is running and the session is
- * active), store the user message at the next seq, link it to the Idempotency-Key ($6, may be null),
- * record message.created and agent.selected. No row back: no lease. The caller announces the events
- * after the statement (`announce`: never inside the writing transaction).
- */
-export const TAKE_LEASE_AND_STORE_MESSAGE = `
-WITH s AS (
-  UPDATE sessions
-     SET last_seq = last_seq + 1, message_count = message_count + 1,
-         reply_lease_until = now() + make_interval(secs => $3 / 1000.0)
-   WHERE id = $1 AND tenant = $2 AND status = 'active' AND (expires_at IS NULL OR expires_at > now())
-     AND (reply_lease_until IS NULL OR reply_lease_until < now())
-  RETURNING ${SESSION_COLUMNS}, reply_lease_until::text AS lease_token
-), m AS (
-  INSERT INTO chat_messages (session_id, seq, role, content, metadata)
-  SELECT id, last_seq, 'user', $4, $5 FROM s
-  RETURNING ${MESSAGE_COLUMNS}, session_id
-), k AS (
-  UPDATE idempotency_keys SET message_id = m.id FROM m
-   WHERE $6::text IS NOT NULL AND idempotency_keys.tenant = $2 AND idempotency_keys.key = $6
-), e AS (
-  INSERT INTO event_logs (type, tenant, session_id, agent_id, data)
-  SELECT v.type, $2, m.session_id, v.agent_id, v.data
-    FROM m, LATERAL (VALUES
-      ('message.created', NULL::text, jsonb_build_object('messageId', m.id, 'seq', m.seq, 'role', 'user')),
-      ('agent.selected', $7::text, $8::jsonb)
-    ) AS v(type, agent_id, data)
-  RETURNING id, type
-)
-SELECT s.*, ${PREFIXED_MESSAGE_COLUMNS}, (SELECT ${NOTIFY_PAYLOAD} FROM e) AS notify_payload
-  FROM s, m`
-
-/**
- * Step 3 of a reply, one statement: store the reply at the next seq, release the lease, count the
- * agent's usage in agent_states, record message.created (after agent.selected when a fallback
- * answered, $10). The caller announces the events after the commit.
- */
-export const STORE_REPLY = `
-WITH s AS (
-  UPDATE sessions SET last_seq = last_seq + 1, message_count = message_count + 1, reply_lease_until = NULL
-   WHERE id = $1
-  RETURNING ${SESSION_COLUMNS}
-), m AS (
-  INSERT INTO chat_messages (session_id, seq, role, content, agent, provider, model, input_tokens, output_tokens, latency_ms)
-  SELECT id, last_seq, 'assistant', $3, $4, $5, $6, $7, $8, $9 FROM s
-  RETURNING ${MESSAGE_COLUMNS}, session_id
-), a AS (
-  INSERT INTO agent_states (session_id, agent_id, reply_count, input_tokens, output_tokens, last_used_at)
-  VALUES ($1, $4, 1, $7, $8, now())
-  ON CONFLICT (session_id, agent_id) DO UPDATE
-    SET reply_count = agent_states.reply_count + 1,
-        input_tokens = agent_states.input_tokens + EXCLUDED.input_tokens,
-        output_tokens = agent_states.output_tokens + EXCLUDED.output_tokens,
-        last_used_at = now()
-), e AS (
-  INSERT INTO event_logs (type, tenant, session_id, agent_id, data)
-  SELECT v.type, $2, m.session_id, $4, v.data
-    FROM m, LATERAL (VALUES
-      (1, 'agent.selected', $10::jsonb),
-      (2, 'message.created', jsonb_build_object('messageId', m.id, 'seq', m.seq, 'role', 'assistant'))
-    ) AS v(n, type, data)
-   WHERE v.data IS NOT NULL
-   ORDER BY v.n
-  RETURNING id, type
-)
-SELECT s.*, ${PREFIXED_MESSAGE_COLUMNS}, (SELECT ${NOTIFY_PAYLOAD} FROM e) AS notify_payload
-  FROM s, m`
-
-/** What the model answered, and which agent it was (a fallback when the chosen one failed). */
-/** A reply being produced (ConversationService.startProducing). */
-interface Producing {
-  answer: Promise<Answer>
-  abandon(): Promise<void>
 }
 
 const turnsOf = (messages: Message[]): ChatTurn[] => messages.map((m) => ({ role: m.role, content: m.content }))
 
-/**
- * Holds what a reply produces (deltas, a fallback's agent event) until `open()`, then replays it in
- * order and passes everything straight on: a model asked before its message was stored speaks to
- * the client only after the message event.
- */
-class SinkGate implements ReplySink {
-  private held: Array<() => Promise<void> | void> | undefined = []
-
-  constructor (private readonly sink: ReplySink) {}
-
-  get live (): boolean {
-    return this.sink.live
-  }
-
-  message (message: Message): Promise<void> | void {
-    return this.pass(() => this.sink.message(message))
-  }
-
-  agent (selection: Parameters<ReplySink['agent']>[0]): Promise<void> | void {
-    return this.pass(() => this.sink.agent(selection))
-  }
-
-  delta (text: string): Promise<void> | void {
-    return this.pass(() => this.sink.delta(text))
-  }
-
-  async open (): Promise<void> {
-    // Calls made while replaying (a producer that resumed) queue behind the held ones.
-    while (this.held && this.held.length > 0) {
-      const next = this.held.shift() as () => Promise<void> | void
-      await next()
-    }
-    this.held = undefined
-  }
-
-  private pass (call: () => Promise<void> | void): Promise<void> | void {
-    if (!this.held) return call()
-    this.held.push(call)
-  }
-}
-
-interface Answer {
-  agent: AgentDefinition
-  providerName: string
-  text: string
-  usage: { inputTokens: number; outputTokens: number }
-  /** The agent that was selected and failed before its first delta, when a fallback answered. */
-  fallbackFrom: AgentDefinition | undefined
-}
-
-/** Every agent tried failed: the failures in order, and whether text had reached the client. */
-class ProduceFailed extends Error {
-  constructor (
-    readonly failures: unknown[],
-    readonly afterFirstDelta: boolean
-  ) {
-    super('the reply could not be produced')
-  }
-}
-
-function describeError (err: unknown): { name: string; message: string } {
-  return err instanceof Error ? { name: err.name, message: err.message } : { name: 'Error', message: String(err) }
-}
+const selectionData = (selection: AgentSelection): Record<string, unknown> => ({ reason: selection.reason, matched: selection.matched, score: selection.score })
 
 /** A failure after the user message was stored: its outcome is already recorded under the key. */
 class ReplyFailed extends Error {

@@ -2,18 +2,30 @@ import { createHash } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type pg from 'pg'
 import type { Queryable } from '../db/transaction.js'
-import { DomainError } from '../domain-errors.js'
+import { DomainError, type Failure } from '../domain-errors.js'
 
-/** What a completed post answered: replayed as is to every retry with the same key. */
-export interface StoredOutcome {
-  statusCode: number
-  body: unknown
-}
+/**
+ * What a completed post came to, as the domain says it (the route maps it to HTTP): replayed to
+ * every retry with the same key.
+ */
+export type StoredOutcome = { ok: true; result: unknown } | { ok: false; failure: Failure }
 
 export type Claim = { kind: 'claimed' } | { kind: 'replay'; outcome: StoredOutcome }
 
+/** A digest of the request, the same whatever the order of the keys of its objects. */
 export function requestHash (parts: unknown): string {
-  return createHash('sha256').update(JSON.stringify(parts)).digest('hex')
+  return createHash('sha256').update(canonicalJson(parts)).digest('hex')
+}
+
+/** JSON with every object's keys sorted: `{"b":1,"a":2}` and `{"a":2,"b":1}` are one text. */
+export function canonicalJson (value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map((item) => canonicalJson(item ?? null)).join(',')}]`
+  if (value && typeof value === 'object') {
+    const entries = Object.entries(value).filter(([, inner]) => inner !== undefined)
+    entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    return `{${entries.map(([key, inner]) => `${JSON.stringify(key)}:${canonicalJson(inner)}`).join(',')}}`
+  }
+  return JSON.stringify(value) ?? 'null'
 }
 
 /**
@@ -33,7 +45,7 @@ export class IdempotencyKeys {
     const deadline = Date.now() + this.abandonAfterMs + 5000
     let wait = 25
     for (;;) {
-      const { rows } = await this.pool.query<{ inserted: boolean; request_hash: string; status: string; status_code: number | null; response: unknown; message_id: string | null; age_ms: number; lease_free: boolean }>(
+      const { rows } = await this.pool.query<{ inserted: boolean; request_hash: string; status: string; response: StoredOutcome | null; message_id: string | null; age_ms: number; lease_free: boolean }>(
         `WITH attempt AS (
            INSERT INTO idempotency_keys (tenant, key, session_id, request_hash)
            VALUES ($1, $2, $3, $4)
@@ -44,11 +56,11 @@ export class IdempotencyKeys {
              WHERE idempotency_keys.expires_at < now()
                 OR (idempotency_keys.status = 'pending' AND idempotency_keys.message_id IS NULL
                     AND idempotency_keys.created_at < now() - make_interval(secs => $5 / 1000.0))
-           RETURNING true AS inserted, request_hash, status, status_code, response, message_id, 0 AS age_ms, false AS lease_free
+           RETURNING true AS inserted, request_hash, status, response, message_id, 0 AS age_ms, false AS lease_free
          )
          SELECT * FROM attempt
          UNION ALL
-         SELECT false, k.request_hash, k.status, k.status_code, k.response, k.message_id,
+         SELECT false, k.request_hash, k.status, k.response, k.message_id,
                 (extract(epoch FROM now() - k.created_at) * 1000)::int,
                 COALESCE(s.reply_lease_until IS NULL OR s.reply_lease_until < now(), true)
            FROM idempotency_keys k LEFT JOIN sessions s ON s.id = k.session_id
@@ -60,7 +72,7 @@ export class IdempotencyKeys {
       if (row && row.request_hash !== hash) {
         throw new DomainError('conflict', 'This Idempotency-Key was already used with a different request', { code: 'IDEMPOTENCY_KEY_REUSED' })
       }
-      if (row?.status === 'completed') return { kind: 'replay', outcome: { statusCode: row.status_code ?? 201, body: row.response } }
+      if (row?.status === 'completed' && row.response) return { kind: 'replay', outcome: row.response }
       if (row?.message_id && (row.lease_free || row.age_ms > this.abandonAfterMs)) {
         // The first request stored its message, then ended without recording its reply (its process
         // died, or the database failed under it): no reply is running, and the message is never
@@ -82,33 +94,35 @@ export class IdempotencyKeys {
   }
 
   private async abandon (tenant: string, key: string, messageId: string): Promise<StoredOutcome> {
-    const body = {
-      statusCode: 503,
-      error: 'Service Unavailable',
-      message: 'The first request with this Idempotency-Key stored its message but its reply was lost; post a new message to get a reply',
-      code: 'REPLY_LOST',
-      details: { messageId }
+    const lost: StoredOutcome = {
+      ok: false,
+      failure: {
+        kind: 'unavailable',
+        message: 'The first request with this Idempotency-Key stored its message but its reply was lost; post a new message to get a reply',
+        code: 'REPLY_LOST',
+        details: { messageId }
+      }
     }
-    const { rows } = await this.pool.query<{ status_code: number; response: unknown }>(
-      `UPDATE idempotency_keys SET status = 'completed', status_code = 503, response = $3
+    const { rows } = await this.pool.query<{ response: StoredOutcome }>(
+      `UPDATE idempotency_keys SET status = 'completed', response = $3
         WHERE tenant = $1 AND key = $2 AND status = 'pending'
-        RETURNING status_code, response`,
-      [tenant, key, JSON.stringify(body)]
+        RETURNING response`,
+      [tenant, key, JSON.stringify(lost)]
     )
-    if (rows[0]) return { statusCode: rows[0].status_code, body: rows[0].response }
+    if (rows[0]) return rows[0].response
     // Completed meanwhile by someone else: that outcome stands.
-    const { rows: current } = await this.pool.query<{ status_code: number; response: unknown }>(
-      'SELECT status_code, response FROM idempotency_keys WHERE tenant = $1 AND key = $2',
+    const { rows: current } = await this.pool.query<{ response: StoredOutcome | null }>(
+      'SELECT response FROM idempotency_keys WHERE tenant = $1 AND key = $2',
       [tenant, key]
     )
-    return { statusCode: current[0]?.status_code ?? 503, body: current[0]?.response ?? body }
+    return current[0]?.response ?? lost
   }
 
   /** Records the outcome: call inside the transaction that commits the reply. */
   async complete (db: Queryable, tenant: string, key: string, outcome: StoredOutcome): Promise<void> {
     await db.query(
-      'UPDATE idempotency_keys SET status = \'completed\', status_code = $3, response = $4 WHERE tenant = $1 AND key = $2',
-      [tenant, key, outcome.statusCode, JSON.stringify(outcome.body)]
+      'UPDATE idempotency_keys SET status = \'completed\', response = $3 WHERE tenant = $1 AND key = $2',
+      [tenant, key, JSON.stringify(outcome)]
     )
   }
 

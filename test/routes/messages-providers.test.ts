@@ -138,59 +138,6 @@ t.test('each provider answers through its own SDK and wire format, with usage an
   )
 })
 
-/** Two replicas of one service (one database), each with its own Redis key prefix unless `shareCache`. */
-async function twoReplicas (t: Test, shareCache: boolean) {
-  const stub = await LlmStub.start()
-  t.teardown(() => stub.close())
-  const dir = await tempDir(t)
-  const file = join(dir, 'agents.yaml')
-  await writeFile(file, TEAM)
-  const env = await testEnv(t, { REDIS_URL, AGENTS_FILE: file, ...KEYS, OPENAI_BASE_URL: stub.openaiBaseUrl, ANTHROPIC_BASE_URL: stub.anthropicBaseUrl, GEMINI_BASE_URL: stub.geminiBaseUrl })
-  const a = await buildTestApp(t, env)
-  const b = await buildTestApp(t, shareCache ? env : { ...env, REDIS_KEY_PREFIX: `${env.REDIS_KEY_PREFIX}b:` })
-  return { stub, a, b }
-}
-
-const llmRequests = async (app: FastifyInstance, outcome: string) =>
-  (await app.metricsRegistry.getSingleMetric('smalltalk_llm_requests_total')?.get())?.values.find((v) => v.labels.model === 'gpt-test' && v.labels.outcome === outcome)?.value ?? 0
-
-t.test('the model is asked while the message is stored; a message the lease refuses drops that call', async (t) => {
-  const { stub, a, b } = await twoReplicas(t, true)
-  const id = await createSession(a, ['assistant'])
-  stub.enqueue({ text: 'the slow first reply', delayMs: 600 }, { when: chat })
-  stub.enqueue({ hang: true }, { when: chat })
-  const first = post(b, id, { content: 'first' })
-  const started = Date.now()
-  while (stub.chatRequests().length < 1 && Date.now() - started < 5000) await new Promise((resolve) => setTimeout(resolve, 10))
-
-  const refused = await post(a, id, { content: 'second, too early' })
-  t.equal(refused.statusCode, 409, 'a reply is running on the other replica')
-  // (The call may be dropped before the stub has read it: the replica's own count says it was made.)
-  t.equal(await llmRequests(a, 'cancelled'), 1, 'the model had been asked for the refused message too, and that call was dropped')
-  t.equal(await llmRequests(a, 'ok'), 0)
-  await stub.idle(1000)
-  t.equal((await first).statusCode, 201)
-  t.same((await history(a, id)).map((m) => m.content), ['first', 'the slow first reply'], 'nothing of the refused message stored')
-})
-
-t.test('a model asked with a context the stored row shows to be stale is asked again with the current one', async (t) => {
-  // Separate caches: replica a's cached record does not see replica b's post.
-  const { stub, a, b } = await twoReplicas(t, false)
-  stub.setDefault((request) => ({ text: `reply to ${request.messages.at(-1)?.content}` }))
-  const id = await createSession(a, ['assistant'])
-  t.equal((await post(a, id, { content: 'one' })).statusCode, 201)
-  t.equal((await post(b, id, { content: 'two' })).statusCode, 201)
-  const before = stub.chatRequests().length
-  const res = await post(a, id, { content: 'three' })
-  t.equal(res.statusCode, 201)
-  const asked = stub.chatRequests().slice(before)
-  t.equal(asked.length, 2, 'asked twice')
-  t.same(asked[0]!.messages.map((m) => m.content), ['one', 'reply to one', 'three'], 'first with the cached context')
-  t.same(asked[1]!.messages.map((m) => m.content), ['one', 'reply to one', 'two', 'reply to two', 'three'], 'then with the stored one')
-  t.equal(res.json().reply.content, 'reply to three')
-  t.same((await history(a, id)).map((m) => m.content), ['one', 'reply to one', 'two', 'reply to two', 'three', 'reply to three'])
-})
-
 t.test('SSE: provider tokens reach the client as they arrive', async (t) => {
   const { stub, app, base } = await world(t)
   const id = await createSession(app)

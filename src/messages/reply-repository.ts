@@ -1,0 +1,247 @@
+import type pg from 'pg'
+import { afterCommit, withTransaction, type Queryable } from '../db/transaction.js'
+import { DomainError, type Failure } from '../domain-errors.js'
+import { NOTIFY_PAYLOAD, announce, recordEvents, type NewEvent } from '../events/event-log.js'
+import { SESSION_COLUMNS, assertActive, notFound, toRecord, type SessionRecord, type SessionRow } from '../sessions/session-store.js'
+import { MESSAGE_COLUMNS, toMessage, type Message, type MessageRow } from './message-store.js'
+
+/**
+ * The one owner of a session row's message counters (`last_seq`, `message_count`) and of its reply
+ * lease (`reply_lease_until`, `reply_lease_token`): every statement that changes them is here.
+ *
+ * A reply runs under a lease on the session row, taken in the statement that stores the user
+ * message; no connection is held while the model talks. The lease has a token: only the request
+ * that took it can store its reply or release it, and only while the session is active, so a reply
+ * that outlived its lease, or whose session was deleted meanwhile, stores nothing.
+ */
+export class ReplyRepository {
+  constructor (private readonly pool: pg.Pool) {}
+
+  /**
+   * Takes the session's reply lease for `leaseMs` and stores the user message at the next seq, with
+   * its message.created event, linked to the Idempotency-Key when there is one: one statement. Throws
+   * not_found, gone, or busy (a reply is running) when the lease cannot be taken; nothing is stored then.
+   */
+  async takeLease (tenant: string, sessionId: string, leaseMs: number, content: string, metadata: Record<string, unknown>, idempotencyKey: string | undefined): Promise<Lease> {
+    const { rows } = await this.pool.query<SessionRow & PrefixedMessageRow & { lease_token: string; notify_payload: string }>({
+      // Named: each pooled connection parses and plans the statement once, then only binds values.
+      name: 'smalltalk-take-lease',
+      text: TAKE_LEASE_AND_STORE_MESSAGE,
+      values: [sessionId, tenant, leaseMs, content, metadata, idempotencyKey ?? null]
+    })
+    const row = rows[0]
+    if (!row) return this.refuse(tenant, sessionId)
+    announce(this.pool, row.notify_payload)
+    return { session: toRecord(row), message: toMessage(unprefixMessage(row)), token: row.lease_token }
+  }
+
+  /**
+   * Stores the reply at the next seq and releases the lease, counts the agent's usage, records
+   * agent.selected and message.created: one statement, and only under this lease in an active
+   * session. With an Idempotency-Key, `onStored` records the outcome in the same transaction.
+   * Undefined when nothing was stored (the lease is lost or the session ended): see `whyNotStored`.
+   */
+  async storeReply (lease: Lease, reply: NewReply, onStored?: (db: pg.PoolClient, stored: StoredReply) => Promise<void>): Promise<StoredReply | undefined> {
+    const values = [
+      lease.session.id,
+      lease.session.tenant,
+      reply.content,
+      reply.agent,
+      reply.provider,
+      reply.model,
+      reply.usage.inputTokens,
+      reply.usage.outputTokens,
+      reply.latencyMs,
+      JSON.stringify(reply.selection.data),
+      lease.token,
+      reply.selection.agent,
+      reply.fallback ? JSON.stringify(reply.fallback) : null
+    ]
+    const store = async (db: Queryable): Promise<StoredReply | undefined> => {
+      const { rows } = await db.query<SessionRow & PrefixedMessageRow & { notify_payload: string }>({ name: 'smalltalk-store-reply', text: STORE_REPLY, values })
+      const row = rows[0]
+      if (!row) return undefined
+      if (!afterCommit(db, (pool) => announce(pool, row.notify_payload))) announce(this.pool, row.notify_payload)
+      return { session: toRecord(row), reply: toMessage(unprefixMessage(row)) }
+    }
+    if (!onStored) return store(this.pool)
+    return withTransaction(this.pool, async (client) => {
+      const stored = await store(client)
+      if (stored) await onStored(client, stored)
+      return stored
+    })
+  }
+
+  /**
+   * Ends a reply that is not stored: releases the lease (if still this request's) and records the
+   * events (agent.failed, reply.discarded) and, through `inTransaction`, the idempotent outcome.
+   */
+  async endWithout (lease: Lease, events: NewEvent[], inTransaction?: (db: pg.PoolClient) => Promise<void>): Promise<void> {
+    await withTransaction(this.pool, async (client) => {
+      await client.query(RELEASE_LEASE, [lease.session.id, lease.token])
+      await recordEvents(client, events)
+      await inTransaction?.(client)
+    })
+  }
+
+  /** Why a reply could not be stored under `lease`: the session ended (gone) or the lease was lost. */
+  async whyNotStored (lease: Lease): Promise<Failure> {
+    const { rows } = await this.pool.query<SessionRow & { expired: boolean }>(
+      `SELECT ${SESSION_COLUMNS}, (expires_at IS NOT NULL AND expires_at <= now()) AS expired FROM sessions WHERE id = $1`,
+      [lease.session.id]
+    )
+    const row = rows[0]
+    if (!row) return notFound().toFailure()
+    if (row.status !== 'active' || row.expired) {
+      return new DomainError('gone', `Session ${row.status === 'invalidated' ? 'invalidated' : 'expired'} while its reply was produced; the reply was not stored`, {
+        code: row.status === 'invalidated' ? 'SESSION_INVALIDATED' : 'SESSION_EXPIRED'
+      }).toFailure()
+    }
+    return new DomainError('conflict', 'The reply took longer than its lease on the session and was not stored; another reply may be running. Retry the message.', {
+      code: 'REPLY_LEASE_LOST'
+    }).toFailure()
+  }
+
+  /**
+   * Releases this request's lease in the background, retrying while the database is away, until
+   * the lease would have expired anyway. A newer lease (another request's) is never touched.
+   */
+  releaseEventually (lease: Lease, leaseMs: number): void {
+    const giveUpAt = Date.now() + leaseMs
+    const attempt = () => {
+      this.pool.query(RELEASE_LEASE, [lease.session.id, lease.token]).catch(() => {
+        if (Date.now() < giveUpAt) setTimeout(attempt, 500).unref()
+      })
+    }
+    attempt()
+  }
+
+  /** Why the lease could not be taken: unknown, ended, or a reply already running. */
+  private async refuse (tenant: string, id: string): Promise<never> {
+    const { rows } = await this.pool.query<SessionRow & { lease_ms: number | null; now_ms: string }>(
+      `SELECT ${SESSION_COLUMNS}, (extract(epoch FROM reply_lease_until - now()) * 1000)::int AS lease_ms,
+              (extract(epoch FROM now()) * 1000)::bigint::text AS now_ms
+         FROM sessions WHERE id = $1`,
+      [id]
+    )
+    const row = rows[0]
+    if (!row || row.tenant !== tenant) throw notFound()
+    // The database's clock decided the statement above: judge expiry by the same clock.
+    assertActive(toRecord(row), Number(row.now_ms))
+    throw new DomainError('busy', 'A reply in this session is still being produced; retry when it is done', {
+      code: 'SESSION_BUSY',
+      retryAfterSeconds: Math.max(1, Math.min(5, Math.ceil((row.lease_ms ?? 1000) / 1000)))
+    })
+  }
+}
+
+/** A reply lease held by this request, with what its statement stored. */
+export interface Lease {
+  /** The session row right after the user message was stored. */
+  session: SessionRecord
+  /** The stored user message. */
+  message: Message
+  /** Identifies this lease: only its holder can store a reply under it or release it. */
+  token: string
+}
+
+export interface NewReply {
+  content: string
+  agent: string
+  provider: string
+  model: string
+  usage: { inputTokens: number; outputTokens: number }
+  latencyMs: number
+  /** The agent chosen to answer, and why (its agent.selected event). */
+  selection: { agent: string; data: Record<string, unknown> }
+  /** When the chosen agent failed and `agent`, its fallback, answered: that agent.selected event's data. */
+  fallback?: Record<string, unknown> | undefined
+}
+
+export interface StoredReply {
+  /** The session row after the reply (lease released). */
+  session: SessionRecord
+  reply: Message
+}
+
+// The message columns of a statement that also returns the session's: prefixed with m_.
+const PREFIXED_MESSAGE_COLUMNS = MESSAGE_COLUMNS.split(', ')
+  .map((column) => `m.${column} AS m_${column}`)
+  .join(', ')
+
+type PrefixedMessageRow = { [K in keyof MessageRow as `m_${K & string}`]: MessageRow[K] }
+
+function unprefixMessage (row: PrefixedMessageRow): MessageRow {
+  const message: Record<string, unknown> = {}
+  for (const [key, value] of Object.entries(row)) if (key.startsWith('m_')) message[key.slice(2)] = value
+  return message as unknown as MessageRow
+}
+
+const RELEASE_LEASE = 'UPDATE sessions SET reply_lease_until = NULL, reply_lease_token = NULL WHERE id = $1 AND reply_lease_token = $2::uuid'
+
+/**
+ * Take the lease (only if none is running and the session is active), store the user message at the
+ * next seq, link it to the Idempotency-Key ($6, may be null), record message.created. No row back:
+ * no lease, nothing stored. The caller announces the event after the statement (never inside it).
+ */
+export const TAKE_LEASE_AND_STORE_MESSAGE = `
+WITH s AS (
+  UPDATE sessions
+     SET last_seq = last_seq + 1, message_count = message_count + 1,
+         reply_lease_until = now() + make_interval(secs => $3 / 1000.0), reply_lease_token = gen_random_uuid()
+   WHERE id = $1 AND tenant = $2 AND status = 'active' AND (expires_at IS NULL OR expires_at > now())
+     AND (reply_lease_until IS NULL OR reply_lease_until < now())
+  RETURNING ${SESSION_COLUMNS}, reply_lease_token::text AS lease_token
+), m AS (
+  INSERT INTO chat_messages (session_id, seq, role, content, metadata)
+  SELECT id, last_seq, 'user', $4, $5 FROM s
+  RETURNING ${MESSAGE_COLUMNS}, session_id
+), k AS (
+  UPDATE idempotency_keys SET message_id = m.id FROM m
+   WHERE $6::text IS NOT NULL AND idempotency_keys.tenant = $2 AND idempotency_keys.key = $6
+), e AS (
+  INSERT INTO event_logs (type, tenant, session_id, data)
+  SELECT 'message.created', $2, m.session_id, jsonb_build_object('messageId', m.id, 'seq', m.seq, 'role', 'user')
+    FROM m
+  RETURNING id, type
+)
+SELECT s.*, ${PREFIXED_MESSAGE_COLUMNS}, (SELECT ${NOTIFY_PAYLOAD} FROM e) AS notify_payload
+  FROM s, m`
+
+/**
+ * Store the reply at the next seq and release the lease, only under this lease ($11) in an active
+ * session; count the agent's usage in agent_states; record agent.selected of the chosen agent ($12,
+ * $10), of its fallback when one answered ($4, $13), and message.created.
+ * No row back: nothing stored. The caller announces the events after the commit.
+ */
+export const STORE_REPLY = `
+WITH s AS (
+  UPDATE sessions SET last_seq = last_seq + 1, message_count = message_count + 1, reply_lease_until = NULL, reply_lease_token = NULL
+   WHERE id = $1 AND reply_lease_token = $11::uuid AND status = 'active' AND (expires_at IS NULL OR expires_at > now())
+  RETURNING ${SESSION_COLUMNS}
+), m AS (
+  INSERT INTO chat_messages (session_id, seq, role, content, agent, provider, model, input_tokens, output_tokens, latency_ms)
+  SELECT id, last_seq, 'assistant', $3, $4, $5, $6, $7, $8, $9 FROM s
+  RETURNING ${MESSAGE_COLUMNS}, session_id
+), a AS (
+  INSERT INTO agent_states (session_id, agent_id, reply_count, input_tokens, output_tokens, last_used_at)
+  SELECT session_id, $4, 1, $7, $8, now() FROM m
+  ON CONFLICT (session_id, agent_id) DO UPDATE
+    SET reply_count = agent_states.reply_count + 1,
+        input_tokens = agent_states.input_tokens + EXCLUDED.input_tokens,
+        output_tokens = agent_states.output_tokens + EXCLUDED.output_tokens,
+        last_used_at = now()
+), e AS (
+  INSERT INTO event_logs (type, tenant, session_id, agent_id, data)
+  SELECT v.type, $2, m.session_id, v.agent_id, v.data
+    FROM m, LATERAL (VALUES
+      (1, 'agent.selected', $12::text, $10::jsonb),
+      (2, 'agent.selected', $4::text, $13::jsonb),
+      (3, 'message.created', $4::text, jsonb_build_object('messageId', m.id, 'seq', m.seq, 'role', 'assistant'))
+    ) AS v(n, type, agent_id, data)
+   WHERE v.data IS NOT NULL
+   ORDER BY v.n
+  RETURNING id, type
+)
+SELECT s.*, ${PREFIXED_MESSAGE_COLUMNS}, (SELECT ${NOTIFY_PAYLOAD} FROM e) AS notify_payload
+  FROM s, m`
