@@ -40,7 +40,7 @@ const messages: FastifyPluginAsyncTypebox = async (fastify) => {
       schema: {
         summary: 'Post a message and get the reply, as JSON or streamed as Server-Sent Events',
         description:
-          'With `Accept: text/event-stream` the answer is an SSE stream of events `message` (the stored user message), `agent` (who answers and why), `delta` (`{ text }`, many), then `done` (the stored reply) or `error` (an error body). Every event has an id.',
+          'With `Accept: text/event-stream` the answer is an SSE stream of events `message` (the stored user message), `agent` (who answers and why), `delta` (`{ text }`, many), then `done` (the stored reply) or `error` (an error body). Every event has an id.\n\nOne reply at a time per session: a post while a reply runs is a 409 `SESSION_BUSY` with `Retry-After`, stores nothing and calls no provider. The reply is stored only while the session is active and this request still holds its lease: a session deleted or expired meanwhile gives 410 (SSE: an `error` event, no `done`), a lost lease 409 `REPLY_LEASE_LOST`; the user message stays stored.',
         tags,
         security,
         params: SessionParams,

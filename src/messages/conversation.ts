@@ -60,7 +60,7 @@ export interface ConversationOptions {
  * caller hears of them. In order, and nothing of a step before the previous one succeeded:
  *
  * 1. the session's reply lease is taken and the user message stored, in one statement (a request
- *    that is refused, 409 or 410, stores nothing and never reaches a provider);
+ *    that is refused (busy, gone, not found) stores nothing and never reaches a provider);
  * 2. the agent is chosen (the LLM router is asked only now, under the lease);
  * 3. the model is asked, with retries and fallbacks (ReplyProducer);
  * 4. the reply is stored only under this request's lease in an active session (ReplyRepository),

@@ -9,7 +9,7 @@ interface KeptPage {
 /**
  * Finished history-read responses, kept in this replica's memory and bounded in bytes (least
  * recently used first out). A page of history is immutable for a given newest seq of its session
- * (messages are never edited, and a session that ends answers 410 before any page is looked up), so
+ * (messages are never edited, and a session that ends is refused as gone before any page is looked up), so
  * a kept page is served only when the session record just read, from Redis or PostgreSQL, still has
  * the seq the page was built at. No replica can serve another replica's stale page, and a client
  * polling a conversation costs one small record read instead of fetching and copying the messages.

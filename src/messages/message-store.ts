@@ -92,7 +92,7 @@ export class MessageHistory {
 
   /**
    * The response body of a history read (`{"messages":[...],"nextCursor":...}`): messages after
-   * `after` in seq order, at most `limit`, of an active session of this tenant (404 or 410
+   * `after` in seq order, at most `limit`, of an active session of this tenant (not_found or gone
    * otherwise, as SessionStore.getActive). The session record is always read (from the cache, or
    * PostgreSQL): a page kept at the record's newest seq is answered as it is. Otherwise the record
    * and the cached list come in one round trip (a second one when a kept page had gone stale), and
@@ -139,8 +139,8 @@ export class MessageHistory {
   }
 
   /**
-   * An active session's record with its cached history list, in one round trip to the cache (404
-   * or 410 as SessionStore.getActive): a history read, and a reply before it can ask the model.
+   * An active session's record with its cached history list, in one round trip to the cache
+   * (not_found or gone as SessionStore.getActive): a history read, and a reply before it can ask the model.
    */
   async activeSession (sessions: SessionStore, tenant: string, sessionId: string): Promise<{ session: SessionRecord; list: SeqListSnapshot | undefined }> {
     const { record, list } = await sessions.getActiveWithList(tenant, sessionId, historyKey(sessionId))
