@@ -1,5 +1,5 @@
 import fp from 'fastify-plugin'
-import { HealthMonitor } from '../src/agents/health-monitor.js'
+import { HealthMonitor } from '../src/agents/health/health-monitor.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
