@@ -1,25 +1,10 @@
 import type pg from 'pg'
 import type { FastifyBaseLogger } from 'fastify'
-import { recordEvents, type NewEvent } from '../../events/event-log.js'
 import type { LlmMetrics } from '../../metrics/llm-metrics.js'
 import type { ProbeMode, Provider } from '../../providers/provider.js'
 import type { AgentStatus } from '../agent.js'
 import type { AgentRegistry } from '../registry.js'
-import {
-  databaseNow,
-  insertSamples,
-  purgeSamples,
-  readStates,
-  takeUnfoldedTraffic,
-  transitionEvents,
-  tryLock,
-  unlock,
-  writeStates,
-  type AgentHealthRow,
-  type Sample,
-  type StateUpdate,
-  type TrafficRow
-} from './health-store.js'
+import { HealthStore, type AgentHealthRow, type FoldInput, type FoldPlan, type Sample, type StateUpdate } from './health-store.js'
 import {
   DEFAULT_HYSTERESIS,
   INITIAL_STATE,
@@ -40,22 +25,27 @@ import { Prober, redactSecrets, type ProbeResult, type ProbeTarget } from './pro
  * How the replicas agree (DESIGN section 4, issue 5 item 5):
  *
  * - The shared state is the agent_health table: status, reason and the hysteresis counters per
- *   agent. Only a replica holding the advisory lock writes it, and it writes the transition events
- *   in the same transaction, so the event log never disagrees with the state.
+ *   agent. Only a transaction holding the advisory lock writes it, and it writes the transition
+ *   events in the same transaction, so the event log never disagrees with the state.
  * - Every replica runs the same tick every interval: it flushes its own traffic window into
- *   health_checks (source 'traffic', folded_at NULL), then tries the lock. The holder probes each
- *   distinct provider+model+baseUrl whose last probe (agent_health.probed_at, in the database's
- *   clock) is an interval old, folds every unfolded traffic sample of every replica and the probe
- *   results through the hysteresis, and commits. A replica that does not get the lock reads
- *   agent_health and applies it to its registry and gauge.
+ *   health_checks (source 'traffic', folded_at NULL), then tries the lock in a short transaction
+ *   that claims each distinct provider+model+baseUrl whose last probe (agent_health.probed_at, in
+ *   the database's clock) is an interval old, by setting probed_at. That transaction commits before
+ *   any probe starts: a probe waits seconds on the network, and neither a pooled connection nor the
+ *   lock waits with it.
+ * - The claimer probes, then folds in a second short transaction, under the lock (waiting for
+ *   another replica's fold): every unfolded traffic sample of every replica and its probe results
+ *   through the hysteresis, written with the samples and the events. A replica that does not get
+ *   the lock reads agent_health and applies it to its registry and gauge.
  * - Followers hear of a transition at once: its event is announced with NOTIFY (the event log's
  *   channel), and the plugin calls requestSync() when an agent.status_changed event arrives; the
  *   tick's read is the fallback when that connection is down.
  * - A burst of failed replies (failuresToDown in a row on one replica) asks for an early run, so
  *   an agent can go down before the next probe, wherever its traffic fails.
  *
- * No leader lives longer than one run: if a replica dies, the next tick of any other takes over,
- * with the counters where the last holder left them.
+ * No leader lives longer than one transaction: if a replica dies, the next tick of any other takes
+ * over, with the counters where the last one left them (a target it had claimed is probed again an
+ * interval later).
  */
 
 /** One provider call's outcome, as the resilience layer reports it (ProviderGuard's TrafficSample). */
@@ -70,9 +60,11 @@ export interface TrafficOutcome {
 // Outcomes that say nothing about the provider: our own cancellations, a breaker that made no call,
 // a request the provider refused for its content (a too-long context is not an outage).
 const IGNORED_TRAFFIC = new Set(['cancelled', 'circuit_open', 'bad_request'])
+// A follower's early run tries again this much later: the lock is only held by short transactions.
+const EARLY_RETRY_MS = 1000
 
 export interface RunReport {
-  /** Whether this replica held the lock (probed, folded, wrote). */
+  /** Whether this replica led the run: took the lock, probed what was due, folded and wrote. */
   leader: boolean
   /** Agents whose provider+model was probed in this run. */
   probed: string[]
@@ -120,7 +112,7 @@ type Flush = 'all' | { agent: string } | null
  * transitions and events, and keeps every replica's registry and gauge on the shared state.
  */
 export class HealthMonitor {
-  private readonly pool: pg.Pool
+  private readonly store: HealthStore
   private readonly registry: AgentRegistry
   private readonly log: FastifyBaseLogger
   private readonly intervalMs: number
@@ -142,7 +134,7 @@ export class HealthMonitor {
   private syncAgain = false
 
   constructor (private readonly options: HealthMonitorOptions) {
-    this.pool = options.pool
+    this.store = new HealthStore(options.pool)
     this.registry = options.registry
     this.log = options.log
     this.intervalMs = options.intervalMs
@@ -235,7 +227,7 @@ export class HealthMonitor {
 
   /** Applies agent_health to this replica's registry and gauge. */
   async sync (): Promise<void> {
-    const rows = await readStates(this.pool)
+    const rows = await this.store.readStates()
     if (this.stopped) return
     const byId = new Map(rows.map((row) => [row.agent_id, row]))
     for (const agent of this.registry.definitions()) {
@@ -268,10 +260,10 @@ export class HealthMonitor {
     const failed = (err: Error) => this.log.warn({ err: { message: err.message } }, 'agent health: early check failed')
     this.enqueue({ agent: agentId })
       .then((report) => {
-        // Another replica held the lock (in its own step, at most a probe timeout long): try once
-        // more after it, so that the burst does not wait for the next interval.
+        // Another replica held the lock (for one of its short transactions): try once more after it,
+        // so that the burst does not wait for the next interval.
         if (report.leader || this.stopped) return
-        this.retryTimer = setTimeout(() => { void this.enqueue(null).catch(failed) }, this.probeTimeoutMs + 100)
+        this.retryTimer = setTimeout(() => { void this.enqueue(null).catch(failed) }, EARLY_RETRY_MS)
         this.retryTimer.unref()
       })
       .catch(failed)
@@ -284,31 +276,35 @@ export class HealthMonitor {
     return run
   }
 
-  /** A step: write the traffic windows named by `flush`, then lead (probe, fold, write) or follow. */
+  /** A step: write the traffic windows named by `flush`, then lead (claim, probe, fold) or follow. */
   private async run (flush: Flush): Promise<RunReport> {
     const report: RunReport = { leader: false, probed: [], flushed: 0, folded: 0, transitions: [], purged: 0 }
     if (this.stopped) return report
     if (flush !== null) report.flushed = await this.flushTraffic(flush)
 
-    const client = await this.pool.connect()
-    let locked = false
-    try {
-      locked = await tryLock(client)
-      if (locked) {
-        report.leader = true
-        try {
-          await this.lead(client, report)
-        } finally {
-          await unlock(client)
-        }
-      }
-    } catch (err) {
-      // A connection that failed mid-run may still hold the lock or a transaction: never reuse it.
-      client.release(err as Error)
-      throw err
+    const due = await this.store.claimProbes((rows, now) => this.dueTargets(rows, now))
+    if (due === undefined) {
+      await this.sync()
+      return report
     }
-    client.release()
-    if (!locked) await this.sync()
+    report.leader = true
+    // No connection is checked out from here until the fold: the probes take the time they take.
+    const results = await Promise.all(due.map((target) => this.prober.probe(target)))
+    if (this.stopped) return report
+
+    const { folded, transitions, states } = await this.store.fold((input) => this.plan(input, due, results))
+    report.folded = folded
+    report.transitions = transitions
+    report.probed = due.filter((_target, i) => results[i]!.observation).flatMap((target) => target.agents)
+    for (const transition of transitions) {
+      const level = transition.to === 'healthy' ? 'info' : 'warn'
+      this.log[level]({ agent: transition.agentId, from: transition.from, to: transition.to, reason: transition.reason }, `agent ${transition.agentId} is ${transition.to}`)
+    }
+    // The leader applies what it read and what it wrote: its registry is current without a sync.
+    for (const row of states) {
+      if (this.registry.has(row.agent_id)) this.apply(row.agent_id, row.status, row.reason, row.checked_at)
+    }
+    report.purged = await this.store.purge(this.options.retentionDays, () => this.stopped)
     return report
   }
 
@@ -338,7 +334,7 @@ export class HealthMonitor {
       })
     }
     try {
-      await insertSamples(this.pool, samples)
+      await this.store.insertTraffic(samples)
       return samples.length
     } catch (err) {
       for (const [agentId, w] of taken) {
@@ -349,60 +345,11 @@ export class HealthMonitor {
     }
   }
 
-  /** The lock holder's part: probe what is due, fold, write, apply, purge. */
-  private async lead (client: pg.PoolClient, report: RunReport): Promise<void> {
-    const now = await databaseNow(client)
-    const rows = new Map((await readStates(client)).map((row) => [row.agent_id, row]))
-
-    const due = this.dueTargets(rows, now)
-    const results = await Promise.all(due.map((target) => this.prober.probe(target)))
-    if (this.stopped) return
-
-    await client.query('BEGIN')
-    try {
-      // Every replica's traffic since the last fold, oldest first; probes are the freshest news.
-      const traffic = await takeUnfoldedTraffic(client, now)
-      report.folded = traffic.length
-      const { samples, updates, probed } = this.fold(rows, traffic, due, results)
-      const events: NewEvent[] = []
-      for (const update of updates) {
-        const before = update.row?.status ?? INITIAL_STATE.status
-        if (update.state.status === before) continue
-        const transition: HealthTransition = { agentId: update.agentId, from: before, to: update.state.status, reason: update.state.reason, source: update.state.source }
-        report.transitions.push(transition)
-        events.push(...transitionEvents(transition, update.row, now))
-      }
-      await insertSamples(client, samples, now)
-      await writeStates(client, updates, probed, now)
-      await recordEvents(client, events)
-      await client.query('COMMIT')
-      report.probed = [...probed]
-    } catch (err) {
-      await client.query('ROLLBACK').catch(() => undefined)
-      throw err
-    }
-
-    for (const transition of report.transitions) {
-      const level = transition.to === 'healthy' ? 'info' : 'warn'
-      this.log[level]({ agent: transition.agentId, from: transition.from, to: transition.to, reason: transition.reason }, `agent ${transition.agentId} is ${transition.to}`)
-    }
-    // The holder applies what it read and what it wrote: its registry is current without a sync.
-    for (const row of await readStates(client)) {
-      if (this.registry.has(row.agent_id)) this.apply(row.agent_id, row.status, row.reason, row.checked_at)
-    }
-    report.purged = await purgeSamples(client, this.options.retentionDays, () => this.stopped)
-  }
-
   /**
    * The traffic samples and the probe results through the hysteresis: the probe samples to write
    * and the new state of every agent that has news (echo agents are healthy by definition).
    */
-  private fold (
-    rows: Map<string, AgentHealthRow>,
-    traffic: TrafficRow[],
-    due: ProbeTarget[],
-    results: ProbeResult[]
-  ): { samples: Sample[]; updates: StateUpdate[]; probed: Set<string> } {
+  private plan ({ rows, traffic }: FoldInput, due: ProbeTarget[], results: ProbeResult[]): FoldPlan {
     const observations = new Map<string, Observation[]>()
     const add = (agentId: string, obs: Observation) => {
       const list = observations.get(agentId) ?? []
@@ -461,9 +408,9 @@ export class HealthMonitor {
         if (!list && row) continue
         for (const obs of list ?? []) state = observe(state, obs, this.hysteresis)
       }
-      updates.push({ agentId: agent.id, state, row })
+      updates.push({ agentId: agent.id, state })
     }
-    return { samples, updates, probed }
+    return { samples, updates }
   }
 
   /**

@@ -4,6 +4,7 @@ import pino from 'pino'
 import { Registry } from 'prom-client'
 import type { AgentDefinition, AgentStatus } from '../../../src/agents/agent.js'
 import { HealthMonitor, type HealthMonitorOptions } from '../../../src/agents/health/health-monitor.js'
+import { HEALTH_LOCK_KEY } from '../../../src/agents/health/health-store.js'
 import { AgentRegistry } from '../../../src/agents/registry.js'
 import { runMigrations } from '../../../src/db/migrate.js'
 import { LlmMetrics } from '../../../src/metrics/llm-metrics.js'
@@ -159,6 +160,26 @@ t.test('probes: healthy → degraded → down on failing probes, back to healthy
   t.equal(Number(leaks[0].n), 0, 'the key the provider echoed is stored nowhere')
   const { rows: state } = await pool.query("SELECT status, failures, successes FROM agent_health WHERE agent_id = 'gpt'")
   t.same(state, [{ status: 'healthy', failures: 0, successes: 2 }])
+})
+
+t.test('no pooled connection and no lock is held while a probe is on the network', async (t) => {
+  const stub = await startStub(t)
+  const { pool } = await migratedPool(t)
+  const { monitor, registry } = replica(t, pool, stub)
+  let answer!: () => void
+  stub.enqueue({ until: new Promise<void>((resolve) => { answer = resolve }) }, { when: onlyMain })
+  const running = monitor.runOnce()
+  await stub.waitForRequests(2)
+  t.equal(pool.totalCount - pool.idleCount, 0, 'every client of the pool is idle while the probe waits for its answer')
+  const { rows: locks } = await pool.query(
+    "SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND ((classid::bigint << 32) | objid::bigint) = $1",
+    [HEALTH_LOCK_KEY]
+  )
+  t.equal(locks[0].n, 0, "and no session holds the monitor's lock")
+  answer()
+  const report = await running
+  t.same({ leader: report.leader, probed: new Set(report.probed) }, { leader: true, probed: new Set(['gpt', 'mini', 'other', 'offline']) })
+  t.match(registry.health('gpt').message, /^probe answered in/)
 })
 
 t.test('slow and rate-limited probes degrade but never take an agent down; auth failures do', async (t) => {
@@ -336,25 +357,28 @@ t.test('traffic samples that cannot be written are kept for the next run', async
   t.same(rows, [{ attempts: 3, failures: 3, failure_streak: 3 }])
 })
 
-t.test('several replicas: one probes at a time, followers learn the state', async (t) => {
+t.test('several replicas: one probe per model and interval between them, followers learn the state', async (t) => {
   const stub = await startStub(t)
   const { pool: poolA, url } = await migratedPool(t)
   const { pool: poolB } = await migratedPool(t, url)
   const a = replica(t, poolA, stub)
   const b = replica(t, poolB, stub)
 
-  // A's probe of gpt-x takes a while: B runs meanwhile and finds the lock taken.
-  stub.enqueue({ delayMs: 400 }, { when: onlyMain })
+  // A's probe of gpt-x takes a while: B's step meanwhile leads (A holds no lock while it probes) but
+  // finds that A claimed every probe.
+  let answer!: () => void
+  stub.enqueue({ until: new Promise<void>((resolve) => { answer = resolve }) }, { when: onlyMain })
   const running = a.monitor.runOnce()
   await stub.waitForRequests(2)
-  const follower = await b.monitor.runOnce()
-  t.equal(follower.leader, false)
-  t.same(follower.probed, [])
+  const during = await b.monitor.runOnce()
+  t.same({ leader: during.leader, probed: during.probed }, { leader: true, probed: [] })
+  answer()
   const leader = await running
   t.equal(leader.leader, true)
-  t.equal(stub.requests.length, 2, 'only the lock holder probed')
+  t.equal(stub.requests.length, 2, 'only the claimer probed')
+  t.equal(b.registry.status('gpt'), 'healthy')
 
-  // With the lock free, B may lead, but probes only what is due: nothing, A probed a moment ago.
+  // After A's step too, B probes only what is due: nothing, A probed a moment ago.
   const next = await b.monitor.runOnce()
   t.equal(next.leader, true)
   t.same(next.probed, [])
