@@ -54,6 +54,14 @@ export interface GuardedCall {
   onDelta(text: string): Promise<void> | void
   /** Attempts after the first (default: the guard's maxRetries); the LLM router uses 0. */
   maxRetries?: number
+  /**
+   * Whether the signal's deadline passing counts against the provider, in its breaker and in the
+   * health traffic. Default true: the reply's LLM_TIMEOUT_MS is the provider's time to answer. The LLM
+   * router passes false: its short ROUTER_TIMEOUT_MS is how long routing may take, and says nothing of
+   * a model that other agents reply with. An abort for any other reason (a shutdown, a dropped
+   * reply) never counts.
+   */
+  timeoutCounts?: boolean
 }
 
 export interface GuardedResult {
@@ -136,20 +144,24 @@ export class ProviderGuard {
       const result = await breaker.policy.execute(async () => {
         let text = ''
         let usage = { inputTokens: 0, outputTokens: 0 }
-        for await (const chunk of provider.stream({ ...call.request, signal })) {
-          if (chunk.type === 'delta') {
-            if (text === '' && chunk.text !== '') {
-              // A whole answer (stream: false) has no first token to time: its latency is the duration.
-              if (call.request.stream !== false) this.options.metrics.timeToFirstToken.observe(labels, (performance.now() - started) / 1000)
-              onFirstDelta()
+        try {
+          for await (const chunk of provider.stream({ ...call.request, signal })) {
+            if (chunk.type === 'delta') {
+              if (text === '' && chunk.text !== '') {
+                // A whole answer (stream: false) has no first token to time: its latency is the duration.
+                if (call.request.stream !== false) this.options.metrics.timeToFirstToken.observe(labels, (performance.now() - started) / 1000)
+                onFirstDelta()
+              }
+              text += chunk.text
+              await call.onDelta(chunk.text)
+            } else {
+              usage = { inputTokens: chunk.inputTokens, outputTokens: chunk.outputTokens }
             }
-            text += chunk.text
-            await call.onDelta(chunk.text)
-          } else {
-            usage = { inputTokens: chunk.inputTokens, outputTokens: chunk.outputTokens }
+            // A provider that ignores the signal must not outlive the deadline.
+            signal.throwIfAborted()
           }
-          // A provider that ignores the signal must not outlive the deadline.
-          signal.throwIfAborted()
+        } catch (err) {
+          throw stoppedByCaller(call) ? new CallerStopped(err) : err
         }
         return { text, usage }
       })
@@ -160,10 +172,12 @@ export class ProviderGuard {
       this.options.metrics.tokens.inc({ ...labels, kind: 'output' }, result.usage.outputTokens)
       this.report(agent.id, { ok: true, latencyMs: Math.round(seconds * 1000) })
       return result
-    } catch (err) {
+    } catch (thrown) {
+      const byCaller = thrown instanceof CallerStopped
+      const err = byCaller ? thrown.cause : thrown
       const outcome = outcomeOf(err, signal)
       this.options.metrics.requests.inc({ ...labels, outcome })
-      if (outcome !== 'cancelled') {
+      if (!byCaller && outcome !== 'cancelled') {
         this.report(agent.id, {
           ok: false,
           latencyMs: Math.round(performance.now() - started),
@@ -222,8 +236,31 @@ function toBreakerState (state: CircuitState): BreakerState {
 /** Errors that say something about the provider's health: not a bad request, not our own shutdown. */
 function countsAgainstProvider (err: Error): boolean {
   if (err instanceof ProviderError) return err.kind !== 'bad_request'
-  // The reply's deadline (AbortSignal.timeout) passed while the provider was answering.
+  // The reply's deadline passed while the provider was answering.
   return err.name === 'TimeoutError'
+}
+
+/**
+ * Whether the caller, not the provider, ended the call: its signal aborted for a shutdown or a
+ * dropped reply, or at a deadline that does not judge the provider (GuardedCall.timeoutCounts). The
+ * SDK may have turned that abort into any error; the signal says what happened.
+ */
+function stoppedByCaller (call: GuardedCall): boolean {
+  const { signal } = call
+  if (!signal.aborted) return false
+  return call.timeoutCounts === false || (signal.reason as Error | undefined)?.name !== 'TimeoutError'
+}
+
+/**
+ * A failure of the caller's making, wrapped so that the breaker's filter does not handle it: cockatiel
+ * passes such an error through without counting it (a half-open probe that ends so closes the
+ * breaker with its failure count kept, so the next failure opens it again at once).
+ */
+class CallerStopped extends Error {
+  override readonly name = 'CallerStopped'
+  constructor (override readonly cause: unknown) {
+    super('the caller stopped the call', { cause })
+  }
 }
 
 function isRetryable (err: unknown): boolean {
@@ -231,13 +268,15 @@ function isRetryable (err: unknown): boolean {
 }
 
 function outcomeOf (err: unknown, signal: AbortSignal): LlmOutcome {
+  // The caller's signal ended the call, whatever error the SDK made of the abort.
+  if (signal.aborted) return (signal.reason as Error | undefined)?.name === 'TimeoutError' ? 'timeout' : 'cancelled'
   if (err instanceof ProviderError) {
     if (err.kind === 'rate_limited') return 'rate_limited'
     if (err.kind === 'timeout') return 'timeout'
     return 'error'
   }
   if ((err as Error | undefined)?.name === 'TimeoutError') return 'timeout'
-  if (signal.aborted || (err as Error | undefined)?.name === 'AbortError') return 'cancelled'
+  if ((err as Error | undefined)?.name === 'AbortError') return 'cancelled'
   return 'error'
 }
 

@@ -35,7 +35,7 @@ interface Setup {
   registry: Registry
   agents: AgentRegistry
   traffic: Array<{ agent: string } & TrafficSample>
-  call(options?: { deadline?: Deadline; deltas?: string[]; maxRetries?: number; agentId?: string }): Promise<{ text: string; usage: { inputTokens: number; outputTokens: number } }>
+  call(options?: { deadline?: Deadline; deltas?: string[]; maxRetries?: number; agentId?: string; timeoutCounts?: boolean }): Promise<{ text: string; usage: { inputTokens: number; outputTokens: number } }>
   metric(name: string, labels: Record<string, string>): Promise<number | undefined>
 }
 
@@ -75,7 +75,8 @@ async function setup (t: Test, options: Partial<ProviderGuardOptions> = {}, defi
         signal: callOptions.deadline?.signal ?? NEVER,
         ...(callOptions.deadline ? { deadlineAt: callOptions.deadline.at } : {}),
         onDelta: (text) => { callOptions.deltas?.push(text) },
-        ...(callOptions.maxRetries === undefined ? {} : { maxRetries: callOptions.maxRetries })
+        ...(callOptions.maxRetries === undefined ? {} : { maxRetries: callOptions.maxRetries }),
+        ...(callOptions.timeoutCounts === undefined ? {} : { timeoutCounts: callOptions.timeoutCounts })
       })
     },
     async metric (name, labels) {
@@ -196,6 +197,23 @@ t.test('a shutdown cancels a call without counting against the provider', async 
   t.equal(await s.metric('smalltalk_llm_requests_total', { provider: 'openai', model: 'model-a', outcome: 'cancelled' }), 1)
   t.equal(s.guard.breakerState(s.agents.get('a') as AgentDefinition, 'openai'), 'closed', 'the breaker did not count it')
   t.same(s.traffic, [], 'nor did the health monitor')
+})
+
+t.test("a caller's deadline that does not judge the provider counts neither in the breaker nor in the traffic; the reply's own does", async (t) => {
+  const s = await setup(t, { maxRetries: 0, breakerFailures: 2 })
+  const a = s.agents.get('a') as AgentDefinition
+  s.stub.setDefault({ hang: true })
+  for (let i = 0; i < 3; i++) {
+    const err = await s.call({ deadline: deadline(100, NEVER), timeoutCounts: false }).catch((e: unknown) => e)
+    t.equal((err as Error).name, 'TimeoutError', 'the caller gets its timeout')
+  }
+  t.equal(await s.metric('smalltalk_llm_requests_total', { provider: 'openai', model: 'model-a', outcome: 'timeout' }), 3, 'counted as timeouts in the metrics')
+  t.equal(s.guard.breakerState(a, 'openai'), 'closed', 'not by the breaker')
+  t.same(s.traffic, [], 'nor by the health monitor')
+
+  for (let i = 0; i < 2; i++) await t.rejects(s.call({ deadline: deadline(100, NEVER) }), { name: 'TimeoutError' })
+  t.equal(s.guard.breakerState(a, 'openai'), 'open', "the reply's deadline (LLM_TIMEOUT_MS) judges the provider")
+  t.match(s.traffic, [{ ok: false, errorKind: 'timeout' }, { ok: false, errorKind: 'timeout' }])
 })
 
 t.test('the breaker opens after consecutive failures, probes after its cool-down, and closes on success', async (t) => {
