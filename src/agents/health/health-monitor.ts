@@ -1,5 +1,6 @@
 import type pg from 'pg'
 import type { FastifyBaseLogger } from 'fastify'
+import { systemClock, type Clock } from '../../clock.js'
 import type { LlmMetrics } from '../../metrics/llm-metrics.js'
 import type { ProbeMode, Provider } from '../../providers/provider.js'
 import type { AgentStatus } from '../agent.js'
@@ -99,8 +100,8 @@ export interface HealthMonitorOptions {
   trafficErrorRatio?: number
   /** Values removed from stored error texts (the provider keys). */
   secrets?: readonly string[]
-  /** Milliseconds clock, for the traffic windows (default Date.now). */
-  now?: () => number
+  /** Times the ticks, the early runs and the probes (default: the system clock). */
+  clock?: Clock
 }
 
 /** Which traffic windows a step writes: all (a tick), one agent's (an early step after a burst), none (its retry). */
@@ -119,15 +120,15 @@ export class HealthMonitor {
   private readonly probeTimeoutMs: number
   private readonly hysteresis: Hysteresis
   private readonly errorRatio: number
-  private readonly now: () => number
+  private readonly clock: Clock
   private readonly prober: Prober
   private windows = new Map<string, TrafficWindow>()
   /** When each agent last asked for an early run (at most one per interval). */
   private readonly earlyRunAt = new Map<string, number>()
   private readonly stopController = new AbortController()
   private chain: Promise<unknown> = Promise.resolve()
-  private timer: NodeJS.Timeout | undefined
-  private retryTimer: NodeJS.Timeout | undefined
+  private cancelTick: (() => void) | undefined
+  private cancelRetry: (() => void) | undefined
   private started = false
   private stopped = false
   private syncing: Promise<void> | undefined
@@ -141,13 +142,14 @@ export class HealthMonitor {
     this.probeTimeoutMs = Math.min(options.probeTimeoutMs, options.intervalMs)
     this.hysteresis = { ...DEFAULT_HYSTERESIS, ...options.hysteresis }
     this.errorRatio = options.trafficErrorRatio ?? 0.1
-    this.now = options.now ?? Date.now
+    this.clock = options.clock ?? systemClock
     this.prober = new Prober({
       mode: options.probeMode,
       timeoutMs: this.probeTimeoutMs,
       slowMs: options.slowProbeMs ?? this.probeTimeoutMs / 2,
       secrets: options.secrets ?? [],
-      stopSignal: this.stopController.signal
+      stopSignal: this.stopController.signal,
+      clock: this.clock
     })
   }
 
@@ -161,8 +163,8 @@ export class HealthMonitor {
   /** Clears the timer, aborts a probe in flight and waits for the run in progress (nothing is written after). */
   async stop (): Promise<void> {
     this.stopped = true
-    clearTimeout(this.timer)
-    clearTimeout(this.retryTimer)
+    this.cancelTick?.()
+    this.cancelRetry?.()
     this.stopController.abort(new Error('agent health monitor stopped'))
     await Promise.all([this.chain, this.syncing])
   }
@@ -238,22 +240,21 @@ export class HealthMonitor {
   }
 
   private schedule (delayMs: number): void {
-    this.timer = setTimeout(() => { void this.tick() }, delayMs)
-    this.timer.unref()
+    this.cancelTick = this.clock.setTimeout(() => { void this.tick() }, delayMs)
   }
 
   private async tick (): Promise<void> {
-    const started = this.now()
+    const started = this.clock.now()
     try {
       await this.enqueue('all')
     } catch (err) {
       this.log.warn({ err: { message: (err as Error).message } }, 'agent health check failed; retrying at the next interval')
     }
-    if (!this.stopped) this.schedule(Math.max(0, this.intervalMs - (this.now() - started)))
+    if (!this.stopped) this.schedule(Math.max(0, this.intervalMs - (this.clock.now() - started)))
   }
 
   private requestEarlyRun (agentId: string): void {
-    const now = this.now()
+    const now = this.clock.now()
     const last = this.earlyRunAt.get(agentId)
     if (!this.started || (last !== undefined && now - last < this.intervalMs)) return
     this.earlyRunAt.set(agentId, now)
@@ -263,8 +264,7 @@ export class HealthMonitor {
         // Another replica held the lock (for one of its short transactions): try once more after it,
         // so that the burst does not wait for the next interval.
         if (report.leader || this.stopped) return
-        this.retryTimer = setTimeout(() => { void this.enqueue(null).catch(failed) }, EARLY_RETRY_MS)
-        this.retryTimer.unref()
+        this.cancelRetry = this.clock.setTimeout(() => { void this.enqueue(null).catch(failed) }, EARLY_RETRY_MS)
       })
       .catch(failed)
   }

@@ -1,3 +1,4 @@
+import type { Clock } from '../../clock.js'
 import { ProviderError, type ProbeMode, type Provider } from '../../providers/provider.js'
 import { LazyProvider } from '../../providers/index.js'
 import type { Observation } from './hysteresis.js'
@@ -30,6 +31,8 @@ export interface ProberOptions {
   secrets: readonly string[]
   /** The monitor's stop: aborts a probe in flight, which then yields no observation. */
   stopSignal: AbortSignal
+  /** Times the probes (the timeout, and the latency that makes a probe slow). */
+  clock: Clock
 }
 
 class ProbeTimeout extends Error {
@@ -53,28 +56,28 @@ export class Prober {
         return { observation: { kind: 'failure', count: 1, reason: `probe failed: ${error}`, source: 'probe' }, latencyMs: 0, error }
       }
     }
-    const { timeoutMs, slowMs, stopSignal: stop } = this.options
+    const { timeoutMs, slowMs, stopSignal: stop, clock } = this.options
     const controller = new AbortController()
     const onStop = () => controller.abort(stop.reason)
     stop.addEventListener('abort', onStop, { once: true })
-    const timer = setTimeout(() => controller.abort(new ProbeTimeout(`no answer within ${timeoutMs} ms`)), timeoutMs)
+    const cancelTimeout = clock.setTimeout(() => controller.abort(new ProbeTimeout(`no answer within ${timeoutMs} ms`)), timeoutMs)
     const aborted = new Promise<never>((_resolve, reject) => {
       const fail = () => reject(controller.signal.reason)
       if (controller.signal.aborted) fail()
       else controller.signal.addEventListener('abort', fail, { once: true })
     })
     aborted.catch(() => undefined)
-    const started = performance.now()
+    const started = clock.now()
     try {
       if (stop.aborted) throw stop.reason
       await Promise.race([provider.probe({ model: target.model, mode: this.options.mode, signal: controller.signal }), aborted])
-      const latencyMs = Math.round(performance.now() - started)
+      const latencyMs = clock.now() - started
       if (latencyMs >= slowMs) {
         return { observation: { kind: 'warn', reason: `probe slow: ${latencyMs} ms (limit ${slowMs} ms)`, source: 'probe' }, latencyMs, error: null }
       }
       return { observation: { kind: 'success', count: 1, reason: `probe answered in ${latencyMs} ms`, source: 'probe' }, latencyMs, error: null }
     } catch (err) {
-      const latencyMs = Math.round(performance.now() - started)
+      const latencyMs = clock.now() - started
       if (stop.aborted) return { observation: undefined, latencyMs, error: null }
       const error = this.describe(controller.signal.aborted ? controller.signal.reason : err)
       const kind = err instanceof ProviderError && err.kind === 'rate_limited' ? 'warn' : 'failure'
@@ -82,7 +85,7 @@ export class Prober {
         kind === 'warn' ? { kind, reason: `probe ${error}`, source: 'probe' } : { kind, count: 1, reason: `probe failed: ${error}`, source: 'probe' }
       return { observation, latencyMs, error }
     } finally {
-      clearTimeout(timer)
+      cancelTimeout()
       stop.removeEventListener('abort', onStop)
     }
   }

@@ -10,11 +10,14 @@ import { runMigrations } from '../../../src/db/migrate.js'
 import { LlmMetrics } from '../../../src/metrics/llm-metrics.js'
 import { createTestDatabase, eventually } from '../../helper.js'
 import { LlmStub } from '../../support/llm-stub.js'
+import { ManualClock } from '../../support/manual-clock.js'
 
 const silent = pino({ level: 'silent' })
 const KEY = 'sk-test-health-secret-0123456789'
 
-// The monitor against the real PostgreSQL and the real OpenAI adapter talking to a loopback stub.
+// The monitor against the real PostgreSQL and the real OpenAI adapter talking to a loopback stub. Its
+// ticks, early runs and probe timeouts run on a manual clock that the tests move; when a model is due
+// is the database's clock, moved by ageProbes().
 
 function agent (id: string, provider: AgentDefinition['provider'], model: string, extra: Partial<AgentDefinition> = {}): AgentDefinition {
   return { id, name: id, description: '', provider, model, systemPrompt: '', temperature: 0.7, maxTokens: 100, expertise: [], ...extra }
@@ -33,6 +36,7 @@ interface Replica {
   monitor: HealthMonitor
   registry: AgentRegistry
   prom: Registry
+  clock: ManualClock
 }
 
 /**
@@ -50,6 +54,7 @@ function replica (t: Test, pool: pg.Pool, stub: LlmStub, options: Partial<Health
   const registry = new AgentRegistry(definitions, { OPENAI_API_KEY: KEY, OPENAI_BASE_URL: stub.openaiBaseUrl })
   const prom = new Registry()
   const metrics = new LlmMetrics(prom, definitions.map((a) => ({ id: a.id, provider: registry.effectiveProvider(a.id), model: a.model })))
+  const clock = new ManualClock()
   const monitor = new HealthMonitor({
     pool,
     registry,
@@ -61,10 +66,11 @@ function replica (t: Test, pool: pg.Pool, stub: LlmStub, options: Partial<Health
     slowProbeMs: 1000,
     retentionDays: 7,
     secrets: [KEY],
+    clock,
     ...options
   })
   t.teardown(() => monitor.stop())
-  return { monitor, registry, prom }
+  return { monitor, registry, prom, clock }
 }
 
 async function startStub (t: Test): Promise<LlmStub> {
@@ -185,14 +191,20 @@ t.test('no pooled connection and no lock is held while a probe is on the network
 t.test('slow and rate-limited probes degrade but never take an agent down; auth failures do', async (t) => {
   const stub = await startStub(t)
   const { pool } = await migratedPool(t)
-  const { monitor, registry } = replica(t, pool, stub, { slowProbeMs: 150 })
+  const { monitor, registry, clock } = replica(t, pool, stub, { slowProbeMs: 150 })
   await monitor.runOnce()
 
-  stub.enqueue({ delayMs: 300 }, { when: onlyMain })
+  let answer!: () => void
+  stub.enqueue({ until: new Promise<void>((resolve) => { answer = resolve }) }, { when: onlyMain })
   await ageProbes(pool)
-  await monitor.runOnce()
+  const slow = monitor.runOnce()
+  await stub.waitForRequests(4)
+  await clock.waitFor((pending) => pending.length === 1, "gpt-x's probe alone in flight")
+  clock.advance(200)
+  answer()
+  await slow
   t.equal(registry.status('gpt'), 'degraded')
-  t.match(registry.health('gpt').message, /^probe slow: \d+ ms \(limit 150 ms\)$/)
+  t.equal(registry.health('gpt').message, 'probe slow: 200 ms (limit 150 ms)')
 
   stub.enqueue({ status: 429, headers: { 'retry-after': '1' } }, { times: 4, when: onlyMain })
   for (let i = 0; i < 4; i++) {
@@ -217,18 +229,21 @@ t.test('slow and rate-limited probes degrade but never take an agent down; auth 
 t.test('a probe that hangs fails at the probe timeout, and its connection is closed', async (t) => {
   const stub = await startStub(t)
   const { pool } = await migratedPool(t)
-  const { monitor, registry } = replica(t, pool, stub, { probeTimeoutMs: 300 })
+  const { monitor, registry, clock } = replica(t, pool, stub, { probeTimeoutMs: 300 })
   stub.enqueue({ hang: true }, { when: onlyMain })
-  const started = Date.now()
-  const report = await monitor.runOnce()
-  const elapsed = Date.now() - started
-  t.ok(elapsed >= 290 && elapsed < 2000, `the run took ${elapsed} ms`)
+  const running = monitor.runOnce()
+  await stub.waitForRequests(2)
+  await clock.waitFor((pending) => pending.length === 1, "gpt-x's probe alone in flight")
+  clock.advance(299)
+  t.equal(registry.status('gpt'), 'healthy', 'still waiting 1 ms before the timeout')
+  clock.advance(1)
+  const report = await running
   t.equal(report.transitions.length, 2, 'gpt and mini degraded')
   t.equal(registry.status('gpt'), 'degraded')
   t.equal(registry.status('other'), 'healthy', 'the other probe ran in parallel and answered')
   const { rows } = await pool.query("SELECT status, error, latency_ms FROM health_checks WHERE agent_id = 'gpt'")
   t.equal(rows[0].error, 'timeout: no answer within 300 ms')
-  t.ok(rows[0].latency_ms >= 290)
+  t.equal(rows[0].latency_ms, 300)
   await stub.idle()
   t.equal(stub.inFlight, 0, 'the hung request was aborted')
 })
@@ -236,12 +251,16 @@ t.test('a probe that hangs fails at the probe timeout, and its connection is clo
 t.test('the probe timeout is capped at the interval; completion probes ask for one token', async (t) => {
   const stub = await startStub(t)
   const { pool } = await migratedPool(t)
-  const { monitor, registry } = replica(t, pool, stub, { intervalMs: 250, probeTimeoutMs: 10_000, probeMode: 'completion' })
+  const { monitor, registry, clock } = replica(t, pool, stub, { intervalMs: 250, probeTimeoutMs: 10_000, probeMode: 'completion' })
   stub.enqueue({ hang: true }, { when: (r) => r.kind === 'chat' && r.model === 'gpt-x' })
-  const started = Date.now()
-  await monitor.runOnce()
-  t.ok(Date.now() - started < 2000, 'bounded by the 250 ms interval, not the 10 s timeout')
-  t.equal(registry.status('gpt'), 'degraded')
+  const running = monitor.runOnce()
+  await stub.waitForRequests(2)
+  await clock.waitFor((pending) => pending.length === 1, "gpt-x's probe alone in flight")
+  t.same(clock.pending, [250], 'its timeout is the interval')
+  clock.advance(250)
+  await running
+  t.equal(registry.status('gpt'), 'degraded', 'failed at the 250 ms interval, not the 10 s timeout')
+  t.equal(registry.health('gpt').message, 'probe failed: timeout: no answer within 250 ms')
   const chats = stub.chatRequests()
   t.equal(chats.length, 2)
   t.ok(chats.every((r) => r.maxTokens === 1 && r.stream === false), 'a non-streamed completion of one token')
@@ -250,13 +269,14 @@ t.test('the probe timeout is capped at the interval; completion probes ask for o
 t.test('stop() with a probe in flight: aborted at once, nothing written, no timer left', async (t) => {
   const stub = await startStub(t)
   const { pool } = await migratedPool(t)
-  const { monitor, registry } = replica(t, pool, stub, { firstTickDelayMs: 0, probeTimeoutMs: 30_000, intervalMs: 60_000 })
+  const { monitor, registry, clock } = replica(t, pool, stub, { firstTickDelayMs: 0, probeTimeoutMs: 30_000, intervalMs: 60_000 })
   stub.enqueue({ hang: true }, { when: onlyMain })
   monitor.start()
+  clock.advance(0)
   await stub.waitForRequests(2)
-  const started = Date.now()
+  // With the clock standing still: stop cannot be waiting for the probe timeout.
   await monitor.stop()
-  t.ok(Date.now() - started < 1000, 'stop did not wait for the probe timeout')
+  t.same(clock.pending, [], 'no timer left: neither the next tick nor the probe timeout')
   await stub.idle()
   const { rows } = await pool.query('SELECT count(*)::int AS n FROM health_checks')
   t.equal(rows[0].n, 0, 'a cut run writes no samples')
@@ -314,9 +334,8 @@ t.test('traffic: aggregated samples, a burst of failures takes an agent down bef
   for (let i = 0; i < 3; i++) monitor.recordTraffic('mini', { ok: false, latencyMs: 30, errorKind: 'timeout' })
   t.ok(await eventually(() => registry.isDown('mini'), 5000))
   for (let i = 0; i < 5; i++) monitor.recordTraffic('mini', { ok: false, latencyMs: 30, errorKind: 'timeout' })
-  await new Promise((resolve) => setTimeout(resolve, 200))
-  const { rows: miniRows } = await pool.query("SELECT count(*)::int AS n FROM health_checks WHERE agent_id = 'mini' AND source = 'traffic'")
-  t.equal(miniRows[0].n, 1, 'no second early sample within the interval')
+  // An early run would be queued before this one and would have written mini's window already.
+  t.equal((await monitor.runOnce()).flushed, 1, 'no second early run within the interval: the tick writes the window')
 
   monitor.recordTraffic('gpt', { ok: true, latencyMs: 50 })
   monitor.recordTraffic('gpt', { ok: true, latencyMs: 50 })
@@ -402,11 +421,11 @@ t.test('several replicas: one probe per model and interval between them, followe
   const lockHolder = new pg.Client({ connectionString: url })
   await lockHolder.connect()
   t.teardown(() => lockHolder.end())
-  await lockHolder.query('SELECT pg_advisory_lock(7365120003)')
+  await lockHolder.query('SELECT pg_advisory_lock($1)', [HEALTH_LOCK_KEY])
   const blocked = await b.monitor.runOnce()
   t.same({ leader: blocked.leader, flushed: blocked.flushed }, { leader: false, flushed: 1 }, 'the follower wrote its sample')
   t.equal(b.registry.status('other'), 'healthy', 'but does not judge it')
-  await lockHolder.query('SELECT pg_advisory_unlock(7365120003)')
+  await lockHolder.query('SELECT pg_advisory_unlock($1)', [HEALTH_LOCK_KEY])
   const folded = await a.monitor.runOnce()
   t.equal(folded.folded, 1, "A folds B's sample")
   t.equal(a.registry.status('other'), 'degraded')
@@ -460,7 +479,7 @@ t.test('probes speak each provider: Anthropic, Gemini, an OpenAI-compatible serv
     agent('local', 'openai-compatible', 'llama-x', { baseUrl: stub.urlFor('ollama') })
   ]
   const registry = new AgentRegistry(definitions, { ANTHROPIC_API_KEY: KEY, ANTHROPIC_BASE_URL: stub.anthropicBaseUrl, GEMINI_API_KEY: KEY, GEMINI_BASE_URL: stub.geminiBaseUrl })
-  const monitor = new HealthMonitor({ pool, registry, metrics: new LlmMetrics(new Registry(), []), log: silent, intervalMs: 60_000, probeMode: 'models', probeTimeoutMs: 2000, retentionDays: 7, secrets: [KEY] })
+  const monitor = new HealthMonitor({ pool, registry, metrics: new LlmMetrics(new Registry(), []), log: silent, intervalMs: 60_000, probeMode: 'models', probeTimeoutMs: 2000, retentionDays: 7, secrets: [KEY], clock: new ManualClock() })
   t.teardown(() => monitor.stop())
   stub.enqueue({ status: 500 }, { when: (r) => r.protocol === 'gemini' })
   const report = await monitor.runOnce()
@@ -475,18 +494,20 @@ t.test('probes speak each provider: Anthropic, Gemini, an OpenAI-compatible serv
 t.test('a burst while another replica holds the lock is evaluated right after that step, not an interval later', async (t) => {
   const stub = await startStub(t)
   const { pool, url } = await migratedPool(t)
-  const { monitor, registry } = replica(t, pool, stub, { firstTickDelayMs: 60_000, probeTimeoutMs: 300 })
+  const { monitor, registry, clock } = replica(t, pool, stub, { firstTickDelayMs: 60_000 })
   await monitor.runOnce()
   monitor.start()
   const other = new pg.Client({ connectionString: url })
   await other.connect()
   t.teardown(() => other.end())
-  await other.query('SELECT pg_advisory_lock(7365120003)')
+  await other.query('SELECT pg_advisory_lock($1)', [HEALTH_LOCK_KEY])
   for (let i = 0; i < 3; i++) monitor.recordTraffic('gpt', { ok: false, latencyMs: 10, errorKind: 'connection' })
   t.ok(await eventually(async () => (await pool.query("SELECT 1 FROM health_checks WHERE source = 'traffic'")).rowCount === 1, 2000), 'the early step wrote the burst')
   t.equal(registry.status('gpt'), 'healthy', 'but could not judge it')
-  await other.query('SELECT pg_advisory_unlock(7365120003)')
-  t.ok(await eventually(() => registry.isDown('gpt'), 3000), 'its retry did')
+  await clock.waitForTimer(1000)
+  await other.query('SELECT pg_advisory_unlock($1)', [HEALTH_LOCK_KEY])
+  clock.advance(1000)
+  t.ok(await eventually(() => registry.isDown('gpt'), 5000), 'its retry a second later did')
   const { rows } = await pool.query("SELECT count(*)::int AS n FROM health_checks WHERE source = 'traffic'")
   t.equal(rows[0].n, 1, 'the retry wrote no second sample')
 })
