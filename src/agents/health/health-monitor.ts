@@ -109,7 +109,7 @@ type Flush = 'all' | { agent: string } | null
 
 /**
  * The agent health monitor: probes each distinct provider+model every interval on the replica that
- * holds the lock, learns from real replies (recordTraffic), applies the hysteresis, writes samples,
+ * claims it, learns from real replies (recordTraffic), applies the hysteresis, writes samples,
  * transitions and events, and keeps every replica's registry and gauge on the shared state.
  */
 export class HealthMonitor {
@@ -117,7 +117,6 @@ export class HealthMonitor {
   private readonly registry: AgentRegistry
   private readonly log: FastifyBaseLogger
   private readonly intervalMs: number
-  private readonly probeTimeoutMs: number
   private readonly hysteresis: Hysteresis
   private readonly errorRatio: number
   private readonly clock: Clock
@@ -139,14 +138,14 @@ export class HealthMonitor {
     this.registry = options.registry
     this.log = options.log
     this.intervalMs = options.intervalMs
-    this.probeTimeoutMs = Math.min(options.probeTimeoutMs, options.intervalMs)
+    const probeTimeoutMs = Math.min(options.probeTimeoutMs, options.intervalMs)
     this.hysteresis = { ...DEFAULT_HYSTERESIS, ...options.hysteresis }
     this.errorRatio = options.trafficErrorRatio ?? 0.1
     this.clock = options.clock ?? systemClock
     this.prober = new Prober({
       mode: options.probeMode,
-      timeoutMs: this.probeTimeoutMs,
-      slowMs: options.slowProbeMs ?? this.probeTimeoutMs / 2,
+      timeoutMs: probeTimeoutMs,
+      slowMs: options.slowProbeMs ?? probeTimeoutMs / 2,
       secrets: options.secrets ?? [],
       stopSignal: this.stopController.signal,
       clock: this.clock
