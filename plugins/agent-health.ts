@@ -1,5 +1,6 @@
 import fp from 'fastify-plugin'
-import { HealthMonitor } from '../src/agents/health-monitor.js'
+import { HealthMonitor } from '../src/agents/health/health-monitor.js'
+import type { Clock } from '../src/clock.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -8,15 +9,21 @@ declare module 'fastify' {
   }
 }
 
+export interface AgentHealthPluginOptions {
+  /** Times the monitor's ticks and probes (default: the system clock; tests pass a manual one). */
+  clock?: Clock
+}
+
 /**
  * The agent health monitor, started once the server is ready (its first tick a second later, so it
  * never competes with start-up) and stopped on close: timers cleared, a probe in flight aborted,
  * nothing written after.
  */
 export default fp(
-  async function agentHealth (fastify) {
+  async function agentHealth (fastify, opts: AgentHealthPluginOptions) {
     const config = fastify.config
     const monitor = new HealthMonitor({
+      clock: opts.clock,
       pool: fastify.pg.pool,
       registry: fastify.agents,
       metrics: fastify.llmMetrics,

@@ -19,6 +19,7 @@ import agentRoutes from '../routes/agents/index.js'
 import sessionRoutes from '../routes/sessions/index.js'
 import messageRoutes from '../routes/messages/index.js'
 import eventRoutes from '../routes/events/index.js'
+import type { Clock } from './clock.js'
 import type { Environment } from './config.js'
 import { AccessLog } from './access-log.js'
 import { closeConnectionsWhenIdle } from './connection-drain.js'
@@ -37,6 +38,8 @@ export interface BuildOptions {
   registry?: Registry
   /** Shared with the ops instance of the same process. */
   lifecycle?: Lifecycle
+  /** Times the agent health monitor (default: the system clock; tests pass a manual one). */
+  clock?: Clock
 }
 
 // Applied to both instances: one process logger, request ids taken from X-Request-Id when present.
@@ -101,7 +104,7 @@ export async function buildApp (opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(auth)
   await app.register(agents)
   await app.register(conversations, { lifecycle })
-  await app.register(agentHealth)
+  await app.register(agentHealth, { clock: opts.clock })
 
   await app.register(swagger, {
     openapi: {

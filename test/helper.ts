@@ -7,7 +7,7 @@ import pg from 'pg'
 import pino from 'pino'
 import { Registry } from 'prom-client'
 import type { Test } from 'tap'
-import { buildApp } from '../src/app.js'
+import { buildApp, type BuildOptions } from '../src/app.js'
 import type { Environment } from '../src/config.js'
 import { startEmbeddedPostgres, type EmbeddedDatabase } from '../src/db/embedded-postgres.js'
 import { Lifecycle } from '../src/lifecycle.js'
@@ -116,13 +116,13 @@ export interface TestService {
   registry: Registry
 }
 
-/** Both instances of one process, wired as src/server.ts wires them (without listening). */
-export async function buildService (t: Test, env: Environment): Promise<TestService> {
+/** Both instances of one process, wired as src/server.ts wires them (without listening); `clock` as buildApp takes it. */
+export async function buildService (t: Test, env: Environment, options: Pick<BuildOptions, 'clock'> = {}): Promise<TestService> {
   const lifecycle = new Lifecycle()
   const registry = new Registry()
   const ops = await buildOps({ env, logger: false, registry, lifecycle })
   t.teardown(() => ops.close())
-  const app = await buildApp({ env, logger: false, registry, lifecycle })
+  const app = await buildApp({ env, logger: false, registry, lifecycle, ...options })
   t.teardown(() => app.close())
   await app.ready()
   lifecycle.markReady()

@@ -52,7 +52,9 @@ export class LlmRouter {
         deadlineAt: routerDeadline.at,
         onDelta: () => undefined,
         // One attempt: a retry would rarely fit in the router's short deadline.
-        maxRetries: 0
+        maxRetries: 0,
+        // A slow answer to a routing question is not a failing model: other agents may reply with it.
+        timeoutCounts: false
       })
       const chosen = parseChoice(text, candidates)
       if (chosen) {

@@ -1,7 +1,7 @@
 import { CircuitState, ConsecutiveBreaker, ExponentialBackoff, circuitBreaker, handleWhen, type CircuitBreakerPolicy, type IBackoff } from 'cockatiel'
 import type { FastifyBaseLogger } from 'fastify'
+import { sleep, systemClock, type Clock } from '../clock.js'
 import type { BreakerState, LlmMetrics, LlmOutcome } from '../metrics/llm-metrics.js'
-import { sleep } from '../providers/call.js'
 import { ProviderError, type ChatRequest, type Provider } from '../providers/provider.js'
 import type { AgentDefinition } from './agent.js'
 
@@ -17,6 +17,8 @@ export interface ProviderGuardOptions {
   breakerFailures: number
   /** How long an open breaker refuses calls before one probe call is let through (LLM_BREAKER_COOLDOWN_MS). */
   breakerCooldownMs: number
+  /** Times the breakers' cool-downs, the backoff waits and the deadlines (default: the system clock). */
+  clock?: Clock
 }
 
 /** One provider call's result, for passive health learning. */
@@ -48,12 +50,20 @@ export interface GuardedCall {
   request: Omit<ChatRequest, 'signal'>
   /** The reply's deadline and the shutdown: bounds every attempt and every backoff. */
   signal: AbortSignal
-  /** When the signal's deadline passes (Date.now() time), to skip a retry that could not finish in time. */
+  /** When the signal's deadline passes (in the guard's clock), to skip a retry that could not finish in time. */
   deadlineAt?: number
   /** Receives each delta as it arrives (the SSE client's back-pressure is awaited). */
   onDelta(text: string): Promise<void> | void
   /** Attempts after the first (default: the guard's maxRetries); the LLM router uses 0. */
   maxRetries?: number
+  /**
+   * Whether the signal's deadline passing counts against the provider, in its breaker and in the
+   * health traffic. Default true: the reply's LLM_TIMEOUT_MS is the provider's time to answer. The LLM
+   * router passes false: its short ROUTER_TIMEOUT_MS is how long routing may take, and says nothing of
+   * a model that other agents reply with. An abort for any other reason (a shutdown, a dropped
+   * reply) never counts.
+   */
+  timeoutCounts?: boolean
 }
 
 export interface GuardedResult {
@@ -81,8 +91,11 @@ interface Breaker {
 export class ProviderGuard {
   private readonly breakers = new Map<string, Breaker>()
   private readonly listeners: TrafficListener[] = []
+  private readonly clock: Clock
 
-  constructor (private readonly options: ProviderGuardOptions) {}
+  constructor (private readonly options: ProviderGuardOptions) {
+    this.clock = options.clock ?? systemClock
+  }
 
   /** Registers a listener told of every provider call's outcome (the health monitor's passive learning). */
   onTraffic (listener: TrafficListener): void {
@@ -112,10 +125,10 @@ export class ProviderGuard {
         const delay = Math.max(backoff.duration, retryAfter)
         // A wait that would outlast the reply's deadline is not worth starting: fail now, so that a
         // fallback agent still has time to answer.
-        if (call.deadlineAt !== undefined && Date.now() + delay >= call.deadlineAt) throw err
+        if (call.deadlineAt !== undefined && this.clock.now() + delay >= call.deadlineAt) throw err
         this.options.metrics.retries.inc({ provider: provider.name, model: agent.model })
         this.options.log.info({ agent: agent.id, provider: provider.name, attempt: attempt + 1, delayMs: Math.round(delay), err: describe(err) }, 'retrying LLM call')
-        await sleep(delay, signal)
+        await sleep(this.clock, delay, signal)
       }
     }
   }
@@ -124,8 +137,9 @@ export class ProviderGuard {
     const { agent, provider, signal } = call
     const labels = { provider: provider.name, model: agent.model }
     // cockatiel queues calls behind a half-open probe; a reply must not wait on someone else's probe.
+    // The cool-down is timed here, on the guard's clock (cockatiel's own reads Date.now()).
     if (breaker.policy.state === CircuitState.Open || breaker.policy.state === CircuitState.HalfOpen) {
-      const waitMs = breaker.openedAt + this.options.breakerCooldownMs - Date.now()
+      const waitMs = breaker.openedAt + this.options.breakerCooldownMs - this.clock.now()
       if (breaker.policy.state === CircuitState.HalfOpen || waitMs > 0) {
         this.options.metrics.requests.inc({ ...labels, outcome: 'circuit_open' })
         throw new CircuitOpenError(provider.name, agent.model, Math.max(waitMs, 1000))
@@ -136,20 +150,24 @@ export class ProviderGuard {
       const result = await breaker.policy.execute(async () => {
         let text = ''
         let usage = { inputTokens: 0, outputTokens: 0 }
-        for await (const chunk of provider.stream({ ...call.request, signal })) {
-          if (chunk.type === 'delta') {
-            if (text === '' && chunk.text !== '') {
-              // A whole answer (stream: false) has no first token to time: its latency is the duration.
-              if (call.request.stream !== false) this.options.metrics.timeToFirstToken.observe(labels, (performance.now() - started) / 1000)
-              onFirstDelta()
+        try {
+          for await (const chunk of provider.stream({ ...call.request, signal })) {
+            if (chunk.type === 'delta') {
+              if (text === '' && chunk.text !== '') {
+                // A whole answer (stream: false) has no first token to time: its latency is the duration.
+                if (call.request.stream !== false) this.options.metrics.timeToFirstToken.observe(labels, (performance.now() - started) / 1000)
+                onFirstDelta()
+              }
+              text += chunk.text
+              await call.onDelta(chunk.text)
+            } else {
+              usage = { inputTokens: chunk.inputTokens, outputTokens: chunk.outputTokens }
             }
-            text += chunk.text
-            await call.onDelta(chunk.text)
-          } else {
-            usage = { inputTokens: chunk.inputTokens, outputTokens: chunk.outputTokens }
+            // A provider that ignores the signal must not outlive the deadline.
+            signal.throwIfAborted()
           }
-          // A provider that ignores the signal must not outlive the deadline.
-          signal.throwIfAborted()
+        } catch (err) {
+          throw stoppedByCaller(call) ? new CallerStopped(err) : err
         }
         return { text, usage }
       })
@@ -160,10 +178,12 @@ export class ProviderGuard {
       this.options.metrics.tokens.inc({ ...labels, kind: 'output' }, result.usage.outputTokens)
       this.report(agent.id, { ok: true, latencyMs: Math.round(seconds * 1000) })
       return result
-    } catch (err) {
+    } catch (thrown) {
+      const byCaller = thrown instanceof CallerStopped
+      const err = byCaller ? thrown.cause : thrown
       const outcome = outcomeOf(err, signal)
       this.options.metrics.requests.inc({ ...labels, outcome })
-      if (outcome !== 'cancelled') {
+      if (!byCaller && outcome !== 'cancelled') {
         this.report(agent.id, {
           ok: false,
           latencyMs: Math.round(performance.now() - started),
@@ -180,12 +200,13 @@ export class ProviderGuard {
     const breaker = this.breakers.get(key)
     if (breaker) return breaker
     const policy = circuitBreaker(handleWhen(countsAgainstProvider), {
-      halfOpenAfter: this.options.breakerCooldownMs,
+      // An open breaker is only called once attempt() has seen the cool-down pass.
+      halfOpenAfter: 0,
       breaker: new ConsecutiveBreaker(this.options.breakerFailures)
     })
     const created: Breaker = { policy, provider: providerName, model: agent.model, openedAt: 0 }
     policy.onBreak(() => {
-      created.openedAt = Date.now()
+      created.openedAt = this.clock.now()
       this.options.log.warn({ provider: providerName, model: agent.model, cooldownMs: this.options.breakerCooldownMs }, 'LLM circuit breaker opened')
     })
     policy.onReset(() => this.options.log.info({ provider: providerName, model: agent.model }, 'LLM circuit breaker closed'))
@@ -222,8 +243,31 @@ function toBreakerState (state: CircuitState): BreakerState {
 /** Errors that say something about the provider's health: not a bad request, not our own shutdown. */
 function countsAgainstProvider (err: Error): boolean {
   if (err instanceof ProviderError) return err.kind !== 'bad_request'
-  // The reply's deadline (AbortSignal.timeout) passed while the provider was answering.
+  // The reply's deadline passed while the provider was answering.
   return err.name === 'TimeoutError'
+}
+
+/**
+ * Whether the caller, not the provider, ended the call: its signal aborted for a shutdown or a
+ * dropped reply, or at a deadline that does not judge the provider (GuardedCall.timeoutCounts). The
+ * SDK may have turned that abort into any error; the signal says what happened.
+ */
+function stoppedByCaller (call: GuardedCall): boolean {
+  const { signal } = call
+  if (!signal.aborted) return false
+  return call.timeoutCounts === false || (signal.reason as Error | undefined)?.name !== 'TimeoutError'
+}
+
+/**
+ * A failure of the caller's making, wrapped so that the breaker's filter does not handle it: cockatiel
+ * passes such an error through without counting it (a half-open probe that ends so closes the
+ * breaker with its failure count kept, so the next failure opens it again at once).
+ */
+class CallerStopped extends Error {
+  override readonly name = 'CallerStopped'
+  constructor (override readonly cause: unknown) {
+    super('the caller stopped the call', { cause })
+  }
 }
 
 function isRetryable (err: unknown): boolean {
@@ -231,20 +275,22 @@ function isRetryable (err: unknown): boolean {
 }
 
 function outcomeOf (err: unknown, signal: AbortSignal): LlmOutcome {
+  // The caller's signal ended the call, whatever error the SDK made of the abort.
+  if (signal.aborted) return (signal.reason as Error | undefined)?.name === 'TimeoutError' ? 'timeout' : 'cancelled'
   if (err instanceof ProviderError) {
     if (err.kind === 'rate_limited') return 'rate_limited'
     if (err.kind === 'timeout') return 'timeout'
     return 'error'
   }
   if ((err as Error | undefined)?.name === 'TimeoutError') return 'timeout'
-  if (signal.aborted || (err as Error | undefined)?.name === 'AbortError') return 'cancelled'
+  if ((err as Error | undefined)?.name === 'AbortError') return 'cancelled'
   return 'error'
 }
 
 export interface Deadline {
   /** Aborts with a TimeoutError at the deadline, or with the parent's reason when it aborts first. */
   signal: AbortSignal
-  /** The deadline, as a Date.now() time. */
+  /** The deadline, in its clock's time. */
   at: number
   /** Aborts the work now, with `reason` (a caller that no longer wants it). */
   abort(reason: unknown): void
@@ -257,13 +303,12 @@ export interface Deadline {
  * is released as soon as the reply is done: a busy replica would otherwise hold one live timer and
  * one listener on the shutdown signal per reply of the last LLM_TIMEOUT_MS (60 s by default).
  */
-export function deadline (ms: number, parent: AbortSignal): Deadline {
+export function deadline (ms: number, parent: AbortSignal, clock: Clock = systemClock): Deadline {
   const controller = new AbortController()
   const { signal } = controller
-  const at = Date.now() + ms
+  const at = clock.now() + ms
   const onParentAbort = () => controller.abort(parent.reason)
-  const timer = setTimeout(() => controller.abort(new DOMException(`The deadline of ${ms} ms passed`, 'TimeoutError')), ms)
-  timer.unref()
+  const cancel = clock.setTimeout(() => controller.abort(new DOMException(`The deadline of ${ms} ms passed`, 'TimeoutError')), ms)
   if (parent.aborted) onParentAbort()
   else parent.addEventListener('abort', onParentAbort, { once: true })
   return {
@@ -273,7 +318,7 @@ export function deadline (ms: number, parent: AbortSignal): Deadline {
       controller.abort(reason)
     },
     dispose () {
-      clearTimeout(timer)
+      cancel()
       parent.removeEventListener('abort', onParentAbort)
     }
   }

@@ -7,10 +7,12 @@ import { AgentRegistry } from '../../src/agents/registry.js'
 import { LlmMetrics } from '../../src/metrics/llm-metrics.js'
 import { ProviderError } from '../../src/providers/provider.js'
 import { LlmStub } from '../support/llm-stub.js'
+import { ManualClock } from '../support/manual-clock.js'
 
 // The guard around provider calls, driving the real OpenAI SDK adapter against a loopback stub that
 // speaks the OpenAI wire format: retries before the first token only, Retry-After, the deadline,
-// the circuit breaker (open, half-open probe, closed again) and the metrics it keeps.
+// the circuit breaker (open, half-open probe, closed again) and the metrics it keeps. Backoffs,
+// cool-downs and deadlines run on a manual clock: the tests move time instead of waiting for it.
 
 const NEVER = new AbortController().signal
 
@@ -31,11 +33,12 @@ function agent (overrides: Partial<AgentDefinition> = {}): AgentDefinition {
 
 interface Setup {
   stub: LlmStub
+  clock: ManualClock
   guard: ProviderGuard
   registry: Registry
   agents: AgentRegistry
   traffic: Array<{ agent: string } & TrafficSample>
-  call(options?: { deadline?: Deadline; deltas?: string[]; maxRetries?: number; agentId?: string }): Promise<{ text: string; usage: { inputTokens: number; outputTokens: number } }>
+  call(options?: { deadline?: Deadline; deltas?: string[]; maxRetries?: number; agentId?: string; timeoutCounts?: boolean }): Promise<{ text: string; usage: { inputTokens: number; outputTokens: number } }>
   metric(name: string, labels: Record<string, string>): Promise<number | undefined>
 }
 
@@ -44,6 +47,7 @@ async function setup (t: Test, options: Partial<ProviderGuardOptions> = {}, defi
   t.teardown(() => stub.close())
   const agents = new AgentRegistry(definitions, { OPENAI_API_KEY: 'sk-guard-test', OPENAI_BASE_URL: stub.openaiBaseUrl })
   const registry = new Registry()
+  const clock = new ManualClock()
   const metrics = new LlmMetrics(
     registry,
     agents.list().map((a) => ({ id: a.id, provider: a.effectiveProvider, model: a.model }))
@@ -56,12 +60,14 @@ async function setup (t: Test, options: Partial<ProviderGuardOptions> = {}, defi
     retryMaxDelayMs: 40,
     breakerFailures: 3,
     breakerCooldownMs: 300,
+    clock,
     ...options
   })
   const traffic: Setup['traffic'] = []
   guard.onTraffic((id, sample) => traffic.push({ agent: id, ...sample }))
   return {
     stub,
+    clock,
     guard,
     registry,
     agents,
@@ -75,7 +81,8 @@ async function setup (t: Test, options: Partial<ProviderGuardOptions> = {}, defi
         signal: callOptions.deadline?.signal ?? NEVER,
         ...(callOptions.deadline ? { deadlineAt: callOptions.deadline.at } : {}),
         onDelta: (text) => { callOptions.deltas?.push(text) },
-        ...(callOptions.maxRetries === undefined ? {} : { maxRetries: callOptions.maxRetries })
+        ...(callOptions.maxRetries === undefined ? {} : { maxRetries: callOptions.maxRetries }),
+        ...(callOptions.timeoutCounts === undefined ? {} : { timeoutCounts: callOptions.timeoutCounts })
       })
     },
     async metric (name, labels) {
@@ -107,7 +114,7 @@ t.test('retryable errors are retried with backoff until a call succeeds', async 
   const s = await setup(t)
   s.stub.failNext(2, 500)
   s.stub.setDefault({ text: 'finally' })
-  const result = await s.call()
+  const result = await s.clock.runUntil(s.call())
   t.equal(result.text, 'finally')
   t.equal(s.stub.chatRequests().length, 3, 'two failures, then the success')
   t.equal(await s.metric('smalltalk_llm_retries_total', { provider: 'openai', model: 'model-a' }), 2)
@@ -119,7 +126,7 @@ t.test('retryable errors are retried with backoff until a call succeeds', async 
 t.test('retries stop after LLM_MAX_RETRIES and the last error is thrown', async (t) => {
   const s = await setup(t, { breakerFailures: 10 })
   s.stub.failNext(5, 503)
-  const err = await s.call().catch((e: unknown) => e)
+  const err = await s.clock.runUntil(s.call()).catch((e: unknown) => e)
   t.ok(err instanceof ProviderError && err.kind === 'server' && err.status === 503, 'the provider error')
   t.equal(s.stub.chatRequests().length, 3, 'the first attempt and 2 retries')
 })
@@ -144,21 +151,25 @@ t.test('a 429 waits for its Retry-After before the retry', async (t) => {
   const s = await setup(t)
   s.stub.failNext(1, 429, { 'retry-after': '1' })
   s.stub.setDefault({ text: 'after the wait' })
-  const started = Date.now()
-  const result = await s.call()
-  const waited = Date.now() - started
-  t.equal(result.text, 'after the wait')
-  t.ok(waited >= 950, `waited ${waited} ms, at least the second the provider asked for`)
+  const call = s.call()
+  await s.clock.waitForTimer(1000)
+  t.same(s.clock.pending, [1000], 'one wait: the second the provider asked for (longer than the backoff)')
+  s.clock.advance(999)
+  t.equal(s.stub.chatRequests().length, 1, 'no retry before it is over')
+  s.clock.advance(1)
+  t.equal((await call).text, 'after the wait')
+  t.equal(s.stub.chatRequests().length, 2)
   t.equal(await s.metric('smalltalk_llm_requests_total', { provider: 'openai', model: 'model-a', outcome: 'rate_limited' }), 1)
 })
 
 t.test('a Retry-After beyond the deadline fails at once instead of waiting', async (t) => {
   const s = await setup(t)
   s.stub.failNext(1, 429, { 'retry-after': '30' })
-  const started = Date.now()
-  const err = await s.call({ deadline: deadline(2_000, NEVER) }).catch((e: unknown) => e)
+  const started = s.clock.now()
+  const err = await s.call({ deadline: deadline(2_000, NEVER, s.clock) }).catch((e: unknown) => e)
   t.ok(err instanceof ProviderError && err.kind === 'rate_limited', 'the 429 is the answer')
-  t.ok(Date.now() - started < 1_500, 'no 30 s wait')
+  t.equal(s.clock.now(), started, 'it came with the clock standing still: no wait')
+  t.same(s.clock.pending, [2_000], 'nothing but the deadline itself was set')
   t.equal(s.stub.chatRequests().length, 1)
 })
 
@@ -176,11 +187,10 @@ t.test('no retry once a delta was sent: a cut stream fails the call', async (t) 
 t.test('the deadline ends a call to a provider that never answers', async (t) => {
   const s = await setup(t)
   s.stub.enqueue({ hang: true })
-  const started = Date.now()
-  const err = await s.call({ deadline: deadline(300, NEVER) }).catch((e: unknown) => e)
-  const took = Date.now() - started
-  t.equal((err as Error).name, 'TimeoutError')
-  t.ok(took < 2_000, `ended ${took} ms after a 300 ms deadline`)
+  const call = s.call({ deadline: deadline(300, NEVER, s.clock) }).catch((e: unknown) => e)
+  await s.stub.waitForRequests(1)
+  s.clock.advance(300)
+  t.equal(((await call) as Error).name, 'TimeoutError')
   t.equal(await s.metric('smalltalk_llm_requests_total', { provider: 'openai', model: 'model-a', outcome: 'timeout' }), 1)
   await s.stub.idle()
   t.equal(s.stub.inFlight, 0, 'the hung request was abandoned by the client')
@@ -190,12 +200,34 @@ t.test('a shutdown cancels a call without counting against the provider', async 
   const s = await setup(t, { breakerFailures: 1 })
   s.stub.enqueue({ hang: true })
   const shutdown = new AbortController()
-  setTimeout(() => shutdown.abort(new DOMException('shutting down', 'AbortError')), 100)
-  const err = await s.call({ deadline: deadline(10_000, shutdown.signal) }).catch((e: unknown) => e)
+  const call = s.call({ deadline: deadline(10_000, shutdown.signal, s.clock) }).catch((e: unknown) => e)
+  await s.stub.waitForRequests(1)
+  shutdown.abort(new DOMException('shutting down', 'AbortError'))
+  const err = await call
   t.equal((err as Error).name, 'AbortError')
   t.equal(await s.metric('smalltalk_llm_requests_total', { provider: 'openai', model: 'model-a', outcome: 'cancelled' }), 1)
   t.equal(s.guard.breakerState(s.agents.get('a') as AgentDefinition, 'openai'), 'closed', 'the breaker did not count it')
   t.same(s.traffic, [], 'nor did the health monitor')
+})
+
+t.test("a caller's deadline that does not judge the provider counts neither in the breaker nor in the traffic; the reply's own does", async (t) => {
+  const s = await setup(t, { maxRetries: 0, breakerFailures: 2 })
+  const a = s.agents.get('a') as AgentDefinition
+  s.stub.setDefault({ hang: true })
+  const timedOut = async (timeoutCounts?: boolean) => {
+    const call = s.call({ deadline: deadline(100, NEVER, s.clock), ...(timeoutCounts === undefined ? {} : { timeoutCounts }) }).catch((e: unknown) => e)
+    await s.stub.waitForRequests(s.stub.requests.length + 1)
+    s.clock.advance(100)
+    return call
+  }
+  for (let i = 0; i < 3; i++) t.equal(((await timedOut(false)) as Error).name, 'TimeoutError', 'the caller gets its timeout')
+  t.equal(await s.metric('smalltalk_llm_requests_total', { provider: 'openai', model: 'model-a', outcome: 'timeout' }), 3, 'counted as timeouts in the metrics')
+  t.equal(s.guard.breakerState(a, 'openai'), 'closed', 'not by the breaker')
+  t.same(s.traffic, [], 'nor by the health monitor')
+
+  for (let i = 0; i < 2; i++) t.equal(((await timedOut()) as Error).name, 'TimeoutError')
+  t.equal(s.guard.breakerState(a, 'openai'), 'open', "the reply's deadline (LLM_TIMEOUT_MS) judges the provider")
+  t.match(s.traffic, [{ ok: false, errorKind: 'timeout' }, { ok: false, errorKind: 'timeout' }])
 })
 
 t.test('the breaker opens after consecutive failures, probes after its cool-down, and closes on success', async (t) => {
@@ -213,13 +245,17 @@ t.test('the breaker opens after consecutive failures, probes after its cool-down
   t.equal(s.stub.chatRequests().length, 3, 'the refused call never reached the provider')
   t.equal(await s.metric('smalltalk_llm_requests_total', { provider: 'openai', model: 'model-a', outcome: 'circuit_open' }), 1)
 
-  await new Promise((resolve) => setTimeout(resolve, 350))
+  s.clock.advance(299)
+  t.ok((await s.call().catch((e: unknown) => e)) instanceof CircuitOpenError, 'still refused 1 ms before the cool-down ends')
+  s.clock.advance(1)
   // Half-open: the probe call goes through; a concurrent call is refused rather than queued behind it.
-  s.stub.enqueue({ text: 'recovered', firstTokenDelayMs: 150 })
+  let answer!: () => void
+  s.stub.enqueue({ text: 'recovered', until: new Promise<void>((resolve) => { answer = resolve }) })
   const probe = s.call()
   await s.stub.waitForRequests(4)
   t.equal(s.guard.breakerState(a, 'openai'), 'half_open')
   t.ok((await s.call().catch((e: unknown) => e)) instanceof CircuitOpenError, 'a second call during the probe is refused')
+  answer()
   t.equal((await probe).text, 'recovered')
   t.equal(s.guard.breakerState(a, 'openai'), 'closed')
   t.equal(await s.metric('smalltalk_llm_circuit_state', { provider: 'openai', model: 'model-a', state: 'closed' }), 1)
@@ -230,10 +266,16 @@ t.test('a failed half-open probe opens the breaker again', async (t) => {
   const a = s.agents.get('a') as AgentDefinition
   s.stub.failNext(3, 502)
   for (let i = 0; i < 2; i++) await t.rejects(s.call(), ProviderError)
-  await new Promise((resolve) => setTimeout(resolve, 250))
+  s.clock.advance(200)
   await t.rejects(s.call(), ProviderError, 'the probe fails')
   t.equal(s.guard.breakerState(a, 'openai'), 'open')
-  t.ok((await s.call().catch((e: unknown) => e)) instanceof CircuitOpenError)
+  t.ok((await s.call().catch((e: unknown) => e)) instanceof CircuitOpenError, 'refused again')
+  s.clock.advance(199)
+  t.ok((await s.call().catch((e: unknown) => e)) instanceof CircuitOpenError, 'for a whole new cool-down')
+  s.clock.advance(1)
+  s.stub.setDefault({ text: 'back' })
+  t.equal((await s.call()).text, 'back')
+  t.equal(s.guard.breakerState(a, 'openai'), 'closed')
 })
 
 t.test('rejected requests (400) do not open the breaker; breakers are per provider and model', async (t) => {
@@ -250,19 +292,25 @@ t.test('rejected requests (400) do not open the breaker; breakers are per provid
 })
 
 t.test('a deadline aborts with a TimeoutError, follows its parent, and can be released early', async (t) => {
-  const timed = deadline(50, NEVER)
-  await new Promise((resolve) => setTimeout(resolve, 120))
+  const clock = new ManualClock()
+  const timed = deadline(50, NEVER, clock)
+  t.equal(timed.at, clock.now() + 50)
+  clock.advance(49)
+  t.notOk(timed.signal.aborted, 'not before its time')
+  clock.advance(1)
   t.equal(timed.signal.reason?.name, 'TimeoutError', 'aborted at the deadline')
 
   const shutdown = new AbortController()
-  const child = deadline(10_000, shutdown.signal)
+  const child = deadline(10_000, shutdown.signal, clock)
   shutdown.abort(new DOMException('stopping', 'AbortError'))
   t.equal(child.signal.reason?.name, 'AbortError', "the parent's reason")
+  child.dispose()
 
   const parent = new AbortController()
-  const released = deadline(50, parent.signal)
+  const released = deadline(50, parent.signal, clock)
   released.dispose()
-  await new Promise((resolve) => setTimeout(resolve, 120))
+  t.same(clock.pending, [], 'its timer is gone')
+  clock.advance(120)
   parent.abort()
   t.notOk(released.signal.aborted, 'a released deadline neither times out nor follows its parent')
 })

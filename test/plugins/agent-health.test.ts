@@ -5,8 +5,13 @@ import type { FastifyInstance } from 'fastify'
 import type { Environment } from '../../src/config.js'
 import { buildService, eventually, testEnv } from '../helper.js'
 import { LlmStub } from '../support/llm-stub.js'
+import { ManualClock } from '../support/manual-clock.js'
+
+// The monitor's ticks and probe timeouts run on a manual clock that the tests move; when a model is
+// due is the database's clock, moved by ageProbes().
 
 const KEY = 'sk-test-plugin-secret-0123456789'
+const INTERVAL_MS = 60_000
 const TEAM = `agents:
   - { id: gpt, name: GPT, provider: openai, model: gpt-x, fallback: offline }
   - { id: offline, name: Offline, provider: echo, model: echo-1 }
@@ -20,7 +25,7 @@ async function setup (t: Test, overrides: Environment = {}) {
     AGENTS_FILE: join(dir, 'team.yaml'),
     OPENAI_API_KEY: KEY,
     OPENAI_BASE_URL: stub.openaiBaseUrl,
-    AGENT_HEALTH_CHECK_INTERVAL: '1',
+    AGENT_HEALTH_CHECK_INTERVAL: String(INTERVAL_MS / 1000),
     AGENT_HEALTH_PROBE_TIMEOUT_MS: '800',
     ...overrides
   })
@@ -28,6 +33,17 @@ async function setup (t: Test, overrides: Environment = {}) {
   pool.on('error', () => undefined)
   t.teardown(() => pool.end())
   return { stub, env, pool }
+}
+
+/** Makes every last probe an hour old, so that the next tick probes again. */
+async function ageProbes (pool: pg.Pool): Promise<void> {
+  await pool.query("UPDATE agent_health SET probed_at = probed_at - interval '1 hour'")
+}
+
+/** Moves the clock to the next tick of every replica and waits until each has run it (and set the next). */
+async function tick (clock: ManualClock, replicas = 1): Promise<void> {
+  clock.advance(clock.pending[0]!)
+  await clock.waitForTimer(INTERVAL_MS, replicas)
 }
 
 const agentStatus = async (app: FastifyInstance, id: string): Promise<string | undefined> => {
@@ -40,16 +56,27 @@ const gaugeLine = (text: string, agent: string, state: string) =>
 
 t.test('the monitor starts after ready, probes every interval, and its state reaches /v1/agents, /health and the metrics', async (t) => {
   const { stub, env, pool } = await setup(t)
-  const { app, ops } = await buildService(t, env)
+  const clock = new ManualClock()
+  const { app, ops } = await buildService(t, env, { clock })
   t.ok(app.hasDecorator('agentHealth'))
+  t.same(clock.pending, [1000], 'the first tick a second after ready')
   t.equal(stub.requests.length, 0, 'nothing probed during start-up')
 
-  t.ok(await eventually(async () => (await pool.query("SELECT 1 FROM health_checks WHERE agent_id = 'gpt'")).rowCount! > 0, 5000), 'first tick soon after start')
+  await tick(clock)
+  t.equal((await pool.query("SELECT 1 FROM health_checks WHERE agent_id = 'gpt'")).rowCount, 1, 'the first tick probed')
   t.match(stub.requests[0], { protocol: 'openai', kind: 'models', apiKey: KEY })
   t.equal(await agentStatus(app, 'gpt'), 'healthy')
 
+  await tick(clock)
+  t.equal(stub.requests.length, 1, 'a tick before the model is due (in the database) probes nothing')
+
   stub.setDefault({ status: 503 })
-  t.ok(await eventually(async () => (await agentStatus(app, 'gpt')) === 'down', 8000), 'down after three failing probes')
+  for (let i = 0; i < 3; i++) {
+    await ageProbes(pool)
+    await tick(clock)
+  }
+  t.equal(stub.requests.length, 4, 'one probe per tick once due')
+  t.equal(await agentStatus(app, 'gpt'), 'down', 'down after three failing probes')
   const health = (await ops.inject('/health')).json()
   t.match(health.services.agents, { status: 'degraded', message: /1 healthy, 0 degraded, 1 down/ })
   const metrics = (await ops.inject('/metrics')).body
@@ -60,20 +87,21 @@ t.test('the monitor starts after ready, probes every interval, and its state rea
   const listed = (await app.inject('/v1/events?type=agent.*')).json().events
   t.same(listed.map((e: { type: string }) => e.type), ['agent.status_changed', 'agent.status_changed', 'agent.failed'], 'visible in the event log API')
 
-  // Due a second after the last probe in PostgreSQL's clock (less 10% timer slack); the margin below
-  // is the jitter between reading that clock and the request reaching the stub on a busy machine.
-  const times = stub.requests.map((r) => r.receivedAt)
-  for (let i = 1; i < times.length; i++) t.ok(times[i]! - times[i - 1]! >= 750, `probe ${i} came ${times[i]! - times[i - 1]!} ms after the previous one`)
-
   stub.setDefault({})
-  t.ok(await eventually(async () => (await agentStatus(app, 'gpt')) === 'healthy', 8000), 'recovered after two good probes')
+  for (let i = 0; i < 2; i++) {
+    await ageProbes(pool)
+    await tick(clock)
+  }
+  t.equal(await agentStatus(app, 'gpt'), 'healthy', 'recovered after two good probes')
 })
 
 t.test('replies that fail teach the monitor: a burst takes the agent down before the next probe', async (t) => {
-  const { stub, env, pool } = await setup(t, { AGENT_HEALTH_CHECK_INTERVAL: '60', LLM_RETRY_BASE_MS: '5', LLM_RETRY_MAX_MS: '10' })
-  const { app } = await buildService(t, env)
-  t.ok(await eventually(async () => (await pool.query("SELECT 1 FROM agent_health WHERE agent_id = 'gpt'")).rowCount! > 0, 5000), 'first probe done')
+  const { stub, env, pool } = await setup(t, { LLM_RETRY_BASE_MS: '5', LLM_RETRY_MAX_MS: '10' })
+  const clock = new ManualClock()
+  const { app } = await buildService(t, env, { clock })
+  await tick(clock)
   const probes = stub.requests.length
+  t.equal(probes, 1, 'first probe done')
   stub.enqueue({ status: 503 }, { times: 3, when: (r) => r.kind === 'chat' })
   const session = (await app.inject({ method: 'POST', url: '/v1/sessions', payload: { agents: ['gpt', 'offline'] } })).json()
   const reply = await app.inject({ method: 'POST', url: `/v1/sessions/${session.id}/messages`, payload: { content: 'hello', agent: 'gpt' } })
@@ -89,30 +117,36 @@ t.test('replies that fail teach the monitor: a burst takes the agent down before
 
 t.test('two replicas on one database: one probe per interval between them, and both show the same state', async (t) => {
   const { stub, env, pool } = await setup(t)
-  const a = await buildService(t, env)
-  const b = await buildService(t, env)
+  const clock = new ManualClock()
+  const a = await buildService(t, env, { clock })
+  const b = await buildService(t, env, { clock })
   stub.setDefault({ status: 500 })
-  t.ok(await eventually(async () => (await agentStatus(a.app, 'gpt')) === 'down' && (await agentStatus(b.app, 'gpt')) === 'down', 8000), 'both replicas show gpt down')
-  const times = stub.requests.map((r) => r.receivedAt)
-  t.ok(times.length >= 3)
-  for (let i = 1; i < times.length; i++) t.ok(times[i]! - times[i - 1]! >= 750, `probe ${i} came ${times[i]! - times[i - 1]!} ms after the previous one`)
+  await tick(clock, 2)
+  for (let i = 0; i < 2; i++) {
+    await ageProbes(pool)
+    await tick(clock, 2)
+  }
+  t.equal(stub.requests.length, 3, 'both replicas ticked three times together: one probe each time between them')
+  t.ok(await eventually(async () => (await agentStatus(a.app, 'gpt')) === 'down' && (await agentStatus(b.app, 'gpt')) === 'down'), 'both replicas show gpt down')
   const { rows } = await pool.query("SELECT count(*)::int AS n FROM event_logs WHERE type = 'agent.failed' AND agent_id = 'gpt'")
   t.equal(rows[0].n, 1, 'one transition, written once')
 })
 
 t.test('close with a probe in flight: aborted, the timers cleared, nothing written after', async (t) => {
-  const { stub, env, pool } = await setup(t, { AGENT_HEALTH_CHECK_INTERVAL: '60', AGENT_HEALTH_PROBE_TIMEOUT_MS: '30000' })
+  const { stub, env, pool } = await setup(t, { AGENT_HEALTH_PROBE_TIMEOUT_MS: '30000' })
   stub.setDefault({ hang: true })
-  const { app } = await buildService(t, env)
+  const clock = new ManualClock()
+  const { app } = await buildService(t, env, { clock })
+  clock.advance(1000)
   await stub.waitForRequests(1, 5000)
-  const started = Date.now()
+  t.same(clock.pending, [30_000], 'the probe waits for its timeout')
+  // With the clock standing still: close cannot be waiting for the probe timeout.
   await app.close()
-  t.ok(Date.now() - started < 3000, 'close did not wait for the 30 s probe timeout')
+  t.same(clock.pending, [], 'no timer left: neither the probe timeout nor a next tick')
   await stub.idle()
   const { rows } = await pool.query('SELECT count(*)::int AS n FROM health_checks')
   t.equal(rows[0].n, 0)
-  await new Promise((resolve) => setTimeout(resolve, 1500))
-  t.equal(stub.requests.length, 1, 'no tick after close')
+  t.equal(stub.requests.length, 1)
 })
 
 t.test('AGENT_HEALTH_PROBE must be models or completion', async (t) => {

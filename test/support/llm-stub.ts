@@ -25,7 +25,8 @@
  *   stub.enqueue({ hang: true }, { when: (r) => r.kind === 'chat' })   only chat requests take it
  *   stub.setDefault({ text: ['a', 'b'] })  or  stub.setDefault((request) => ({ text: request.model }))
  *   stub.reset()                                          empties the queue, the default and the records
- * A script (StubScript below): text, usage, noUsage, delayMs, firstTokenDelayMs, deltaDelayMs, status + headers +
+ *   stub.enqueue({ until: gate })                         answers once the test resolves `gate`
+ * A script (StubScript below): text, usage, noUsage, delayMs, until, firstTokenDelayMs, deltaDelayMs, status + headers +
  * errorMessage/errorBody, hang, hangAfter, cutAfter, endAfter, streamError, models, raw.
  *
  * Recording: stub.requests (every request, in arrival order: protocol, kind, path, headers, parsed body,
@@ -49,6 +50,8 @@ export interface StubScript {
   usage?: { inputTokens: number; outputTokens: number }
   /** Before anything is sent (headers included). */
   delayMs?: number
+  /** Before anything is sent: wait until this settles (the test releases the answer when it wants). */
+  until?: Promise<unknown>
   /** After the headers of a stream, before the first delta (added to delayMs for a JSON answer). */
   firstTokenDelayMs?: number
   deltaDelayMs?: number
@@ -249,6 +252,7 @@ export class LlmStub {
       this.requests.push(request)
       const script = this.nextScript(request)
       if (script.hang) return // stays open until the client or close() ends it
+      if (script.until) await released(script.until, signal)
       await pause(script.delayMs, signal)
       if (script.raw) {
         res.writeHead(script.raw.status ?? 200, { 'content-type': script.raw.contentType ?? 'text/plain', ...script.headers }).end(script.raw.body)
@@ -297,6 +301,17 @@ function replyOf (request: StubRequest, script: StubScript): Reply {
 
 async function pause (ms: number | undefined, signal: AbortSignal): Promise<void> {
   if (ms && ms > 0) await sleep(ms, undefined, { signal })
+}
+
+/** Waits for `gate`, or rejects when the client goes away or the stub closes. */
+function released (gate: Promise<unknown>, signal: AbortSignal): Promise<unknown> {
+  return Promise.race([
+    gate,
+    new Promise((_resolve, reject) => {
+      if (signal.aborted) reject(signal.reason)
+      else signal.addEventListener('abort', () => reject(signal.reason), { once: true })
+    })
+  ])
 }
 
 function readBody (req: IncomingMessage): Promise<string> {

@@ -2,81 +2,22 @@ import t, { type Test } from 'tap'
 import pg from 'pg'
 import pino from 'pino'
 import { Registry } from 'prom-client'
-import type { AgentDefinition, AgentStatus } from '../../src/agents/agent.js'
-import {
-  DEFAULT_HYSTERESIS,
-  HealthMonitor,
-  INITIAL_STATE,
-  observe,
-  redactSecrets,
-  trafficObservations,
-  type HealthMonitorOptions,
-  type HealthState,
-  type Observation
-} from '../../src/agents/health-monitor.js'
-import { AgentRegistry } from '../../src/agents/registry.js'
-import { runMigrations } from '../../src/db/migrate.js'
-import { LlmMetrics } from '../../src/metrics/llm-metrics.js'
-import { createTestDatabase, eventually } from '../helper.js'
-import { LlmStub } from '../support/llm-stub.js'
+import type { AgentDefinition, AgentStatus } from '../../../src/agents/agent.js'
+import { HealthMonitor, type HealthMonitorOptions } from '../../../src/agents/health/health-monitor.js'
+import { HEALTH_LOCK_KEY } from '../../../src/agents/health/health-store.js'
+import { AgentRegistry } from '../../../src/agents/registry.js'
+import { runMigrations } from '../../../src/db/migrate.js'
+import { LlmMetrics } from '../../../src/metrics/llm-metrics.js'
+import { createTestDatabase, eventually } from '../../helper.js'
+import { LlmStub } from '../../support/llm-stub.js'
+import { ManualClock } from '../../support/manual-clock.js'
 
 const silent = pino({ level: 'silent' })
 const KEY = 'sk-test-health-secret-0123456789'
 
-// ---------------------------------------------------------------------------------------------
-// The hysteresis and the traffic windows, as pure functions.
-
-const h = DEFAULT_HYSTERESIS
-const ok = (count = 1): Observation => ({ kind: 'success', count, reason: 'ok', source: 'probe' })
-const warn = (): Observation => ({ kind: 'warn', reason: 'slow', source: 'probe' })
-const fail = (count = 1): Observation => ({ kind: 'failure', count, reason: 'boom', source: 'probe' })
-const run = (...observations: Observation[]) => observations.reduce((state: HealthState, obs) => observe(state, obs, h), INITIAL_STATE)
-const statuses = (...observations: Observation[]) => {
-  const seen: AgentStatus[] = []
-  observations.reduce((state: HealthState, obs) => {
-    const next = observe(state, obs, h)
-    seen.push(next.status)
-    return next
-  }, INITIAL_STATE)
-  return seen
-}
-
-t.test('hysteresis: degraded on the first failure, down after 3, healthy only after 2 successes in a row', async (t) => {
-  t.same(h, { failuresToDown: 3, successesToRecover: 2 })
-  t.same(statuses(fail(), fail(), fail(), ok(), ok()), ['degraded', 'degraded', 'down', 'down', 'healthy'])
-  t.same(statuses(fail(), ok(), ok()), ['degraded', 'degraded', 'healthy'], 'a degraded agent recovers after 2 successes')
-  t.same(statuses(fail(), fail(), ok(), fail(), fail()), ['degraded', 'degraded', 'degraded', 'degraded', 'degraded'], 'a success resets the failure count')
-  t.same(statuses(fail(3), ok(), fail(), ok(), ok()), ['down', 'down', 'down', 'down', 'healthy'], 'a down agent needs successes in a row')
-  t.same(statuses(warn(), warn(), warn(), warn()), ['degraded', 'degraded', 'degraded', 'degraded'], 'warnings alone never take an agent down')
-  t.same(statuses(fail(), warn(), fail(), warn(), fail()), ['degraded', 'degraded', 'degraded', 'degraded', 'down'], 'warnings neither add to nor reset the failures')
-  t.same(statuses(fail(3), ok(), warn(), ok()), ['down', 'down', 'down', 'down'], 'a warning breaks a run of successes')
-  t.same(statuses(ok(), ok()), ['healthy', 'healthy'])
-  t.equal(run(fail(3), warn()).reason, 'boom', 'a warning does not replace the reason an agent is down')
-  t.same(run(fail(10)), { status: 'down', failures: 3, successes: 0, reason: 'boom', source: 'probe' }, 'counters are capped at the thresholds')
-  t.same(observe(INITIAL_STATE, fail(), { failuresToDown: 1, successesToRecover: 1 }).status, 'down', 'thresholds are options')
-})
-
-t.test('traffic windows: the share of problems, and the failures in a row at the end', async (t) => {
-  const base = { attempts: 0, failures: 0, rateLimited: 0, streak: 0, latencySumMs: 0, lastError: 'server: 503' }
-  t.same(trafficObservations({ ...base, attempts: 50 }, 0.1), [{ kind: 'success', count: 50, reason: '50 replies answered', source: 'traffic' }])
-  t.same(trafficObservations({ ...base, attempts: 100, failures: 2 }, 0.1), [{ kind: 'success', count: 98, reason: '98 replies answered', source: 'traffic' }], 'scattered errors below the ratio')
-  t.match(trafficObservations({ ...base, attempts: 20, failures: 3, rateLimited: 2 }, 0.1), [{ kind: 'warn', reason: '5 of 20 replies failed or were rate limited (last: server: 503)' }])
-  t.match(trafficObservations({ ...base, attempts: 10, rateLimited: 10 }, 0.1), [{ kind: 'warn' }], 'rate limits only ever degrade')
-  t.match(trafficObservations({ ...base, attempts: 53, failures: 3, streak: 3 }, 0.1), [{ kind: 'success', count: 50 }, { kind: 'failure', count: 3, reason: '3 replies in a row failed: server: 503' }])
-  t.match(trafficObservations({ ...base, attempts: 4, failures: 4, streak: 4 }, 0.1), [{ kind: 'failure', count: 4 }])
-})
-
-t.test('error texts lose the keys and anything shaped like one', async (t) => {
-  t.equal(redactSecrets(`401 Incorrect API key provided: ${KEY}`, [KEY]), '401 Incorrect API key provided: [redacted]')
-  t.equal(redactSecrets('bad key sk-proj-abcdefghijklmnop and sk-ant-api03-xyzxyzxyzxyz'), 'bad key [redacted] and [redacted]')
-  t.equal(redactSecrets('GET https://g.example/v1beta/models?key=AIzaSyA0123456789abcdefghij&alt=sse'), 'GET https://g.example/v1beta/models?key=[redacted]&alt=sse')
-  t.equal(redactSecrets('Authorization: Bearer abc.def-ghi'), 'Authorization: Bearer [redacted]')
-  t.equal(redactSecrets('connect to http://user:hunter2@10.0.0.1:8080 failed'), 'connect to http://user:[redacted]@10.0.0.1:8080 failed')
-  t.equal(redactSecrets('x'.repeat(600)).length, 500, 'long texts are cut')
-})
-
-// ---------------------------------------------------------------------------------------------
-// The monitor against the real PostgreSQL and the real OpenAI adapter talking to a loopback stub.
+// The monitor against the real PostgreSQL and the real OpenAI adapter talking to a loopback stub. Its
+// ticks, early runs and probe timeouts run on a manual clock that the tests move; when a model is due
+// is the database's clock, moved by ageProbes().
 
 function agent (id: string, provider: AgentDefinition['provider'], model: string, extra: Partial<AgentDefinition> = {}): AgentDefinition {
   return { id, name: id, description: '', provider, model, systemPrompt: '', temperature: 0.7, maxTokens: 100, expertise: [], ...extra }
@@ -95,6 +36,7 @@ interface Replica {
   monitor: HealthMonitor
   registry: AgentRegistry
   prom: Registry
+  clock: ManualClock
 }
 
 /**
@@ -112,6 +54,7 @@ function replica (t: Test, pool: pg.Pool, stub: LlmStub, options: Partial<Health
   const registry = new AgentRegistry(definitions, { OPENAI_API_KEY: KEY, OPENAI_BASE_URL: stub.openaiBaseUrl })
   const prom = new Registry()
   const metrics = new LlmMetrics(prom, definitions.map((a) => ({ id: a.id, provider: registry.effectiveProvider(a.id), model: a.model })))
+  const clock = new ManualClock()
   const monitor = new HealthMonitor({
     pool,
     registry,
@@ -123,10 +66,11 @@ function replica (t: Test, pool: pg.Pool, stub: LlmStub, options: Partial<Health
     slowProbeMs: 1000,
     retentionDays: 7,
     secrets: [KEY],
+    clock,
     ...options
   })
   t.teardown(() => monitor.stop())
-  return { monitor, registry, prom }
+  return { monitor, registry, prom, clock }
 }
 
 async function startStub (t: Test): Promise<LlmStub> {
@@ -224,17 +168,43 @@ t.test('probes: healthy → degraded → down on failing probes, back to healthy
   t.same(state, [{ status: 'healthy', failures: 0, successes: 2 }])
 })
 
+t.test('no pooled connection and no lock is held while a probe is on the network', async (t) => {
+  const stub = await startStub(t)
+  const { pool } = await migratedPool(t)
+  const { monitor, registry } = replica(t, pool, stub)
+  let answer!: () => void
+  stub.enqueue({ until: new Promise<void>((resolve) => { answer = resolve }) }, { when: onlyMain })
+  const running = monitor.runOnce()
+  await stub.waitForRequests(2)
+  t.equal(pool.totalCount - pool.idleCount, 0, 'every client of the pool is idle while the probe waits for its answer')
+  const { rows: locks } = await pool.query(
+    "SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND ((classid::bigint << 32) | objid::bigint) = $1",
+    [HEALTH_LOCK_KEY]
+  )
+  t.equal(locks[0].n, 0, "and no session holds the monitor's lock")
+  answer()
+  const report = await running
+  t.same({ leader: report.leader, probed: new Set(report.probed) }, { leader: true, probed: new Set(['gpt', 'mini', 'other', 'offline']) })
+  t.match(registry.health('gpt').message, /^probe answered in/)
+})
+
 t.test('slow and rate-limited probes degrade but never take an agent down; auth failures do', async (t) => {
   const stub = await startStub(t)
   const { pool } = await migratedPool(t)
-  const { monitor, registry } = replica(t, pool, stub, { slowProbeMs: 150 })
+  const { monitor, registry, clock } = replica(t, pool, stub, { slowProbeMs: 150 })
   await monitor.runOnce()
 
-  stub.enqueue({ delayMs: 300 }, { when: onlyMain })
+  let answer!: () => void
+  stub.enqueue({ until: new Promise<void>((resolve) => { answer = resolve }) }, { when: onlyMain })
   await ageProbes(pool)
-  await monitor.runOnce()
+  const slow = monitor.runOnce()
+  await stub.waitForRequests(4)
+  await clock.waitFor((pending) => pending.length === 1, "gpt-x's probe alone in flight")
+  clock.advance(200)
+  answer()
+  await slow
   t.equal(registry.status('gpt'), 'degraded')
-  t.match(registry.health('gpt').message, /^probe slow: \d+ ms \(limit 150 ms\)$/)
+  t.equal(registry.health('gpt').message, 'probe slow: 200 ms (limit 150 ms)')
 
   stub.enqueue({ status: 429, headers: { 'retry-after': '1' } }, { times: 4, when: onlyMain })
   for (let i = 0; i < 4; i++) {
@@ -259,18 +229,21 @@ t.test('slow and rate-limited probes degrade but never take an agent down; auth 
 t.test('a probe that hangs fails at the probe timeout, and its connection is closed', async (t) => {
   const stub = await startStub(t)
   const { pool } = await migratedPool(t)
-  const { monitor, registry } = replica(t, pool, stub, { probeTimeoutMs: 300 })
+  const { monitor, registry, clock } = replica(t, pool, stub, { probeTimeoutMs: 300 })
   stub.enqueue({ hang: true }, { when: onlyMain })
-  const started = Date.now()
-  const report = await monitor.runOnce()
-  const elapsed = Date.now() - started
-  t.ok(elapsed >= 290 && elapsed < 2000, `the run took ${elapsed} ms`)
+  const running = monitor.runOnce()
+  await stub.waitForRequests(2)
+  await clock.waitFor((pending) => pending.length === 1, "gpt-x's probe alone in flight")
+  clock.advance(299)
+  t.equal(registry.status('gpt'), 'healthy', 'still waiting 1 ms before the timeout')
+  clock.advance(1)
+  const report = await running
   t.equal(report.transitions.length, 2, 'gpt and mini degraded')
   t.equal(registry.status('gpt'), 'degraded')
   t.equal(registry.status('other'), 'healthy', 'the other probe ran in parallel and answered')
   const { rows } = await pool.query("SELECT status, error, latency_ms FROM health_checks WHERE agent_id = 'gpt'")
   t.equal(rows[0].error, 'timeout: no answer within 300 ms')
-  t.ok(rows[0].latency_ms >= 290)
+  t.equal(rows[0].latency_ms, 300)
   await stub.idle()
   t.equal(stub.inFlight, 0, 'the hung request was aborted')
 })
@@ -278,12 +251,16 @@ t.test('a probe that hangs fails at the probe timeout, and its connection is clo
 t.test('the probe timeout is capped at the interval; completion probes ask for one token', async (t) => {
   const stub = await startStub(t)
   const { pool } = await migratedPool(t)
-  const { monitor, registry } = replica(t, pool, stub, { intervalMs: 250, probeTimeoutMs: 10_000, probeMode: 'completion' })
+  const { monitor, registry, clock } = replica(t, pool, stub, { intervalMs: 250, probeTimeoutMs: 10_000, probeMode: 'completion' })
   stub.enqueue({ hang: true }, { when: (r) => r.kind === 'chat' && r.model === 'gpt-x' })
-  const started = Date.now()
-  await monitor.runOnce()
-  t.ok(Date.now() - started < 2000, 'bounded by the 250 ms interval, not the 10 s timeout')
-  t.equal(registry.status('gpt'), 'degraded')
+  const running = monitor.runOnce()
+  await stub.waitForRequests(2)
+  await clock.waitFor((pending) => pending.length === 1, "gpt-x's probe alone in flight")
+  t.same(clock.pending, [250], 'its timeout is the interval')
+  clock.advance(250)
+  await running
+  t.equal(registry.status('gpt'), 'degraded', 'failed at the 250 ms interval, not the 10 s timeout')
+  t.equal(registry.health('gpt').message, 'probe failed: timeout: no answer within 250 ms')
   const chats = stub.chatRequests()
   t.equal(chats.length, 2)
   t.ok(chats.every((r) => r.maxTokens === 1 && r.stream === false), 'a non-streamed completion of one token')
@@ -292,13 +269,14 @@ t.test('the probe timeout is capped at the interval; completion probes ask for o
 t.test('stop() with a probe in flight: aborted at once, nothing written, no timer left', async (t) => {
   const stub = await startStub(t)
   const { pool } = await migratedPool(t)
-  const { monitor, registry } = replica(t, pool, stub, { firstTickDelayMs: 0, probeTimeoutMs: 30_000, intervalMs: 60_000 })
+  const { monitor, registry, clock } = replica(t, pool, stub, { firstTickDelayMs: 0, probeTimeoutMs: 30_000, intervalMs: 60_000 })
   stub.enqueue({ hang: true }, { when: onlyMain })
   monitor.start()
+  clock.advance(0)
   await stub.waitForRequests(2)
-  const started = Date.now()
+  // With the clock standing still: stop cannot be waiting for the probe timeout.
   await monitor.stop()
-  t.ok(Date.now() - started < 1000, 'stop did not wait for the probe timeout')
+  t.same(clock.pending, [], 'no timer left: neither the next tick nor the probe timeout')
   await stub.idle()
   const { rows } = await pool.query('SELECT count(*)::int AS n FROM health_checks')
   t.equal(rows[0].n, 0, 'a cut run writes no samples')
@@ -356,9 +334,8 @@ t.test('traffic: aggregated samples, a burst of failures takes an agent down bef
   for (let i = 0; i < 3; i++) monitor.recordTraffic('mini', { ok: false, latencyMs: 30, errorKind: 'timeout' })
   t.ok(await eventually(() => registry.isDown('mini'), 5000))
   for (let i = 0; i < 5; i++) monitor.recordTraffic('mini', { ok: false, latencyMs: 30, errorKind: 'timeout' })
-  await new Promise((resolve) => setTimeout(resolve, 200))
-  const { rows: miniRows } = await pool.query("SELECT count(*)::int AS n FROM health_checks WHERE agent_id = 'mini' AND source = 'traffic'")
-  t.equal(miniRows[0].n, 1, 'no second early sample within the interval')
+  // An early run would be queued before this one and would have written mini's window already.
+  t.equal((await monitor.runOnce()).flushed, 1, 'no second early run within the interval: the tick writes the window')
 
   monitor.recordTraffic('gpt', { ok: true, latencyMs: 50 })
   monitor.recordTraffic('gpt', { ok: true, latencyMs: 50 })
@@ -399,25 +376,28 @@ t.test('traffic samples that cannot be written are kept for the next run', async
   t.same(rows, [{ attempts: 3, failures: 3, failure_streak: 3 }])
 })
 
-t.test('several replicas: one probes at a time, followers learn the state', async (t) => {
+t.test('several replicas: one probe per model and interval between them, followers learn the state', async (t) => {
   const stub = await startStub(t)
   const { pool: poolA, url } = await migratedPool(t)
   const { pool: poolB } = await migratedPool(t, url)
   const a = replica(t, poolA, stub)
   const b = replica(t, poolB, stub)
 
-  // A's probe of gpt-x takes a while: B runs meanwhile and finds the lock taken.
-  stub.enqueue({ delayMs: 400 }, { when: onlyMain })
+  // A's probe of gpt-x takes a while: B's step meanwhile leads (A holds no lock while it probes) but
+  // finds that A claimed every probe.
+  let answer!: () => void
+  stub.enqueue({ until: new Promise<void>((resolve) => { answer = resolve }) }, { when: onlyMain })
   const running = a.monitor.runOnce()
   await stub.waitForRequests(2)
-  const follower = await b.monitor.runOnce()
-  t.equal(follower.leader, false)
-  t.same(follower.probed, [])
+  const during = await b.monitor.runOnce()
+  t.same({ leader: during.leader, probed: during.probed }, { leader: true, probed: [] })
+  answer()
   const leader = await running
   t.equal(leader.leader, true)
-  t.equal(stub.requests.length, 2, 'only the lock holder probed')
+  t.equal(stub.requests.length, 2, 'only the claimer probed')
+  t.equal(b.registry.status('gpt'), 'healthy')
 
-  // With the lock free, B may lead, but probes only what is due: nothing, A probed a moment ago.
+  // After A's step too, B probes only what is due: nothing, A probed a moment ago.
   const next = await b.monitor.runOnce()
   t.equal(next.leader, true)
   t.same(next.probed, [])
@@ -441,11 +421,11 @@ t.test('several replicas: one probes at a time, followers learn the state', asyn
   const lockHolder = new pg.Client({ connectionString: url })
   await lockHolder.connect()
   t.teardown(() => lockHolder.end())
-  await lockHolder.query('SELECT pg_advisory_lock(7365120003)')
+  await lockHolder.query('SELECT pg_advisory_lock($1)', [HEALTH_LOCK_KEY])
   const blocked = await b.monitor.runOnce()
   t.same({ leader: blocked.leader, flushed: blocked.flushed }, { leader: false, flushed: 1 }, 'the follower wrote its sample')
   t.equal(b.registry.status('other'), 'healthy', 'but does not judge it')
-  await lockHolder.query('SELECT pg_advisory_unlock(7365120003)')
+  await lockHolder.query('SELECT pg_advisory_unlock($1)', [HEALTH_LOCK_KEY])
   const folded = await a.monitor.runOnce()
   t.equal(folded.folded, 1, "A folds B's sample")
   t.equal(a.registry.status('other'), 'degraded')
@@ -499,7 +479,7 @@ t.test('probes speak each provider: Anthropic, Gemini, an OpenAI-compatible serv
     agent('local', 'openai-compatible', 'llama-x', { baseUrl: stub.urlFor('ollama') })
   ]
   const registry = new AgentRegistry(definitions, { ANTHROPIC_API_KEY: KEY, ANTHROPIC_BASE_URL: stub.anthropicBaseUrl, GEMINI_API_KEY: KEY, GEMINI_BASE_URL: stub.geminiBaseUrl })
-  const monitor = new HealthMonitor({ pool, registry, metrics: new LlmMetrics(new Registry(), []), log: silent, intervalMs: 60_000, probeMode: 'models', probeTimeoutMs: 2000, retentionDays: 7, secrets: [KEY] })
+  const monitor = new HealthMonitor({ pool, registry, metrics: new LlmMetrics(new Registry(), []), log: silent, intervalMs: 60_000, probeMode: 'models', probeTimeoutMs: 2000, retentionDays: 7, secrets: [KEY], clock: new ManualClock() })
   t.teardown(() => monitor.stop())
   stub.enqueue({ status: 500 }, { when: (r) => r.protocol === 'gemini' })
   const report = await monitor.runOnce()
@@ -514,18 +494,20 @@ t.test('probes speak each provider: Anthropic, Gemini, an OpenAI-compatible serv
 t.test('a burst while another replica holds the lock is evaluated right after that step, not an interval later', async (t) => {
   const stub = await startStub(t)
   const { pool, url } = await migratedPool(t)
-  const { monitor, registry } = replica(t, pool, stub, { firstTickDelayMs: 60_000, probeTimeoutMs: 300 })
+  const { monitor, registry, clock } = replica(t, pool, stub, { firstTickDelayMs: 60_000 })
   await monitor.runOnce()
   monitor.start()
   const other = new pg.Client({ connectionString: url })
   await other.connect()
   t.teardown(() => other.end())
-  await other.query('SELECT pg_advisory_lock(7365120003)')
+  await other.query('SELECT pg_advisory_lock($1)', [HEALTH_LOCK_KEY])
   for (let i = 0; i < 3; i++) monitor.recordTraffic('gpt', { ok: false, latencyMs: 10, errorKind: 'connection' })
   t.ok(await eventually(async () => (await pool.query("SELECT 1 FROM health_checks WHERE source = 'traffic'")).rowCount === 1, 2000), 'the early step wrote the burst')
   t.equal(registry.status('gpt'), 'healthy', 'but could not judge it')
-  await other.query('SELECT pg_advisory_unlock(7365120003)')
-  t.ok(await eventually(() => registry.isDown('gpt'), 3000), 'its retry did')
+  await clock.waitForTimer(1000)
+  await other.query('SELECT pg_advisory_unlock($1)', [HEALTH_LOCK_KEY])
+  clock.advance(1000)
+  t.ok(await eventually(() => registry.isDown('gpt'), 5000), 'its retry a second later did')
   const { rows } = await pool.query("SELECT count(*)::int AS n FROM health_checks WHERE source = 'traffic'")
   t.equal(rows[0].n, 1, 'the retry wrote no second sample')
 })
