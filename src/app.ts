@@ -1,4 +1,4 @@
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import Fastify, { type FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import sensible from '@fastify/sensible'
 import underPressure from '@fastify/under-pressure'
@@ -25,7 +25,7 @@ import { closeConnectionsWhenIdle } from './connection-drain.js'
 import { installErrorHandlers } from './errors.js'
 import { validatorCompiler } from './validation.js'
 import { Lifecycle } from './lifecycle.js'
-import { createLogger } from './logger.js'
+import { commonServerOptions } from './server-options.js'
 import { SERVICE_VERSION } from './paths.js'
 
 export interface BuildOptions {
@@ -37,15 +37,6 @@ export interface BuildOptions {
   registry?: Registry
   /** Shared with the ops instance of the same process. */
   lifecycle?: Lifecycle
-}
-
-// Applied to both instances: one process logger, request ids taken from X-Request-Id when present.
-export function commonServerOptions (logger: Logger | false | undefined, env: Environment) {
-  return {
-    ...(logger === false ? { logger: false } : { loggerInstance: (logger ?? createLogger(env.LOG_LEVEL)) as FastifyBaseLogger }),
-    requestIdHeader: 'x-request-id',
-    return503OnClosing: true
-  }
 }
 
 /**
