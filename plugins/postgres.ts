@@ -1,7 +1,7 @@
 import fp from 'fastify-plugin'
 import fastifyPostgres from '@fastify/postgres'
 import { startEmbeddedPostgres, type EmbeddedDatabase } from '../src/db/embedded-postgres.js'
-import { latestMigrationVersion, runMigrations } from '../src/db/migrate.js'
+import { latestMigrationVersion, migrateDatabase } from '../src/db/migrate.js'
 import { flushAnnouncements } from '../src/events/event-log.js'
 
 export interface MigrationState {
@@ -78,7 +78,7 @@ export default fp(
     fastify.decorate('databaseKind', embedded ? 'embedded' : 'external')
     fastify.decorate('databaseUrl', connectionString)
 
-    if (config.MIGRATE_ON_START) await runMigrations(fastify.pg.pool, fastify.log)
+    if (config.MIGRATE_ON_START) await migrateDatabase(connectionString, fastify.log, config.DB_CONNECT_TIMEOUT_MS)
     const { expected, current } = await latestMigrationVersion(fastify.pg.pool)
     if (current < expected) {
       fastify.log.warn({ current, expected }, 'database schema is behind this build: run npm run db:migrate')

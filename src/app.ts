@@ -52,7 +52,10 @@ export async function buildApp (opts: BuildOptions): Promise<FastifyInstance> {
     ...commonServerOptions(opts.logger, opts.env),
     logController: new AccessLog(opts.env.ACCESS_LOG !== 'false'),
     bodyLimit,
-    trustProxy: opts.env.TRUST_PROXY === 'true'
+    trustProxy: opts.env.TRUST_PROXY === 'true',
+    // No deadline on a plugin's start: the database's may take as long as a migration does (an
+    // index build, or another replica's under the lock), while the ops port answers 503.
+    pluginTimeout: 0
   }).withTypeProvider<TypeBoxTypeProvider>()
   closeConnectionsWhenIdle(app)
   app.setValidatorCompiler(validatorCompiler)

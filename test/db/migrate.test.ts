@@ -1,11 +1,13 @@
 import { spawn } from 'node:child_process'
+import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import pg from 'pg'
 import pino from 'pino'
 import { readdirSync } from 'node:fs'
-import { runMigrations } from '../../src/db/migrate.js'
+import { buildApp } from '../../src/app.js'
+import { MIGRATION_LOCK_KEY, runMigrations } from '../../src/db/migrate.js'
 import { MIGRATIONS_DIR } from '../../src/paths.js'
-import { createTestDatabase } from '../helper.js'
+import { createTestDatabase, eventually, testEnv } from '../helper.js'
 
 const silent = pino({ level: 'silent' })
 const EXPECTED_TABLES = ['agent_health', 'agent_states', 'chat_messages', 'event_logs', 'health_checks', 'idempotency_keys', 'schema_migrations', 'sessions']
@@ -96,4 +98,29 @@ t.test('npm run db:migrate exits non-zero when it cannot migrate', async (t) => 
   const line = JSON.parse(result.output.trim().split('\n').at(-1) ?? '{}') as { level: number; msg: string }
   t.equal(line.level, 60)
   t.equal(line.msg, 'migration failed: database "st_does_not_exist" does not exist')
+})
+
+t.test('start-up migrates past DB_QUERY_TIMEOUT_MS and the plugin deadline (another replica holds the lock)', async (t) => {
+  const env = await testEnv(t, { DB_QUERY_TIMEOUT_MS: '200' })
+  // Another replica's long migration (an index build, say), seen from here: its advisory lock.
+  const other = new pg.Client({ connectionString: env.DATABASE_URL })
+  await other.connect()
+  t.teardown(() => other.end())
+  await other.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK_KEY])
+
+  const started = Date.now()
+  const building = buildApp({ env, logger: false }).then((app) => {
+    t.teardown(() => app.close())
+    return app
+  })
+  const failed = building.then(() => undefined, (err: Error) => err)
+  const waiting = () => other.query("SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+  t.ok(await eventually(async () => (await waiting()).rows[0].n === 1, 10_000), 'start-up waits for the lock')
+  // Held past the request timeout (200 ms) and past Fastify's default plugin timeout (10 s).
+  const early = await Promise.race([failed, sleep(11_000 - (Date.now() - started)).then(() => 'still waiting')])
+  t.equal(early, 'still waiting', 'start-up is still waiting, not failed')
+  await other.query('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK_KEY])
+
+  const app = await building
+  t.match(app.migrations, { version: LATEST, expected: LATEST }, 'then migrated')
 })
