@@ -1,4 +1,5 @@
 import { basename } from 'node:path'
+import { setTimeout as delay } from 'node:timers/promises'
 import Postgrator from 'postgrator'
 import pg from 'pg'
 import type { FastifyBaseLogger as Logger } from 'fastify'
@@ -64,9 +65,41 @@ export async function migrateDatabase (connectionString: string, log: Logger, co
   }
 }
 
-/** The newest migration version shipped with this build, to compare with the database's. */
-export async function latestMigrationVersion (pool: pg.Pool): Promise<SchemaVersions> {
+export interface SchemaWaitOptions {
+  /** Between two looks at the database's version. */
+  intervalMs: number
+  /** Resolves after `ms` (a timer; tests pass their own). */
+  sleep?: (ms: number) => Promise<unknown>
+}
+
+/**
+ * Resolves once the database schema is at this build's version or newer. A replica started with
+ * MIGRATE_ON_START=false before the release job has migrated waits here, out of rotation (/ready
+ * answers 503 while the api instance starts), and finishes starting once another process has
+ * migrated, instead of running against a schema it does not know. Each look is two small queries.
+ */
+export async function waitForSchema (pool: pg.Pool, log: Logger, options: SchemaWaitOptions): Promise<SchemaVersions> {
+  const sleep = options.sleep ?? delay
   const postgrator = migrator((query) => pool.query(query))
-  const [expected, current] = await Promise.all([postgrator.getMaxVersion(), postgrator.getDatabaseVersion()])
+  const expected = await postgrator.getMaxVersion()
+  let current = await postgrator.getDatabaseVersion()
+  if (current >= expected) return { expected, current }
+  log.warn(
+    { current, expected },
+    `database schema is behind this build: waiting for its migrations (npm run db:migrate), looking every ${options.intervalMs / 1000} s`
+  )
+  let lastError: string | undefined
+  while (current < expected) {
+    await sleep(options.intervalMs)
+    try {
+      current = await postgrator.getDatabaseVersion()
+      lastError = undefined
+    } catch (err) {
+      // PostgreSQL unreachable for a moment: keep waiting, and say so once per kind of failure.
+      if ((err as Error).message !== lastError) log.warn({ err: { message: (err as Error).message } }, 'could not read the schema version; still waiting')
+      lastError = (err as Error).message
+    }
+  }
+  log.info({ current, expected }, 'database schema is current: start-up continues')
   return { expected, current }
 }
