@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs'
-import { mkdtemp, readdir, rm, symlink } from 'node:fs/promises'
+import { mkdtemp, readdir, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
@@ -31,6 +31,7 @@ import {
 
 const dockerfile = parseDockerfile(readRepoFile('Dockerfile'))
 const runtime = dockerfile.stages.at(-1) as Stage
+const builder = dockerfile.stages.find((stage) => stage.name === 'builder')
 const cmd = execForm(lastInstruction(runtime, 'CMD') ?? '')
 const healthcheck = /\bCMD\s+(.+)$/.exec(lastInstruction(runtime, 'HEALTHCHECK') ?? '')?.[1]
 const pkg = JSON.parse(readRepoFile('package.json')) as { version: string }
@@ -44,7 +45,7 @@ async function runBuildCommand (command: string, cwd: string): Promise<void> {
     if (/^npm cache\b/.test(part)) continue
     if (/^npm ci\b/.test(part) && !/\s--omit=/.test(part)) {
       // Every dependency, from the lockfile the repository's node_modules was installed from: linked
-      // instead of installed again (a minute of work).
+      // instead of installed again (a minute of work). The command itself is run in its own test.
       await symlink(join(ROOT, 'node_modules'), join(cwd, 'node_modules'), 'dir')
       continue
     }
@@ -58,6 +59,28 @@ async function tempDir (t: Test, prefix: string): Promise<string> {
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   return dir
 }
+
+t.test("the builder's install runs before the sources are there: no package.json script may run", async (t) => {
+  const sourcesCopied = builder?.instructions.findIndex((i) => i.keyword === 'COPY' && /^\.\s+\.$/.test(i.args)) ?? -1
+  t.ok(sourcesCopied > 0, 'the builder copies the sources (COPY . .) after its first steps')
+  const install = builder?.instructions
+    .slice(0, Math.max(sourcesCopied, 0))
+    .filter((i) => i.keyword === 'RUN')
+    .flatMap((i) => i.args.split('&&').map((part) => part.trim()))
+    .find((part) => part.startsWith('npm ci'))
+  t.ok(install, 'it installs with npm ci before that')
+  if (!install) return
+  // package.json as the builder has it at that point, its dependencies left out (installing them
+  // takes a minute and is not what can go wrong here): its scripts, `prepare` among them, are kept.
+  const dir = await tempDir(t, 'smalltalk-builder-install-')
+  const { dependencies: _d, devDependencies: _dd, optionalDependencies: _o, ...manifest } = JSON.parse(readRepoFile('package.json')) as Record<string, unknown>
+  await writeFile(join(dir, 'package.json'), JSON.stringify(manifest, null, 2))
+  const lock = await run('npm', ['install', '--package-lock-only', '--ignore-scripts', '--no-audit', '--no-fund'], { cwd: dir, env: cleanEnv(offline) })
+  t.equal(lock.code, 0, 'a lockfile for it', { output: lock.stderr })
+  const result = await run('npm', install.split(/\s+/).slice(1), { cwd: dir, env: cleanEnv(offline), timeoutMs: 60_000 })
+  t.equal(result.code, 0, `${install} succeeds with only package.json and package-lock.json`, { output: result.stdout + result.stderr })
+  t.notOk(existsSync(join(dir, 'dist')), 'and builds nothing')
+})
 
 t.test('the image, built and started as Docker would', async (t) => {
   t.ok(cmd, 'the runtime stage has an exec-form CMD')
