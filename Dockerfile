@@ -13,7 +13,10 @@ ARG NODE_IMAGE=node:22-alpine
 FROM ${NODE_IMAGE} AS builder
 WORKDIR /app
 COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund
+# --ignore-scripts: package.json's `prepare` builds, and the sources are not copied yet (the build is
+# the explicit step below). tsx (the development target) works without its dependencies' scripts,
+# and the embedded PostgreSQL, whose binaries need theirs, is not used in a container.
+RUN npm ci --ignore-scripts --no-audit --no-fund
 # The context is filtered by .dockerignore (no node_modules, tests, .git, data, secrets).
 COPY . .
 # agents/ may not exist in every revision: make it so the runtime stage can always copy it.
@@ -30,8 +33,8 @@ RUN npm ci --omit=dev --omit=optional --ignore-scripts --no-audit --no-fund && n
 # ---- runtime ----
 FROM ${NODE_IMAGE} AS runtime
 # tini as PID 1: forwards SIGTERM to node (graceful shutdown) and reaps zombies. npm, npx, corepack
-# and yarn are removed: the service runs node directly (`npm start` would try to rebuild) and
-# nothing in the container needs a package manager.
+# and yarn are removed: the service runs node directly and nothing in the container needs a package
+# manager.
 RUN apk add --no-cache tini \
  && rm -rf /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/corepack \
       /usr/local/bin/npm /usr/local/bin/npx /usr/local/bin/corepack \

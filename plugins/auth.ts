@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto'
 import fp from 'fastify-plugin'
 import type { FastifyReply, FastifyRequest } from 'fastify'
+import { ConfigError } from '../src/config.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -17,7 +18,10 @@ export const OPEN_TENANT = 'default'
 
 const digest = (key: string) => createHash('sha256').update(key).digest('hex')
 
-/** Parses API_KEYS ("key:tenant,key:tenant"); keys are kept only as SHA-256 digests. */
+/**
+ * Parses API_KEYS ("key:tenant,key:tenant"); keys are kept only as SHA-256 digests. A bad entry is a
+ * ConfigError naming its position, never its text (the keys are secrets).
+ */
 export function parseApiKeys (value: string): Map<string, string> {
   const tenants = new Map<string, string>()
   for (const [index, pair] of value.split(',').map((p) => p.trim()).filter(Boolean).entries()) {
@@ -25,10 +29,10 @@ export function parseApiKeys (value: string): Map<string, string> {
     const key = pair.slice(0, separator).trim()
     const tenant = pair.slice(separator + 1).trim()
     if (separator <= 0 || !key || !tenant) {
-      throw new Error(`Invalid configuration: API_KEYS entry ${index + 1} must be key:tenant`)
+      throw new ConfigError(`Invalid configuration: API_KEYS entry ${index + 1} must be key:tenant`)
     }
     if (!/^[A-Za-z0-9_.-]{1,64}$/.test(tenant)) {
-      throw new Error(`Invalid configuration: API_KEYS entry ${index + 1} has an invalid tenant (letters, digits, _ . - only)`)
+      throw new ConfigError(`Invalid configuration: API_KEYS entry ${index + 1} has an invalid tenant (letters, digits, _ . - only)`)
     }
     tenants.set(digest(key), tenant)
   }

@@ -1,6 +1,7 @@
 import fp from 'fastify-plugin'
 import fastifyEnv from '@fastify/env'
 import { ConfigError, EnvSchema, describeConfigErrors, selectEnvironment, type Config, type Environment } from '../src/config.js'
+import { parseApiKeys } from './auth.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -24,6 +25,9 @@ export default fp(
       const errors = (err as { errors?: Parameters<typeof describeConfigErrors>[0] }).errors
       throw errors ? new ConfigError(describeConfigErrors(errors, data)) : err
     }
+    // API_KEYS is checked by its parser, whose message names the bad entry: run it here as well, so
+    // that a bad value stops start-up before anything is opened, as the schema's checks do.
+    parseApiKeys(fastify.config.API_KEYS)
   },
   { name: 'config' }
 )

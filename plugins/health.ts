@@ -72,7 +72,7 @@ export default fp(
         const checks = {
           postgres: READY_WORD[postgres.status],
           redis: READY_WORD[redis.status],
-          migrations: deps.migrations.status === 'ok' ? 'ok' : 'pending'
+          migrations: deps.migrations.version >= deps.migrations.expected ? 'ok' : 'pending'
         }
         // Redis is a cache: losing it degrades the service but never takes it out of rotation.
         const ready = lifecycle.phase === 'ready' && postgres.status === 'up' && checks.migrations === 'ok'

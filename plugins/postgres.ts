@@ -1,15 +1,18 @@
 import fp from 'fastify-plugin'
 import fastifyPostgres from '@fastify/postgres'
 import { startEmbeddedPostgres, type EmbeddedDatabase } from '../src/db/embedded-postgres.js'
-import { latestMigrationVersion, runMigrations } from '../src/db/migrate.js'
+import { migrateDatabase, waitForSchema } from '../src/db/migrate.js'
 import { flushAnnouncements } from '../src/events/event-log.js'
 
 export interface MigrationState {
-  /** 'ok' when the database schema is at the version this build ships. */
-  status: 'ok' | 'pending'
+  /** The database's schema version. */
   version: number
+  /** The newest migration this build ships. */
   expected: number
 }
+
+// How often a replica whose schema is behind looks again (MIGRATE_ON_START=false, release job running).
+const SCHEMA_CHECK_INTERVAL_MS = 2000
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -33,8 +36,9 @@ function describeTarget (connectionString: string): string {
 
 /**
  * The pg pool (@fastify/postgres) on DATABASE_URL, or on an embedded PostgreSQL when it is unset.
- * The connection is proved and the schema migrated before the plugin finishes, so a wrong URL fails
- * start-up with a clear message instead of failing the first request.
+ * The connection is proved and the schema migrated (or, with MIGRATE_ON_START=false, awaited) before
+ * the plugin finishes, so a wrong URL fails start-up with a clear message instead of failing the
+ * first request, and nothing runs against a schema older than this build's.
  */
 export default fp(
   async function postgres (fastify) {
@@ -78,12 +82,9 @@ export default fp(
     fastify.decorate('databaseKind', embedded ? 'embedded' : 'external')
     fastify.decorate('databaseUrl', connectionString)
 
-    if (config.MIGRATE_ON_START) await runMigrations(fastify.pg.pool, fastify.log)
-    const { expected, current } = await latestMigrationVersion(fastify.pg.pool)
-    if (current < expected) {
-      fastify.log.warn({ current, expected }, 'database schema is behind this build: run npm run db:migrate')
-    }
-    fastify.decorate<MigrationState>('migrations', { status: current >= expected ? 'ok' : 'pending', version: current, expected })
+    if (config.MIGRATE_ON_START) await migrateDatabase(connectionString, fastify.log, config.DB_CONNECT_TIMEOUT_MS)
+    const { expected, current } = await waitForSchema(fastify.pg.pool, fastify.log, { intervalMs: SCHEMA_CHECK_INTERVAL_MS })
+    fastify.decorate<MigrationState>('migrations', { version: current, expected })
   },
   { name: 'postgres', dependencies: ['config'] }
 )

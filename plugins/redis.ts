@@ -1,4 +1,5 @@
 import fp from 'fastify-plugin'
+import fastifyRedis from '@fastify/redis'
 import type { Cache } from '../src/cache/cache.js'
 import { MemoryCache } from '../src/cache/memory-cache.js'
 import { RedisCache } from '../src/cache/redis-cache.js'
@@ -12,9 +13,14 @@ declare module 'fastify' {
 /**
  * The cache: Redis on REDIS_URL, or an in-process cache with the same interface when it is unset.
  *
- * Not @fastify/redis: that plugin holds registration until the first successful connection, so a
- * service whose Redis is down at start-up could not start, and DESIGN section 8 requires that it
- * starts, degraded. The ioredis client it would wrap is used directly, with the same lifecycle.
+ * The service makes its own ioredis client (src/cache/redis-cache.ts: short timeouts, no offline
+ * queue, endless reconnection) and lends it to @fastify/redis as `fastify.redis`, closed here, once,
+ * at onClose (@fastify/redis closes a client it was given only with closeClient). Even with a client
+ * given, @fastify/redis holds registration until that client is ready (start-up would then wait for
+ * Redis, and fail at the plugin timeout) and quits it on some errors meanwhile (an unresolvable host),
+ * so it is handed the client only once connected. When Redis is down at start-up the service starts
+ * degraded (DESIGN section 8) without `fastify.redis`: check `hasDecorator('redis')`, or go through
+ * `fastify.cache`, which reconnects by itself.
  */
 export default fp(
   async function redis (fastify) {
@@ -29,6 +35,7 @@ export default fp(
         log: fastify.log
       })
       await redisCache.connect()
+      if (redisCache.client.status === 'ready') await fastify.register(fastifyRedis, { client: redisCache.client })
       cache = redisCache
     } else {
       fastify.log.info('no REDIS_URL: using the in-process cache (fine for one replica)')

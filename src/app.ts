@@ -1,4 +1,4 @@
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import Fastify, { type FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import sensible from '@fastify/sensible'
 import underPressure from '@fastify/under-pressure'
@@ -26,7 +26,7 @@ import { closeConnectionsWhenIdle } from './connection-drain.js'
 import { installErrorHandlers } from './errors.js'
 import { validatorCompiler } from './validation.js'
 import { Lifecycle } from './lifecycle.js'
-import { createLogger } from './logger.js'
+import { commonServerOptions } from './server-options.js'
 import { SERVICE_VERSION } from './paths.js'
 
 export interface BuildOptions {
@@ -42,15 +42,6 @@ export interface BuildOptions {
   clock?: Clock
 }
 
-// Applied to both instances: one process logger, request ids taken from X-Request-Id when present.
-export function commonServerOptions (logger: Logger | false | undefined, env: Environment) {
-  return {
-    ...(logger === false ? { logger: false } : { loggerInstance: (logger ?? createLogger(env.LOG_LEVEL)) as FastifyBaseLogger }),
-    requestIdHeader: 'x-request-id',
-    return503OnClosing: true
-  }
-}
-
 /**
  * The public API instance: one factory for the server, the tests and the benchmarks. Registration
  * order is spelled out: config, sensible, postgres, redis, under-pressure, metrics, domain (auth,
@@ -64,7 +55,10 @@ export async function buildApp (opts: BuildOptions): Promise<FastifyInstance> {
     ...commonServerOptions(opts.logger, opts.env),
     logController: new AccessLog(opts.env.ACCESS_LOG !== 'false'),
     bodyLimit,
-    trustProxy: opts.env.TRUST_PROXY === 'true'
+    trustProxy: opts.env.TRUST_PROXY === 'true',
+    // No deadline on a plugin's start: the database's may take as long as a migration does (an
+    // index build, or another replica's under the lock), while the ops port answers 503.
+    pluginTimeout: 0
   }).withTypeProvider<TypeBoxTypeProvider>()
   closeConnectionsWhenIdle(app)
   app.setValidatorCompiler(validatorCompiler)

@@ -9,7 +9,7 @@ export type Phase = 'starting' | 'ready' | 'stopping'
 export interface ServiceDependencies {
   pool: pg.Pool
   cache: Cache
-  migrations: { status: 'ok' | 'pending'; version: number; expected: number }
+  migrations: { version: number; expected: number }
   databaseKind: 'external' | 'embedded'
   agents: AgentRegistry
 }

@@ -5,11 +5,11 @@ import config from '../plugins/config.js'
 import health from '../plugins/health.js'
 import metricsEndpoint from '../plugins/metrics-endpoint.js'
 import { QuietLog } from './access-log.js'
-import { commonServerOptions } from './app.js'
 import { closeConnectionsWhenIdle } from './connection-drain.js'
 import type { Environment } from './config.js'
 import { installErrorHandlers } from './errors.js'
 import type { Lifecycle } from './lifecycle.js'
+import { commonServerOptions } from './server-options.js'
 
 export interface BuildOpsOptions {
   env: Environment

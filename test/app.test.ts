@@ -1,7 +1,10 @@
 import t, { type Test } from 'tap'
 import { readFileSync } from 'node:fs'
+import { dirname, resolve } from 'node:path'
 import { Writable } from 'node:stream'
+import { fileURLToPath } from 'node:url'
 import pino from 'pino'
+import ts from 'typescript'
 import { buildApp } from '../src/app.js'
 import { DomainError } from '../src/domain-errors.js'
 import { loggerOptions } from '../src/logger.js'
@@ -35,6 +38,27 @@ t.test('the two ports serve disjoint routes', async (t) => {
     t.equal((await ops.inject({ method: 'GET', url })).statusCode, 404, `ops port: ${url} is not served`)
     t.not((await app.inject({ method: 'GET', url })).statusCode, 404, `api port: ${url} is served`)
   }
+})
+
+/** The project's modules that `entry` imports, directly or through others (type imports included). */
+function moduleGraph (entry: string): Set<string> {
+  const seen = new Set<string>()
+  const visit = (file: string) => {
+    if (seen.has(file)) return
+    seen.add(file)
+    for (const { fileName } of ts.preProcessFile(readFileSync(file, 'utf8'), true, true).importedFiles) {
+      if (fileName.startsWith('.')) visit(resolve(dirname(file), fileName.replace(/\.js$/, '.ts')))
+    }
+  }
+  visit(entry)
+  return seen
+}
+
+t.test('the ops instance does not depend on the api instance', async (t) => {
+  const source = (path: string) => fileURLToPath(new URL(`../${path}`, import.meta.url))
+  const graph = moduleGraph(source('src/ops.ts'))
+  t.ok(graph.has(source('src/server-options.ts')), 'the options both instances share come from their own module')
+  t.notOk(graph.has(source('src/app.ts')), 'src/ops.ts reaches nothing of src/app.ts')
 })
 
 t.test('unknown routes answer a JSON 404', async (t) => {

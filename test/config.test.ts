@@ -4,6 +4,7 @@ import { Registry } from 'prom-client'
 import { ConfigError, EnvSchema, selectEnvironment } from '../src/config.js'
 import { Lifecycle } from '../src/lifecycle.js'
 import { buildOps } from '../src/ops.js'
+import { createTestDatabase } from './helper.js'
 
 // The config plugin is the first thing either instance registers, so a bad value stops start-up
 // before anything is opened. buildOps is the cheapest instance to build for that.
@@ -74,20 +75,48 @@ t.test('only the schema variables are read from the environment', async (t) => {
   t.ok(Object.keys(EnvSchema.properties).includes('SHUTDOWN_TIMEOUT_MS'))
 })
 
-t.test('the server process exits 1 with one log line naming the variable', async (t) => {
+/** The real entry point (src/server.ts) in a child process, run to its exit. */
+async function startServer (env: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const child = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
-    env: { PATH: process.env.PATH, PORT: 'abc', LOG_LEVEL: 'loud' },
+    env: { PATH: process.env.PATH, ...env },
     stdio: ['ignore', 'pipe', 'pipe']
   })
   let stdout = ''
+  let stderr = ''
   child.stdout.on('data', (chunk) => (stdout += chunk))
+  child.stderr.on('data', (chunk) => (stderr += chunk))
   const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
+  return { code, stdout, stderr }
+}
+
+t.test('the server process exits 1 with one log line naming the variable', async (t) => {
+  const { code, stdout } = await startServer({ PORT: 'abc', LOG_LEVEL: 'loud' })
   t.equal(code, 1)
   const lines = stdout.trim().split('\n').filter(Boolean)
   t.equal(lines.length, 1, 'exactly one log line')
   const line = JSON.parse(lines[0] ?? '{}') as { level: number; msg: string }
   t.equal(line.level, 60, 'logged at fatal')
   t.match(line.msg, /Invalid configuration: PORT must be integer \(got "abc"\); LOG_LEVEL must be one of/)
+})
+
+t.test('a malformed API_KEYS: exit 1, one fatal line naming it, no stack, no key', async (t) => {
+  const cases: [string, RegExp][] = [
+    ['sk-live-Secret123', /^Invalid configuration: API_KEYS entry 1 must be key:tenant$/],
+    ['sk-live-Good456:team-a,sk-live-Secret123:team a', /^Invalid configuration: API_KEYS entry 2 has an invalid tenant/]
+  ]
+  for (const [value, expected] of cases) {
+    // A real database, so that a check made only once the database is open would be reached too.
+    const { code, stdout, stderr } = await startServer({ API_KEYS: value, DATABASE_URL: await createTestDatabase(t) })
+    const output = stdout + stderr
+    t.equal(code, 1, 'exit code 1')
+    const lines = stdout.trim().split('\n').filter(Boolean).map((line) => JSON.parse(line) as { level: number; msg: string })
+    t.equal(lines.length, 1, 'exactly one log line', { output })
+    t.equal(lines[0]?.level, 60, 'logged at fatal')
+    t.match(lines[0]?.msg, expected)
+    t.notMatch(output, /\bat \S+ \(|"stack"/, 'no stack trace')
+    t.notMatch(output, /Secret123|Good456/, 'no key is echoed')
+    t.equal(stderr, '', 'nothing on stderr')
+  }
 })
 
 t.test('.env.example documents every variable of the schema', async (t) => {

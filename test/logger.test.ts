@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
+import { stripVTControlCharacters } from 'node:util'
 import t from 'tap'
 import pino from 'pino'
 import { logDestination, loggerOptions } from '../src/logger.js'
@@ -79,4 +80,31 @@ t.test('lines logged just before the process exits reach stdout (a pipe, as in a
   const lines = stdout.split('\n').filter(Boolean).map((line) => JSON.parse(line) as { i: number })
   t.equal(lines.length, 5000, 'none lost at exit')
   t.equal(lines.at(-1)?.i, 4999)
+})
+
+/** Runs `script` (a module importing src/logger.ts) with stdout on a pipe, or on a terminal. */
+function logFromChild (script: string, terminal: boolean): Promise<{ code: number; stdout: string }> {
+  const cwd = fileURLToPath(new URL('..', import.meta.url))
+  const node = [process.execPath, '--import', 'tsx', '--input-type=module', '-e', script]
+  // util-linux `script` gives the child a pseudo-terminal, as a person's shell does.
+  const quoted = node.map((arg) => `'${arg.replaceAll("'", "'\\''")}'`).join(' ')
+  const child = terminal
+    ? spawn('script', ['-qec', quoted, '/dev/null'], { cwd, stdio: ['ignore', 'pipe', 'inherit'] })
+    : spawn(node[0]!, node.slice(1), { cwd, stdio: ['ignore', 'pipe', 'inherit'] })
+  let stdout = ''
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk))
+  return once(child, 'close').then(([code]) => ({ code: code as number, stdout }))
+}
+
+t.test('pretty lines on a terminal, JSON lines on a pipe, redacted both ways', async (t) => {
+  const script = "import { createLogger } from './src/logger.ts'\ncreateLogger('info').info({ apiKey: 'sk-secret' }, 'hello')"
+  const piped = await logFromChild(script, false)
+  t.equal(piped.code, 0)
+  t.match(JSON.parse(piped.stdout), { level: 30, msg: 'hello', apiKey: '[redacted]' }, 'one JSON line')
+
+  const tty = await logFromChild(script, true)
+  t.equal(tty.code, 0)
+  const text = stripVTControlCharacters(tty.stdout)
+  t.match(text, /^\[\d\d:\d\d:\d\d\.\d{3}\] INFO \(\d+\): hello\r?\n\s+apiKey: "\[redacted\]"/, 'pino-pretty: time, level, message, fields')
+  t.notMatch(text, /"level"|sk-secret/, 'not JSON, no secret')
 })

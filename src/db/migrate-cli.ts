@@ -1,9 +1,8 @@
 import envSchema from 'env-schema'
-import pg from 'pg'
 import { ConfigError, EnvSchema, describeConfigErrors, selectEnvironment, type Config } from '../config.js'
 import { createLogger } from '../logger.js'
 import { startEmbeddedPostgres, type EmbeddedDatabase } from './embedded-postgres.js'
-import { runMigrations } from './migrate.js'
+import { migrateDatabase } from './migrate.js'
 
 // `npm run db:migrate`: applies pending migrations to DATABASE_URL (or to the embedded PostgreSQL in
 // DATA_DIR when it is unset) and exits non-zero on failure. Safe to run beside starting replicas:
@@ -21,7 +20,6 @@ function readConfig (): Config {
 
 const log = createLogger(process.env.LOG_LEVEL)
 let embedded: EmbeddedDatabase | undefined
-let pool: pg.Pool | undefined
 let exitCode = 0
 try {
   const config = readConfig()
@@ -30,14 +28,12 @@ try {
     embedded = await startEmbeddedPostgres(config.DATA_DIR, log)
     connectionString = embedded.connectionString
   }
-  pool = new pg.Pool({ connectionString, max: 1, connectionTimeoutMillis: config.DB_CONNECT_TIMEOUT_MS })
-  const result = await runMigrations(pool, log)
+  const result = await migrateDatabase(connectionString, log, config.DB_CONNECT_TIMEOUT_MS)
   log.info({ version: result.version, applied: result.applied }, result.applied.length ? 'migrations applied' : 'database already up to date')
 } catch (err) {
   log.fatal({ err }, `migration failed: ${(err as Error).message}`)
   exitCode = 1
 } finally {
-  await pool?.end()
   await embedded?.stop()
 }
 log.flush()

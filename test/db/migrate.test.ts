@@ -1,11 +1,15 @@
 import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import pg from 'pg'
 import pino from 'pino'
 import { readdirSync } from 'node:fs'
-import { runMigrations } from '../../src/db/migrate.js'
+import { buildApp } from '../../src/app.js'
+import { MIGRATION_LOCK_KEY, runMigrations, waitForSchema } from '../../src/db/migrate.js'
 import { MIGRATIONS_DIR } from '../../src/paths.js'
-import { createTestDatabase } from '../helper.js'
+import { createTestDatabase, eventually, testEnv } from '../helper.js'
+import { freePort } from '../support/server-process.js'
 
 const silent = pino({ level: 'silent' })
 const EXPECTED_TABLES = ['agent_health', 'agent_states', 'chat_messages', 'event_logs', 'health_checks', 'idempotency_keys', 'schema_migrations', 'sessions']
@@ -96,4 +100,82 @@ t.test('npm run db:migrate exits non-zero when it cannot migrate', async (t) => 
   const line = JSON.parse(result.output.trim().split('\n').at(-1) ?? '{}') as { level: number; msg: string }
   t.equal(line.level, 60)
   t.equal(line.msg, 'migration failed: database "st_does_not_exist" does not exist')
+})
+
+t.test('waiting for the schema: one look per interval until another process has migrated', async (t) => {
+  const pool = testPool(await createTestDatabase(t), 2)
+  t.teardown(() => pool.end())
+  const sleeps: number[] = []
+  const versions = await waitForSchema(pool, silent, {
+    intervalMs: 2000,
+    // The clock of the wait: the migrations run "meanwhile", on the second interval.
+    sleep: async (ms) => {
+      sleeps.push(ms)
+      if (sleeps.length === 2) await runMigrations(pool, silent)
+    }
+  })
+  t.same(sleeps, [2000, 2000], 'looked again after each interval, and stopped once migrated')
+  t.same(versions, { expected: LATEST, current: LATEST })
+
+  const again = await waitForSchema(pool, silent, { intervalMs: 2000, sleep: async () => t.fail('no wait when the schema is current') })
+  t.same(again, { expected: LATEST, current: LATEST })
+})
+
+t.test('MIGRATE_ON_START=false before the release job: 503, then ready once another process migrates', async (t) => {
+  const url = await createTestDatabase(t)
+  const opsUrl = `http://127.0.0.1:${await freePort()}`
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
+    env: {
+      PATH: process.env.PATH,
+      DATABASE_URL: url,
+      MIGRATE_ON_START: 'false',
+      HOST: '127.0.0.1',
+      PORT: String(await freePort()),
+      HEALTH_PORT: new URL(opsUrl).port
+    },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  let output = ''
+  child.stdout.on('data', (chunk) => (output += chunk))
+  child.stderr.on('data', (chunk) => (output += chunk))
+  const exited = once(child, 'exit')
+  t.teardown(() => child.kill('SIGKILL'))
+
+  t.ok(await eventually(() => output.includes('database schema is behind this build'), 20_000), 'the replica says it waits for the migrations', { output })
+  const waiting = await fetch(`${opsUrl}/ready`)
+  t.equal(waiting.status, 503)
+  t.match(await waiting.json(), { ready: false, phase: 'starting', checks: { migrations: 'pending' } })
+  t.equal(child.exitCode, null, 'it waits instead of failing start-up')
+
+  const migrated = await migrateInChild(url)
+  t.equal(migrated.code, 0, migrated.output)
+  t.ok(await eventually(async () => (await fetch(`${opsUrl}/ready`)).status === 200, 20_000), 'ready without a restart', { output })
+  t.match(await (await fetch(`${opsUrl}/ready`)).json(), { ready: true, checks: { postgres: 'ok', migrations: 'ok' } })
+  child.kill('SIGTERM')
+  t.same(await exited, [0, null], 'and it shuts down cleanly')
+})
+
+t.test('start-up migrates past DB_QUERY_TIMEOUT_MS and the plugin deadline (another replica holds the lock)', async (t) => {
+  const env = await testEnv(t, { DB_QUERY_TIMEOUT_MS: '200' })
+  // Another replica's long migration (an index build, say), seen from here: its advisory lock.
+  const other = new pg.Client({ connectionString: env.DATABASE_URL })
+  await other.connect()
+  t.teardown(() => other.end())
+  await other.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK_KEY])
+
+  const started = Date.now()
+  const building = buildApp({ env, logger: false }).then((app) => {
+    t.teardown(() => app.close())
+    return app
+  })
+  const failed = building.then(() => undefined, (err: Error) => err)
+  const waiting = () => other.query("SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+  t.ok(await eventually(async () => (await waiting()).rows[0].n === 1, 10_000), 'start-up waits for the lock')
+  // Held past the request timeout (200 ms) and past Fastify's default plugin timeout (10 s).
+  const early = await Promise.race([failed, sleep(11_000 - (Date.now() - started)).then(() => 'still waiting')])
+  t.equal(early, 'still waiting', 'start-up is still waiting, not failed')
+  await other.query('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK_KEY])
+
+  const app = await building
+  t.same(app.migrations, { version: LATEST, expected: LATEST }, 'then migrated')
 })

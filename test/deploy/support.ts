@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { accessSync, constants, readFileSync } from 'node:fs'
-import { delimiter, dirname, join, resolve } from 'node:path'
+import { cp, mkdir, stat } from 'node:fs/promises'
+import { basename, delimiter, dirname, join, posix, relative, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Test } from 'tap'
@@ -75,9 +76,13 @@ export function run (
   })
 }
 
-/** A minimal environment for child tools: nothing from the developer's shell leaks into a check. */
+/**
+ * A minimal environment for child tools: nothing from the developer's shell leaks into a check, not
+ * even the `node_modules/.bin` directories that npm and npx put on PATH (the repository's tsc, tsx...).
+ */
 export function cleanEnv (extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  return { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp', LANG: 'C.UTF-8', ...extra }
+  const path = (process.env.PATH ?? '/usr/bin:/bin').split(delimiter).filter((dir) => !/[/\\]node_modules[/\\]\.bin$/.test(dir))
+  return { PATH: path.join(delimiter), HOME: process.env.HOME ?? '/tmp', LANG: 'C.UTF-8', ...extra }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -184,6 +189,95 @@ export function execForm (args: string): string[] | undefined {
   if (!args.startsWith('[')) return undefined
   const parsed: unknown = JSON.parse(args)
   return Array.isArray(parsed) && parsed.every((item) => typeof item === 'string') ? parsed : undefined
+}
+
+/** The arguments of the last `keyword` instruction of a stage. */
+export const lastInstruction = (stage: Stage | undefined, keyword: string): string | undefined =>
+  stage?.instructions.filter((i) => i.keyword === keyword).at(-1)?.args
+
+/**
+ * .dockerignore as Docker applies it (moby's patternmatcher): each pattern is matched against the
+ * path relative to the context root, `*` and `?` within one path segment, `**` across any number;
+ * a matching directory takes everything under it; the last matching line wins, and `!` brings a path
+ * back. (Docker also looks inside an excluded directory for `!` exceptions; no pattern here needs it.)
+ */
+export function dockerignore (text: string): (path: string) => boolean {
+  const rules = text
+    .split('\n')
+    .map((line) => line.trim())
+    .filter((line) => line && !line.startsWith('#'))
+    .map((line) => {
+      const exception = line.startsWith('!')
+      const pattern = posix.normalize((exception ? line.slice(1) : line).trim()).replace(/^\/+|\/+$/g, '')
+      const source = pattern
+        .split('/')
+        .map((part) => (part === '**' ? '.*' : part.replace(/[.+^${}()|[\]\\]/g, '\\$&').replaceAll('*', '[^/]*').replaceAll('?', '[^/]')))
+        .join('/')
+      return { exception, pattern: new RegExp(`^${source}(/.*)?$`) }
+    })
+  return (path) => rules.reduce((excluded, rule) => (rule.pattern.test(path) ? !rule.exception : excluded), false)
+}
+
+/** The build context as `docker build .` sends it: the repository directory less what .dockerignore excludes. */
+export async function copyBuildContext (dest: string): Promise<void> {
+  const excluded = dockerignore(readRepoFile('.dockerignore'))
+  await cp(ROOT, dest, { recursive: true, verbatimSymlinks: true, filter: (source) => source === ROOT || !excluded(relative(ROOT, source).split('\\').join('/')) })
+}
+
+export interface BuiltStage {
+  /** The directory standing for the stage's WORKDIR. */
+  dir: string
+  workdir: string
+  env: Record<string, string>
+}
+
+/**
+ * A Dockerfile stage built without an engine, its WORKDIR a directory of its own: COPY from the
+ * context or from an earlier stage (awaited, so that independent stages build at the same time, as
+ * BuildKit builds them), ENV collected, and every RUN handed to `run` (which decides how a command
+ * can run on this machine). One WORKDIR per stage; paths outside it are refused.
+ */
+export async function buildStage (
+  stage: Stage,
+  options: { dir: string; context: string; stages: Map<string, Promise<BuiltStage>>; run: (command: string, cwd: string) => Promise<void> }
+): Promise<BuiltStage> {
+  const built: BuiltStage = { dir: options.dir, workdir: '/', env: {} }
+  const inside = (workdir: string, path: string) => {
+    const absolute = posix.resolve(workdir, path)
+    if (absolute !== workdir && !absolute.startsWith(workdir + '/')) throw new Error(`${path} is outside WORKDIR ${workdir}`)
+    return posix.relative(workdir, absolute)
+  }
+  await mkdir(options.dir, { recursive: true })
+  for (const { keyword, args } of stage.instructions) {
+    if (keyword === 'WORKDIR') {
+      if (built.workdir !== '/') throw new Error(`stage ${stage.name}: one WORKDIR only`)
+      built.workdir = posix.resolve('/', args)
+    } else if (keyword === 'ENV') {
+      for (const assignment of args.split(/\s+/)) {
+        const [name, ...value] = assignment.split('=')
+        built.env[name!] = value.join('=')
+      }
+    } else if (keyword === 'COPY') {
+      // --chown, --chmod, --link change nothing here; --from names the stage to copy from.
+      const words = args.split(/\s+/)
+      const from = words.find((word) => word.startsWith('--from='))?.slice('--from='.length)
+      const sources = words.filter((word) => !word.startsWith('--'))
+      const dest = sources.pop() ?? ''
+      const source = from === undefined ? undefined : await options.stages.get(from)
+      if (from !== undefined && !source) throw new Error(`COPY --from=${from}: no such stage before ${stage.name}`)
+      const target = join(options.dir, inside(built.workdir, dest))
+      const intoDirectory = sources.length > 1 || dest.endsWith('/') || posix.normalize(dest) === '.'
+      for (const path of sources) {
+        const origin = source ? join(source.dir, inside(source.workdir, path)) : join(options.context, path)
+        // A directory's contents go to the destination; a file goes into it when it is a directory.
+        const file = !(await stat(origin)).isDirectory()
+        await cp(origin, file && intoDirectory ? join(target, basename(origin)) : target, { recursive: true, verbatimSymlinks: true })
+      }
+    } else if (keyword === 'RUN') {
+      await options.run(args, options.dir)
+    }
+  }
+  return built
 }
 
 // ---------------------------------------------------------------------------------------------
