@@ -50,6 +50,7 @@ export const EnvSchema = Type.Object({
   // Public API
   API_KEYS: Type.String({ default: '' }),
   MAX_MESSAGE_CHARS: Positive(32_000),
+  SSE_DRAIN_TIMEOUT_MS: Positive(30_000),
 
   // Sessions
   SESSION_TTL: Positive(86_400),
