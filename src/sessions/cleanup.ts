@@ -45,8 +45,9 @@ export async function runCleanup (options: CleanupOptions): Promise<CleanupRepor
       const expired = await withTransaction(pool, async (client) => {
         const { rows: ended } = await client.query<{ id: string; tenant: string }>(
           `UPDATE sessions SET status = 'expired'
-            WHERE id IN (SELECT id FROM sessions WHERE status = 'active' AND expires_at <= now() LIMIT 10000 FOR UPDATE SKIP LOCKED)
-            RETURNING id, tenant`
+            WHERE id IN (SELECT id FROM sessions WHERE status = 'active' AND expires_at <= $1 LIMIT 10000 FOR UPDATE SKIP LOCKED)
+            RETURNING id, tenant`,
+          [new Date(options.sessions.now())]
         )
         await recordEvents(client, ended.map((s) => ({ type: 'session.expired' as const, tenant: s.tenant, sessionId: s.id })))
         return ended
@@ -58,9 +59,9 @@ export async function runCleanup (options: CleanupOptions): Promise<CleanupRepor
       const { rows: purged } = await pool.query<{ id: string }>(
         `DELETE FROM sessions
           WHERE status <> 'active'
-            AND COALESCE(invalidated_at, expires_at, updated_at) < now() - make_interval(secs => $1)
+            AND COALESCE(invalidated_at, expires_at, updated_at) < $2::timestamptz - make_interval(secs => $1)
           RETURNING id`,
-        [options.purgeAfterSeconds]
+        [options.purgeAfterSeconds, new Date(options.sessions.now())]
       )
       await options.sessions.forget(...purged.map((s) => s.id))
       for (const { id } of purged) await options.history.forget(id)
