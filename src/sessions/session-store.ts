@@ -240,6 +240,36 @@ export class SessionStore {
     await this.cacheRecord(record)
   }
 
+  /**
+   * Marks up to `limit` active sessions whose expiry has passed as expired, with their
+   * session.expired events; returns their ids.
+   */
+  async expireDue (limit: number): Promise<string[]> {
+    return withTransaction(this.options.pool, async (client) => {
+      const { rows } = await client.query<{ id: string; tenant: string }>(
+        `UPDATE sessions SET status = 'expired'
+          WHERE id IN (SELECT id FROM sessions WHERE status = 'active' AND expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)
+          RETURNING id, tenant`,
+        [new Date(this.now()), limit]
+      )
+      await recordEvents(client, rows.map((s) => ({ type: 'session.expired' as const, tenant: s.tenant, sessionId: s.id })))
+      return rows.map((s) => s.id)
+    })
+  }
+
+  /** Deletes up to `limit` sessions that ended more than `graceSeconds` ago, their messages with them; returns their ids. */
+  async purgeEnded (graceSeconds: number, limit: number): Promise<string[]> {
+    const { rows } = await this.options.pool.query<{ id: string }>(
+      `DELETE FROM sessions
+        WHERE id IN (SELECT id FROM sessions
+                      WHERE status <> 'active' AND COALESCE(invalidated_at, expires_at, updated_at) < $1::timestamptz - make_interval(secs => $2)
+                      LIMIT $3 FOR UPDATE SKIP LOCKED)
+        RETURNING id`,
+      [new Date(this.now()), graceSeconds, limit]
+    )
+    return rows.map((s) => s.id)
+  }
+
   async forget (...ids: string[]): Promise<void> {
     await this.options.cache.delete(...ids.map(sessionKey))
   }
