@@ -70,7 +70,7 @@ t.test('Redis lost at run time: degraded, requests never hang, then recovered', 
   const next = Date.now()
   t.equal(await app.cache.get('key'), undefined)
   await app.cache.set('other', 'x', 60)
-  t.ok(Date.now() - next < 100, `after a timeout the cache is bypassed for a while instead of waiting again (${Date.now() - next} ms)`)
+  t.ok(Date.now() - next < 300, `after a timeout the cache is bypassed for a while: no call waits for the 300 ms timeout again (${Date.now() - next} ms)`)
   t.equal(app.cache.state(), 'degraded')
   const hungReady = await ops.inject('/ready')
   t.equal(hungReady.statusCode, 200)
