@@ -31,8 +31,8 @@ export function typeMatcher (type: string | undefined): (candidate: string) => b
 /**
  * The live event feed of one replica. Events are announced with pg_notify right after the commit
  * that writes them (event-log.ts `announce`), so every replica hears of each committed event as soon
- * as it is visible, and never of one that was rolled back. The payload names the transaction's id range and event types
- * (NOTIFY_PAYLOAD): the feed reads exactly that range, once, and fans it out to its subscribers, or
+ * as it is visible, and never of one that was rolled back. The payload names each statement's id
+ * range and event types (NOTIFY_PAYLOAD): the feed reads exactly that range, once, and fans it out to its subscribers, or
  * reads nothing when no subscriber wants those types (the common case: no SSE client listening).
  * Reading ranges rather than "everything after the last id" matters because ids are assigned at
  * insert and committed in another order: a transaction that took id 10 may commit after the one
