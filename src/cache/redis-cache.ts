@@ -144,6 +144,9 @@ export class RedisCache implements Cache {
   /** Raised at each overflow, so that a flush clears only the overflow it started for. */
   private overflowEpoch = 0
   private repairing = false
+  /** After a failed repair, the next waits a little: a Redis that refuses writes is not asked at every read. */
+  private repairAfter = 0
+  private static readonly REPAIR_RETRY_MS = 1000
   private static readonly MAX_DIRTY = 10_000
   private readonly keyPrefix: string
   private pausedUntil = 0
@@ -176,6 +179,7 @@ export class RedisCache implements Cache {
     this.client.on('ready', () => {
       if (this.lastError !== undefined) this.log.info('Redis connection restored')
       this.lastError = undefined
+      this.repairAfter = 0
       void this.repair()
     })
   }
@@ -324,7 +328,7 @@ export class RedisCache implements Cache {
 
   /** Repairs the dirty keys (one pipeline), after an overflow the whole prefix; failures stay dirty. */
   private async repair (): Promise<void> {
-    if (this.repairing || this.client.status !== 'ready') return
+    if (this.repairing || this.client.status !== 'ready' || Date.now() < this.repairAfter) return
     this.repairing = true
     try {
       const entries = [...this.dirty]
@@ -352,6 +356,7 @@ export class RedisCache implements Cache {
       if (entries.length > 0 || flush) this.log.info({ keys: entries.length, flushed: flush }, 'repaired cache entries whose writes had not got through')
     } catch (err) {
       this.noteFailure('repair', err)
+      this.repairAfter = Date.now() + RedisCache.REPAIR_RETRY_MS
     } finally {
       this.repairing = false
     }
