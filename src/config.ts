@@ -51,6 +51,7 @@ export const EnvSchema = Type.Object({
   API_KEYS: Type.String({ default: '' }),
   MAX_MESSAGE_CHARS: Positive(32_000),
   METADATA_MAX_BYTES: Positive(16_384),
+  SSE_DRAIN_TIMEOUT_MS: Positive(30_000),
 
   // Sessions
   SESSION_TTL: Positive(86_400),

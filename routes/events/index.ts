@@ -3,12 +3,14 @@ import { Type } from 'typebox'
 import { typeMatcher } from '../../src/events/event-feed.js'
 import { listEvents, type StoredEvent } from '../../src/events/event-log.js'
 import { errorResponses } from '../sessions/schemas.js'
-import { SseStream } from '../sse.js'
+import { SSE_MAX_BUFFERED_BYTES, SseStream } from '../sse.js'
 
-// A subscriber this far behind (bytes the socket has not taken) is dropped: it resumes with Last-Event-ID.
-const MAX_BACKLOG_BYTES = 1_048_576
 const HEARTBEAT_MS = 15_000
+// A resume sends at most this many events, in pages written as the client takes them, then ends the
+// stream: the client's reconnection (with its new Last-Event-ID) goes on from there, so no connection
+// holds a long resume and nothing is skipped.
 const RESUME_LIMIT = 10_000
+const RESUME_PAGE = 200
 const RESUME_DEDUP_MS = 30_000
 
 const Event = Type.Object({
@@ -55,7 +57,7 @@ const events: FastifyPluginAsyncTypebox = async (fastify) => {
       schema: {
         summary: 'Follow the event log live (Server-Sent Events)',
         description:
-          'Each event is sent as an SSE event named after its type, with the event log id as its id and the event as data. Reconnect with `Last-Event-ID` to receive what was missed (up to 10,000 events). A comment line every 15 s keeps proxies from closing an idle stream.',
+          'Each event is sent as an SSE event named after its type, with the event as data; its SSE id is the largest event log id sent so far (the event\'s own id unless it was committed out of id order). Reconnect with `Last-Event-ID` to receive what was missed, then the live events; a resume sends at most 10,000 events and then ends the stream, so that the reconnection goes on from there. A client that falls more than 1 MiB behind, or takes nothing for `SSE_DRAIN_TIMEOUT_MS`, is disconnected and resumes the same way. A comment line every 15 s keeps proxies from closing an idle stream.',
         tags: ['events'],
         security: [{ bearerAuth: [] }],
         querystring: Type.Object({ type: EventsQuery.properties.type }),
@@ -68,26 +70,40 @@ const events: FastifyPluginAsyncTypebox = async (fastify) => {
       const type = request.query.type
       const matches = typeMatcher(type)
       const sse = new SseStream(reply)
-      const frame = (event: StoredEvent) => `id: ${event.id}\nevent: ${event.type}\ndata: ${JSON.stringify(event)}\n\n`
-      let lastSent = request.headers['last-event-id'] ?? null
-      const queued: StoredEvent[] = []
-      let live = false
+      let lastSent = request.headers['last-event-id']
+      // The SSE id of every event is the stream's position, the largest log id sent so far: the
+      // event's own id, except for one committed late (out of id order), which carries its own id in
+      // its data. A client reconnects with its position and is never sent again what it had.
+      let position = BigInt(lastSent ?? 0)
+      const frame = (event: StoredEvent, data: string) => {
+        if (BigInt(event.id) > position) position = BigInt(event.id)
+        return `id: ${position}\nevent: ${event.type}\ndata: ${data}\n\n`
+      }
+      // Live events that arrive during the resume wait here, within the same bound as the stream's
+      // buffer: a client that cannot take them is dropped and resumes with Last-Event-ID.
+      let queued: Array<{ event: StoredEvent; data: string }> | undefined = lastSent === undefined ? undefined : []
+      let queuedBytes = 0
+      const tooSlow = () => {
+        request.log.warn('event stream client too slow: disconnected (it can resume with Last-Event-ID)')
+        sse.abort()
+      }
 
       // Ids the resume read sent: an event committed just before that read can also be announced to
       // the live feed after it, and must not go out twice. (Ids are not compared by order: a
       // transaction that took a smaller id may commit, and be announced, after a larger one.)
       const sentByResume = new Set<string>()
       const deliver = (event: StoredEvent) => {
-        if (!live) {
-          queued.push(event)
+        if (sse.isClosed) return
+        const data = JSON.stringify(event)
+        if (queued) {
+          queued.push({ event, data })
+          queuedBytes += data.length
+          if (queuedBytes > SSE_MAX_BUFFERED_BYTES) tooSlow()
           return
         }
         if (sentByResume.delete(event.id)) return
-        sse.write(frame(event))
-        if (sse.backlogBytes > MAX_BACKLOG_BYTES) {
-          request.log.warn('event stream client too slow: closing it (it can resume with Last-Event-ID)')
-          sse.end()
-        }
+        sse.write(frame(event, data))
+        if (sse.backlogBytes > SSE_MAX_BUFFERED_BYTES) tooSlow()
       }
       const unsubscribe = fastify.eventFeed.subscribe({ tenant, matches, deliver })
       open.add(sse)
@@ -96,24 +112,27 @@ const events: FastifyPluginAsyncTypebox = async (fastify) => {
         unsubscribe()
         clearInterval(heartbeat)
         open.delete(sse)
+        queued = undefined
       })
 
       sse.write('retry: 3000\n\n')
       // Resume: what was committed after the client's last event, then everything live.
       let sent = 0
-      while (lastSent !== null && sent < RESUME_LIMIT && !sse.isClosed) {
-        const page = await fastify.eventFeed.backlog(tenant, lastSent, type, 200)
+      while (lastSent !== undefined && !sse.isClosed) {
+        if (sent >= RESUME_LIMIT) {
+          sse.end()
+          return reply
+        }
+        const page = await fastify.eventFeed.backlog(tenant, lastSent, type, RESUME_PAGE)
         for (const event of page.events) {
-          await sse.send(event.type, event.id, event)
+          await sse.writeWhenDrained(frame(event, JSON.stringify(event)))
           sentByResume.add(event.id)
         }
-        if (page.events.length > 0) lastSent = page.events[page.events.length - 1]?.id ?? lastSent
         sent += page.events.length
-        if (!page.nextCursor) break
+        lastSent = page.nextCursor ?? undefined
       }
-      for (const event of queued) if (!sentByResume.delete(event.id)) sse.write(frame(event))
-      queued.length = 0
-      live = true
+      for (const { event, data } of queued ?? []) if (!sentByResume.delete(event.id)) sse.write(frame(event, data))
+      queued = undefined
       // Announcements of what the resume read arrive within moments; after that the ids are dead weight.
       if (sentByResume.size > 0) setTimeout(() => sentByResume.clear(), RESUME_DEDUP_MS).unref()
       return reply

@@ -1,6 +1,6 @@
 import { Redis } from 'ioredis'
 import type { FastifyBaseLogger as Logger } from 'fastify'
-import { decodeRanked, encodeRanked, type Cache, type CacheState, type SeqItems, type SeqListSnapshot } from './cache.js'
+import { decodeRanked, encodeRanked, isNewer, type Cache, type CacheState, type SeqItems, type SeqListSnapshot } from './cache.js'
 
 // Compare-and-set of a ranked value ("<a>.<b>|<value>"): keeps the cached one when its rank is newer.
 const SET_RANKED_SCRIPT = `
@@ -111,9 +111,22 @@ export interface RedisCacheOptions {
 }
 
 /**
+ * What makes a key right again after a write to it failed: delete it, or put the newest ranked value
+ * back (a compare-and-set, so that an older record written late cannot replace it).
+ */
+type Repair = { value: string; rank: readonly [number, number]; expiresAt: number } | null
+
+/**
  * Redis behind the Cache interface. No request ever waits on Redis for long: commands fail at once
  * while disconnected (no offline queue) and time out after commandTimeoutMs when Redis hangs; the
  * client reconnects by itself in the background, forever, with a capped backoff.
+ *
+ * A write that failed, timed out or was skipped may have left the old value in Redis, where every
+ * replica reads it. Its key is dirty: this replica reads it from PostgreSQL, never from Redis, until
+ * the key is repaired (deleted, or its newest ranked value written again), which is tried as soon as
+ * any command succeeds again (on the same connection or after a reconnection). While the cache is
+ * bypassed after a timeout, writes still go out, without anyone waiting for their answer: a Redis
+ * that stalls applies them, in order, before what other replicas ask it afterwards.
  */
 export class RedisCache implements Cache {
   readonly backend = 'redis' as const
@@ -121,12 +134,20 @@ export class RedisCache implements Cache {
   private readonly log: Logger
   private lastError: string | undefined
   /**
-   * Keys whose set or delete could not reach Redis: after an outage their cached values may be
-   * stale, so they are deleted first thing on reconnection. Past the bound, the whole prefix goes.
+   * Dirty keys, each with its repair and the number of the failure that marked it last (a repair
+   * clears a key only if no write to it failed since). Past the bound, every key is dirty: the whole
+   * prefix goes.
    */
-  private readonly unsynced = new Set<string>()
-  private unsyncedOverflow = false
-  private static readonly MAX_UNSYNCED = 10_000
+  private readonly dirty = new Map<string, { repair: Repair; failure: number }>()
+  private failures = 0
+  private dirtyOverflow = false
+  /** Raised at each overflow, so that a flush clears only the overflow it started for. */
+  private overflowEpoch = 0
+  private repairing = false
+  /** After a failed repair, the next waits a little: a Redis that refuses writes is not asked at every read. */
+  private repairAfter = 0
+  private static readonly REPAIR_RETRY_MS = 1000
+  private static readonly MAX_DIRTY = 10_000
   private readonly keyPrefix: string
   private pausedUntil = 0
   private static readonly PAUSE_AFTER_TIMEOUT_MS = 5000
@@ -158,7 +179,8 @@ export class RedisCache implements Cache {
     this.client.on('ready', () => {
       if (this.lastError !== undefined) this.log.info('Redis connection restored')
       this.lastError = undefined
-      void this.resync()
+      this.repairAfter = 0
+      void this.repair()
     })
   }
 
@@ -184,10 +206,17 @@ export class RedisCache implements Cache {
     return this.client.status === 'ready' && Date.now() >= this.pausedUntil
   }
 
+  /** A key this replica may read from Redis: its last write got through, or it was repaired since. */
+  private readable (key: string): boolean {
+    return !this.dirtyOverflow && !this.dirty.has(key)
+  }
+
   async get (key: string): Promise<string | undefined> {
-    if (!this.usable()) return undefined
+    if (!this.usable() || !this.readable(key)) return undefined
     try {
-      return (await this.client.get(key)) ?? undefined
+      const value = await this.client.get(key)
+      this.succeeded()
+      return value ?? undefined
     } catch (err) {
       this.noteFailure('get', err)
       return undefined
@@ -195,23 +224,12 @@ export class RedisCache implements Cache {
   }
 
   async set (key: string, value: string, ttlSeconds: number): Promise<void> {
-    if (!this.usable()) return this.markUnsynced([key])
-    try {
-      await this.client.set(key, value, 'EX', ttlSeconds)
-    } catch (err) {
-      this.noteFailure('set', err)
-      this.markUnsynced([key])
-    }
+    await this.write('set', [key], null, () => this.client.set(key, value, 'EX', ttlSeconds))
   }
 
   async setRanked (key: string, value: string, ttlSeconds: number, rank: readonly [number, number]): Promise<void> {
-    if (!this.usable()) return this.markUnsynced([key])
-    try {
-      await (this.client as ScriptedClient).setRanked(key, encodeRanked(value, rank), rank[0], rank[1], ttlSeconds)
-    } catch (err) {
-      this.noteFailure('setRanked', err)
-      this.markUnsynced([key])
-    }
+    const repair = { value, rank, expiresAt: Date.now() + ttlSeconds * 1000 }
+    await this.write('setRanked', [key], repair, () => (this.client as ScriptedClient).setRanked(key, encodeRanked(value, rank), rank[0], rank[1], ttlSeconds))
   }
 
   async getRanked (key: string): Promise<string | undefined> {
@@ -220,13 +238,7 @@ export class RedisCache implements Cache {
 
   async delete (...keys: string[]): Promise<void> {
     if (keys.length === 0) return
-    if (!this.usable()) return this.markUnsynced(keys)
-    try {
-      await this.client.del(...keys)
-    } catch (err) {
-      this.noteFailure('delete', err)
-      this.markUnsynced(keys)
-    }
+    await this.write('delete', keys, null, () => this.client.del(...keys))
   }
 
   async deleteSeqLists (...keys: string[]): Promise<void> {
@@ -234,38 +246,27 @@ export class RedisCache implements Cache {
   }
 
   async appendToSeqList (key: string, seq: number, item: string, maxLength: number, ttlSeconds: number): Promise<void> {
-    if (!this.usable()) return this.markUnsynced([key, itemsKey(key)])
-    try {
-      await (this.client as ScriptedClient).appendSeq(key, itemsKey(key), seq, item, maxLength, ttlSeconds)
-    } catch (err) {
-      this.noteFailure('appendToSeqList', err)
-      this.markUnsynced([key, itemsKey(key)])
-    }
+    await this.write('appendToSeqList', [key, itemsKey(key)], null, () => (this.client as ScriptedClient).appendSeq(key, itemsKey(key), seq, item, maxLength, ttlSeconds))
   }
 
   async replaceSeqList (key: string, lastSeq: number, items: readonly string[], ttlSeconds: number): Promise<void> {
     if (items.length === 0) return
-    if (!this.usable()) return this.markUnsynced([key, itemsKey(key)])
     let offset = 0
     let index = hex(lastSeq) + hex(0) + hex(0)
     for (const item of items) {
       offset += Buffer.byteLength(item) + 1
       index += hex(offset)
     }
-    try {
-      await (this.client as ScriptedClient).replaceSeq(key, itemsKey(key), lastSeq, ttlSeconds, index, `${items.join(',')},`)
-    } catch (err) {
-      this.noteFailure('replaceSeqList', err)
-      this.markUnsynced([key, itemsKey(key)])
-    }
+    await this.write('replaceSeqList', [key, itemsKey(key)], null, () => (this.client as ScriptedClient).replaceSeq(key, itemsKey(key), lastSeq, ttlSeconds, index, `${items.join(',')},`))
   }
 
   async readSeqList (key: string, lastSeq: number, after: number, limit: number): Promise<SeqItems | undefined> {
     if (lastSeq - after <= 0) return NOTHING
-    if (!this.usable()) return undefined
+    if (!this.usable() || !this.readable(key)) return undefined
     try {
       // One command, so the index and the items are of the same moment.
       const [index, items] = await this.client.mgetBuffer(key, itemsKey(key))
+      this.succeeded()
       return snapshot(index, items)?.window(lastSeq, after, limit)
     } catch (err) {
       this.noteFailure('readSeqList', err)
@@ -274,35 +275,74 @@ export class RedisCache implements Cache {
   }
 
   async getRankedWithSeqList (rankedKey: string, listKey: string): Promise<{ value: string | undefined; list: SeqListSnapshot | undefined }> {
-    if (!this.usable()) return { value: undefined, list: undefined }
+    const [rankedReadable, listReadable] = [this.readable(rankedKey), this.readable(listKey)]
+    if (!this.usable() || (!rankedReadable && !listReadable)) return { value: undefined, list: undefined }
     try {
       const [ranked, index, items] = await this.client.mgetBuffer(rankedKey, listKey, itemsKey(listKey))
-      return { value: ranked ? decodeRanked(ranked.toString())?.value : undefined, list: snapshot(index, items) }
+      this.succeeded()
+      return {
+        value: ranked && rankedReadable ? decodeRanked(ranked.toString())?.value : undefined,
+        list: listReadable ? snapshot(index, items) : undefined
+      }
     } catch (err) {
       this.noteFailure('getRankedWithSeqList', err)
       return { value: undefined, list: undefined }
     }
   }
 
-  private markUnsynced (keys: string[]): void {
+  /**
+   * Sends a write, or marks its keys dirty when it cannot be sent or fails. Waits for the answer
+   * unless the cache is bypassed after a timeout.
+   */
+  private async write (operation: string, keys: string[], repair: Repair, command: () => Promise<unknown>): Promise<void> {
+    if (this.client.status !== 'ready') return this.markDirty(keys, repair)
+    const answered = command().then(
+      () => this.succeeded(),
+      (err: unknown) => {
+        this.noteFailure(operation, err)
+        this.markDirty(keys, repair)
+      }
+    )
+    if (this.usable()) await answered
+  }
+
+  private markDirty (keys: string[], repair: Repair): void {
+    const failure = ++this.failures
     for (const key of keys) {
-      if (this.unsynced.size >= RedisCache.MAX_UNSYNCED) {
-        this.unsyncedOverflow = true
+      if (this.dirty.size >= RedisCache.MAX_DIRTY && !this.dirty.has(key)) {
+        this.dirty.clear()
+        this.dirtyOverflow = true
+        this.overflowEpoch++
         return
       }
-      this.unsynced.add(key)
+      const current = this.dirty.get(key)?.repair
+      // A delete wins over any value, and a value over an older one.
+      const kept = current === null || (current !== undefined && repair !== null && !isNewer(repair.rank, current.rank))
+      this.dirty.set(key, { repair: kept ? current : repair, failure })
     }
   }
 
-  /** Drops what may have gone stale while Redis was out of reach. */
-  private async resync (): Promise<void> {
-    const keys = [...this.unsynced]
-    const overflow = this.unsyncedOverflow
-    this.unsynced.clear()
-    this.unsyncedOverflow = false
+  private succeeded (): void {
+    if (this.dirty.size > 0 || this.dirtyOverflow) void this.repair()
+  }
+
+  /** Repairs the dirty keys (one pipeline), after an overflow the whole prefix; failures stay dirty. */
+  private async repair (): Promise<void> {
+    if (this.repairing || this.client.status !== 'ready' || Date.now() < this.repairAfter) return
+    this.repairing = true
     try {
-      for (let i = 0; i < keys.length; i += 500) await this.client.del(...keys.slice(i, i + 500))
-      if (overflow) {
+      const entries = [...this.dirty]
+      const now = Date.now()
+      await Promise.all(entries.map(([key, { repair }]) =>
+        repair && repair.expiresAt > now + 1000
+          ? (this.client as ScriptedClient).setRanked(key, encodeRanked(repair.value, repair.rank), repair.rank[0], repair.rank[1], Math.floor((repair.expiresAt - now) / 1000))
+          : this.client.del(key)
+      ))
+      // A key whose write failed again meanwhile stays dirty.
+      for (const [key, { failure }] of entries) if (this.dirty.get(key)?.failure === failure) this.dirty.delete(key)
+      const epoch = this.overflowEpoch
+      const flush = this.dirtyOverflow
+      if (flush) {
         // Too many to track: forget everything under our prefix (SCAN sees raw key names).
         let cursor = '0'
         do {
@@ -311,12 +351,14 @@ export class RedisCache implements Cache {
           const unprefixed = found.map((key) => key.slice(this.keyPrefix.length))
           if (unprefixed.length > 0) await this.client.del(...unprefixed)
         } while (cursor !== '0')
+        if (epoch === this.overflowEpoch) this.dirtyOverflow = false
       }
-      if (keys.length > 0 || overflow) this.log.info({ keys: keys.length, overflow }, 'dropped cache entries written while Redis was unreachable')
+      if (entries.length > 0 || flush) this.log.info({ keys: entries.length, flushed: flush }, 'repaired cache entries whose writes had not got through')
     } catch (err) {
-      this.noteFailure('resync', err)
-      this.markUnsynced(keys)
-      this.unsyncedOverflow ||= overflow
+      this.noteFailure('repair', err)
+      this.repairAfter = Date.now() + RedisCache.REPAIR_RETRY_MS
+    } finally {
+      this.repairing = false
     }
   }
 
@@ -334,6 +376,7 @@ export class RedisCache implements Cache {
       clearTimeout(timer)
     }
     this.pausedUntil = 0
+    this.succeeded()
     return performance.now() - started
   }
 

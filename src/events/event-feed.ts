@@ -31,14 +31,18 @@ export function typeMatcher (type: string | undefined): (candidate: string) => b
 /**
  * The live event feed of one replica. Events are announced with pg_notify right after the commit
  * that writes them (event-log.ts `announce`), so every replica hears of each committed event as soon
- * as it is visible, and never of one that was rolled back. The payload names the transaction's id range and event types
- * (NOTIFY_PAYLOAD): the feed reads exactly that range, once, and fans it out to its subscribers, or
+ * as it is visible, and never of one that was rolled back. The payload names each statement's id
+ * range and event types (NOTIFY_PAYLOAD): the feed reads exactly that range, once, and fans it out to its subscribers, or
  * reads nothing when no subscriber wants those types (the common case: no SSE client listening).
  * Reading ranges rather than "everything after the last id" matters because ids are assigned at
  * insert and committed in another order: a transaction that took id 10 may commit after the one
  * that took id 11, and a reader that had moved past 11 would never see 10.
  * One dedicated connection LISTENs; if it drops, the feed reconnects and catches up from the
  * largest id it heard of.
+ * The same event can be read more than once: a statement's range may hold another transaction's id
+ * (ids are taken row by row, so concurrent inserts interleave), a payload may name an id again, and a
+ * catch-up overlaps the announcements heard meanwhile. The feed remembers the ids it delivered
+ * lately and passes each one on once.
  */
 export class EventFeed {
   private client: pg.Client | undefined
@@ -50,6 +54,13 @@ export class EventFeed {
   private pending: Array<[string, string] | null> = []
   private stopped = false
   private reconnectTimer: NodeJS.Timeout | undefined
+  /**
+   * The ids delivered lately, oldest first. A repeat comes within moments of the first read (the
+   * announcements of the same few milliseconds, a catch-up's overlap), far less than this many
+   * events later.
+   */
+  private readonly delivered = new Set<string>()
+  private static readonly REMEMBERED = 10_000
 
   constructor (
     private readonly connectionString: string,
@@ -164,18 +175,21 @@ export class EventFeed {
       rows.push(...found.rows)
     }
     if (ranges.length < batch.length) {
-      const seen = new Set(rows.map((row) => String(row.id)))
       const newer = await this.pool.query<Row>('SELECT id, type, tenant, session_id, agent_id, data, created_at FROM event_logs WHERE id > $1 ORDER BY id LIMIT 1000', [this.lastId])
       for (const row of newer.rows) {
         if (BigInt(row.id) > BigInt(this.lastId)) this.lastId = String(row.id)
-        if (!seen.has(String(row.id))) rows.push(row)
+        rows.push(row)
       }
       if (newer.rows.length === 1000) this.pending.push(null)
     }
     if (this.subscribers.size === 0) return
     rows.sort((a, b) => (BigInt(a.id) < BigInt(b.id) ? -1 : 1))
     for (const row of rows) {
-      const event: StoredEvent = { id: String(row.id), type: row.type, sessionId: row.session_id, agentId: row.agent_id, data: row.data, createdAt: row.created_at.toISOString() }
+      const id = String(row.id)
+      if (this.delivered.has(id)) continue
+      this.delivered.add(id)
+      if (this.delivered.size > EventFeed.REMEMBERED) this.delivered.delete(this.delivered.values().next().value as string)
+      const event: StoredEvent = { id, type: row.type, sessionId: row.session_id, agentId: row.agent_id, data: row.data, createdAt: row.created_at.toISOString() }
       for (const subscriber of this.subscribers) {
         if ((row.tenant === null || row.tenant === subscriber.tenant) && subscriber.matches(row.type)) subscriber.deliver(event)
       }

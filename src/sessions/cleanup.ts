@@ -1,7 +1,6 @@
 import type pg from 'pg'
 import type { FastifyBaseLogger } from 'fastify'
-import { withTransaction } from '../db/transaction.js'
-import { purgeOldEvents, recordEvents } from '../events/event-log.js'
+import { purgeOldEvents } from '../events/event-log.js'
 import type { IdempotencyKeys } from '../messages/idempotency.js'
 import type { MessageHistory } from '../messages/message-store.js'
 import type { ConversationMetrics } from '../metrics/conversation-metrics.js'
@@ -20,6 +19,13 @@ export interface CleanupOptions {
   /** Seconds an ended session keeps answering 410 before it and its messages are deleted. */
   purgeAfterSeconds: number
   eventRetentionDays: number
+  /** Sessions per statement (default 500). */
+  batchSize?: number
+  /**
+   * Batches of each kind (expiry, purge) per run (default 20): a run holds the lock for a bounded
+   * time, and what is left waits for the next run.
+   */
+  maxBatches?: number
 }
 
 export interface CleanupReport {
@@ -33,41 +39,36 @@ export interface CleanupReport {
 /**
  * The background housekeeping: marks sessions past their expiry as expired (with their
  * session.expired events), deletes ended sessions with their messages after the grace period, and
- * applies the retention of events and idempotency keys.
+ * applies the retention of events and idempotency keys. Sessions go by batches, each a statement of
+ * its own, whose cache entries are dropped together.
  */
 export async function runCleanup (options: CleanupOptions): Promise<CleanupReport> {
-  const { pool } = options
+  const { pool, sessions, history } = options
+  const batchSize = options.batchSize ?? 500
+  const maxBatches = options.maxBatches ?? 20
+  const inBatches = async (step: () => Promise<string[]>): Promise<number> => {
+    let total = 0
+    for (let batch = 0; batch < maxBatches; batch++) {
+      const ids = await step()
+      total += ids.length
+      // Issued in one event-loop turn, so the cache sends them in one round trip (auto-pipelining).
+      await Promise.all([sessions.forget(...ids), ...ids.map((id) => history.forget(id))])
+      if (ids.length < batchSize) break
+    }
+    return total
+  }
   const lockClient = await pool.connect()
   try {
     const { rows } = await lockClient.query<{ locked: boolean }>('SELECT pg_try_advisory_lock($1) AS locked', [CLEANUP_LOCK_KEY])
     if (!rows[0]?.locked) return { ran: false, expired: 0, purged: 0, events: 0, idempotencyKeys: 0 }
     try {
-      const expired = await withTransaction(pool, async (client) => {
-        const { rows: ended } = await client.query<{ id: string; tenant: string }>(
-          `UPDATE sessions SET status = 'expired'
-            WHERE id IN (SELECT id FROM sessions WHERE status = 'active' AND expires_at <= now() LIMIT 10000 FOR UPDATE SKIP LOCKED)
-            RETURNING id, tenant`
-        )
-        await recordEvents(client, ended.map((s) => ({ type: 'session.expired' as const, tenant: s.tenant, sessionId: s.id })))
-        return ended
-      })
-      if (expired.length > 0) {
-        options.metrics.sessionsExpired.inc(expired.length)
-        await options.sessions.forget(...expired.map((s) => s.id))
-      }
-      const { rows: purged } = await pool.query<{ id: string }>(
-        `DELETE FROM sessions
-          WHERE status <> 'active'
-            AND COALESCE(invalidated_at, expires_at, updated_at) < now() - make_interval(secs => $1)
-          RETURNING id`,
-        [options.purgeAfterSeconds]
-      )
-      await options.sessions.forget(...purged.map((s) => s.id))
-      for (const { id } of purged) await options.history.forget(id)
+      const expired = await inBatches(() => sessions.expireDue(batchSize))
+      options.metrics.sessionsExpired.inc(expired)
+      const purged = await inBatches(() => sessions.purgeEnded(options.purgeAfterSeconds, batchSize))
       const events = await purgeOldEvents(pool, options.eventRetentionDays)
       const idempotencyKeys = await options.idempotency.purgeExpired()
-      const report = { ran: true, expired: expired.length, purged: purged.length, events, idempotencyKeys }
-      if (expired.length + purged.length + events + idempotencyKeys > 0) options.log.info(report, 'session cleanup')
+      const report = { ran: true, expired, purged, events, idempotencyKeys }
+      if (expired + purged + events + idempotencyKeys > 0) options.log.info(report, 'session cleanup')
       return report
     } finally {
       await lockClient.query('SELECT pg_advisory_unlock($1)', [CLEANUP_LOCK_KEY])

@@ -69,6 +69,11 @@ export interface SessionStoreOptions {
   /** Validates agent ids against the manifest; returns the unknown ones. */
   unknownAgents: (ids: string[]) => string[]
   defaultAgents: () => string[]
+  /**
+   * The one clock of a session's lifetime: its expiry is set and judged by it, in SQL too (passed
+   * as a parameter, never PostgreSQL's now()), so a skew between this host and the database cannot
+   * make a session look active or expired wrongly.
+   */
   now?: () => number
 }
 
@@ -86,7 +91,7 @@ const sessionKey = (id: string) => `session:${id}`
  * dropped on every change). Every state change writes its event in the same transaction.
  */
 export class SessionStore {
-  private readonly now: () => number
+  readonly now: () => number
 
   constructor (private readonly options: SessionStoreOptions) {
     this.now = options.now ?? Date.now
@@ -100,9 +105,9 @@ export class SessionStore {
     const record = await withTransaction(this.options.pool, async (client) => {
       const { rows } = await client.query<SessionRow>(
         `INSERT INTO sessions (tenant, agents, metadata, expires_at)
-         VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+         VALUES ($1, $2, $3, $4::timestamptz + make_interval(secs => $5))
          RETURNING ${SESSION_COLUMNS}`,
-        [tenant, agents, input.metadata ?? {}, ttl]
+        [tenant, agents, input.metadata ?? {}, new Date(this.now()), ttl]
       )
       const created = toRecord(rows[0] as SessionRow)
       await recordEvents(client, [{ type: 'session.created', tenant, sessionId: created.id, data: { agents, ttlSeconds: ttl } }])
@@ -176,17 +181,18 @@ export class SessionStore {
   async update (tenant: string, id: string, expectedVersion: number, changes: SessionChanges): Promise<Session> {
     if (changes.agents) this.assertAgents(changes.agents)
     assertStorable('metadata', changes.metadata)
+    const now = this.now()
     const record = await withTransaction(this.options.pool, async (client) => {
       const { rows } = await client.query<SessionRow>(
         `UPDATE sessions
             SET metadata = COALESCE($4::jsonb, metadata),
                 agents = COALESCE($5::text[], agents),
-                expires_at = CASE WHEN $6::int IS NULL THEN expires_at ELSE now() + make_interval(secs => $6::int) END,
+                expires_at = CASE WHEN $6::int IS NULL THEN expires_at ELSE $7::timestamptz + make_interval(secs => $6::int) END,
                 version = version + 1
           WHERE id = $1 AND tenant = $2 AND version = $3
-            AND status = 'active' AND (expires_at IS NULL OR expires_at > now())
+            AND status = 'active' AND (expires_at IS NULL OR expires_at > $7)
           RETURNING ${SESSION_COLUMNS}`,
-        [id, tenant, expectedVersion, changes.metadata ?? null, changes.agents ?? null, changes.ttlSeconds ?? null]
+        [id, tenant, expectedVersion, changes.metadata ?? null, changes.agents ?? null, changes.ttlSeconds ?? null, new Date(now)]
       )
       if (rows[0]) {
         const updated = toRecord(rows[0])
@@ -196,7 +202,7 @@ export class SessionStore {
       // Nothing matched: say why, from the row itself.
       const current = await this.load(client, id)
       if (!current || current.tenant !== tenant) throw notFound()
-      assertActive(current, this.now())
+      assertActive(current, now)
       this.options.metrics.lockConflicts.inc({ kind: 'version' })
       throw new DomainError('precondition_failed', `Session version is ${current.version}, not ${expectedVersion}: reload it and retry`, {
         code: 'VERSION_MISMATCH',
@@ -212,23 +218,56 @@ export class SessionStore {
    * version is raised so that the cached tombstone outranks any older record still in flight.
    */
   async invalidate (tenant: string, id: string): Promise<void> {
+    const now = this.now()
     const record = await withTransaction(this.options.pool, async (client) => {
       const { rows } = await client.query<SessionRow>(
-        `UPDATE sessions SET status = 'invalidated', invalidated_at = now(), reply_lease_until = NULL, version = version + 1
-          WHERE id = $1 AND tenant = $2 AND status = 'active' AND (expires_at IS NULL OR expires_at > now())
+        `UPDATE sessions SET status = 'invalidated', invalidated_at = $3, reply_lease_until = NULL, version = version + 1
+          WHERE id = $1 AND tenant = $2 AND status = 'active' AND (expires_at IS NULL OR expires_at > $3)
           RETURNING ${SESSION_COLUMNS}`,
-        [id, tenant]
+        [id, tenant, new Date(now)]
       )
-      if (!rows[0]) {
+      const row = rows[0]
+      if (!row) {
         const current = await this.load(client, id)
         if (!current || current.tenant !== tenant) throw notFound()
-        assertActive(current, this.now())
+        // Not active at `now`, the very time the statement judged by.
+        throw ended(current)
       }
       await recordEvents(client, [{ type: 'session.invalidated', tenant, sessionId: id }])
-      return toRecord(rows[0] as SessionRow)
+      return toRecord(row)
     })
     this.options.metrics.sessionsInvalidated.inc()
     await this.cacheRecord(record)
+  }
+
+  /**
+   * Marks up to `limit` active sessions whose expiry has passed as expired, with their
+   * session.expired events; returns their ids.
+   */
+  async expireDue (limit: number): Promise<string[]> {
+    return withTransaction(this.options.pool, async (client) => {
+      const { rows } = await client.query<{ id: string; tenant: string }>(
+        `UPDATE sessions SET status = 'expired'
+          WHERE id IN (SELECT id FROM sessions WHERE status = 'active' AND expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)
+          RETURNING id, tenant`,
+        [new Date(this.now()), limit]
+      )
+      await recordEvents(client, rows.map((s) => ({ type: 'session.expired' as const, tenant: s.tenant, sessionId: s.id })))
+      return rows.map((s) => s.id)
+    })
+  }
+
+  /** Deletes up to `limit` sessions that ended more than `graceSeconds` ago, their messages with them; returns their ids. */
+  async purgeEnded (graceSeconds: number, limit: number): Promise<string[]> {
+    const { rows } = await this.options.pool.query<{ id: string }>(
+      `DELETE FROM sessions
+        WHERE id IN (SELECT id FROM sessions
+                      WHERE status <> 'active' AND COALESCE(invalidated_at, expires_at, updated_at) < $1::timestamptz - make_interval(secs => $2)
+                      LIMIT $3 FOR UPDATE SKIP LOCKED)
+        RETURNING id`,
+      [new Date(this.now()), graceSeconds, limit]
+    )
+    return rows.map((s) => s.id)
   }
 
   async forget (...ids: string[]): Promise<void> {
@@ -245,7 +284,8 @@ export class SessionStore {
 
   async countActive (): Promise<number> {
     const { rows } = await this.options.pool.query<{ n: number }>(
-      "SELECT count(*)::int AS n FROM sessions WHERE status = 'active' AND (expires_at IS NULL OR expires_at > now())"
+      "SELECT count(*)::int AS n FROM sessions WHERE status = 'active' AND (expires_at IS NULL OR expires_at > $1)",
+      [new Date(this.now())]
     )
     return rows[0]?.n ?? 0
   }
@@ -270,9 +310,13 @@ export function withLiveStatus (record: SessionRecord, now: number): SessionReco
 }
 
 export function assertActive (record: SessionRecord, now: number): void {
-  const status = withLiveStatus(record, now).status
-  if (status === 'invalidated') throw new DomainError('gone', 'Session invalidated', { code: 'SESSION_INVALIDATED' })
-  if (status === 'expired') throw new DomainError('gone', 'Session expired', { code: 'SESSION_EXPIRED' })
+  if (withLiveStatus(record, now).status !== 'active') throw ended(record)
+}
+
+/** The 410 of a session that is not active: invalidated, else expired. */
+function ended (record: SessionRecord): DomainError {
+  if (record.status === 'invalidated') return new DomainError('gone', 'Session invalidated', { code: 'SESSION_INVALIDATED' })
+  return new DomainError('gone', 'Session expired', { code: 'SESSION_EXPIRED' })
 }
 
 function encodeCursor (createdUs: string, id: string): string {

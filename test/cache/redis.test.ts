@@ -70,7 +70,7 @@ t.test('Redis lost at run time: degraded, requests never hang, then recovered', 
   const next = Date.now()
   t.equal(await app.cache.get('key'), undefined)
   await app.cache.set('other', 'x', 60)
-  t.ok(Date.now() - next < 100, `after a timeout the cache is bypassed for a while instead of waiting again (${Date.now() - next} ms)`)
+  t.ok(Date.now() - next < 300, `after a timeout the cache is bypassed for a while: no call waits for the 300 ms timeout again (${Date.now() - next} ms)`)
   t.equal(app.cache.state(), 'degraded')
   const hungReady = await ops.inject('/ready')
   t.equal(hungReady.statusCode, 200)
@@ -88,4 +88,32 @@ t.test('Redis lost at run time: degraded, requests never hang, then recovered', 
   await proxy.restore()
   t.ok(await eventually(async () => (await ops.inject('/ready')).json().checks.redis === 'ok', 10_000), 'reconnected by itself')
   t.equal(await app.cache.get('key'), 'value', 'the data held by Redis is still there')
+})
+
+t.test('writes that could not reach Redis are repaired when it is back: the newest record put back, deletes done', { skip }, async (t) => {
+  const proxy = TcpProxy.forUrl(REDIS_URL as string)
+  await proxy.start()
+  t.teardown(() => proxy.close())
+  const prefix = `test:${process.pid}:repair:`
+  const writer = new RedisCache({ url: proxy.rewrite(REDIS_URL as string), keyPrefix: prefix, connectTimeoutMs: 500, commandTimeoutMs: 300, log: silent })
+  // Another replica, whose connection to Redis never breaks.
+  const other = new RedisCache({ url: REDIS_URL as string, keyPrefix: prefix, connectTimeoutMs: 500, commandTimeoutMs: 300, log: silent })
+  await Promise.all([writer.connect(), other.connect()])
+  t.teardown(() => Promise.all([writer.close(), other.close()]))
+  await writer.setRanked('record', 'version 1', 60, [0, 1])
+  await writer.set('gone', 'x', 60)
+
+  await proxy.cut()
+  t.ok(await eventually(() => writer.state() === 'degraded', 5000), 'the writer lost Redis')
+  await writer.setRanked('record', 'version 2', 60, [0, 2])
+  await writer.delete('gone')
+  t.equal(await writer.getRanked('record'), undefined, 'the writer reads neither from the cache meanwhile')
+
+  await proxy.restore()
+  t.ok(await eventually(async () => (await other.getRanked('record')) === 'version 2', 10_000), 'once the writer is back, the newest record is in Redis')
+  t.equal(await other.get('gone'), undefined, 'and the deleted key is gone')
+  // A slow writer's older record, arriving late, does not replace it.
+  await other.setRanked('record', 'version 1', 60, [0, 1])
+  t.equal(await other.getRanked('record'), 'version 2')
+  t.ok(await eventually(async () => (await writer.getRanked('record')) === 'version 2', 5000), 'the writer reads it from the cache again')
 })

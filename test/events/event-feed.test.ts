@@ -96,3 +96,43 @@ t.test('events committed just before the app closes are still announced', async 
   const { rows } = await listener.query<{ id: string }>('SELECT id::text FROM event_logs WHERE session_id = $1', [session.id])
   t.match(payloads.join(';'), new RegExp(`(^|;)${rows[0]?.id}:${rows[0]?.id}:session.created`), 'the session.created event of the last request')
 })
+
+t.test('an event inside another statement\'s id range, or announced again, reaches a subscriber once', async (t) => {
+  const app = await buildTestApp(t, await testEnv(t))
+  await app.ready()
+  const got: StoredEvent[] = []
+  app.eventFeed.subscribe({ tenant: 'acme', matches: () => true, deliver: (event) => got.push(event) })
+  const times = (sessionId: string) => got.filter((event) => event.sessionId === sessionId).length
+
+  // A statement that inserts two events takes its ids one row at a time, so another transaction's id
+  // can fall between them. Here its first row waits, after taking its id, on a lock the test holds.
+  await app.pg.pool.query(`CREATE FUNCTION hold_event() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN IF NEW.data ? 'hold' THEN PERFORM pg_advisory_xact_lock(4242); END IF; RETURN NEW; END $$`)
+  await app.pg.pool.query('CREATE TRIGGER hold_event BEFORE INSERT ON event_logs FOR EACH ROW EXECUTE FUNCTION hold_event()')
+  const gate = await app.pg.pool.connect()
+  t.teardown(() => gate.release())
+  await gate.query('SELECT pg_advisory_lock(4242)')
+  const [first, inside, last] = [randomUUID(), randomUUID(), randomUUID()]
+  const wide = recordEvents(app.pg.pool, [
+    { type: 'session.created', tenant: 'acme', sessionId: first, data: { hold: true } },
+    { type: 'session.created', tenant: 'acme', sessionId: last }
+  ])
+  const waiting = async () => (await app.pg.pool.query("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")).rowCount === 1
+  t.ok(await eventually(waiting, 5_000), 'the two-event statement holds its first id')
+  await recordEvents(app.pg.pool, [{ type: 'session.created', tenant: 'acme', sessionId: inside }])
+  t.ok(await eventually(() => times(inside) === 1, 5_000), 'the event in between arrives')
+  await gate.query('SELECT pg_advisory_unlock(4242)')
+  await wide
+  t.ok(await eventually(() => times(first) === 1 && times(last) === 1, 5_000), 'the wide statement\'s events arrive')
+  const { rows } = await app.pg.pool.query<{ id: string, session_id: string }>('SELECT id::text, session_id FROM event_logs ORDER BY id')
+  t.same(rows.map((row) => row.session_id), [first, inside, last], 'the other transaction\'s id is inside the wide statement\'s range')
+  t.equal(times(inside), 1, 'and it was not delivered again with that range')
+
+  // The same ids announced again, twice in one notification: nothing goes out twice.
+  const [lo, mid, hi] = rows.map((row) => row.id)
+  await app.pg.pool.query('SELECT pg_notify($1, $2)', ['smalltalk_events', `${lo}:${hi}:session.created;${mid}:${mid}:session.created`])
+  const after = randomUUID()
+  await recordEvents(app.pg.pool, [{ type: 'session.created', tenant: 'acme', sessionId: after }])
+  t.ok(await eventually(() => times(after) === 1, 5_000), 'a later event arrives')
+  t.same([first, inside, last].map(times), [1, 1, 1], 'each earlier event was delivered once')
+})
