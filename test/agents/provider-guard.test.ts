@@ -46,6 +46,8 @@ async function setup (t: Test, options: Partial<ProviderGuardOptions> = {}, defi
   const stub = await LlmStub.start()
   t.teardown(() => stub.close())
   const agents = new AgentRegistry(definitions, { OPENAI_API_KEY: 'sk-guard-test', OPENAI_BASE_URL: stub.openaiBaseUrl })
+  // The SDK loaded first, as the app does before it reports ready: no test waits on a cold import.
+  await agents.preload()
   const registry = new Registry()
   const clock = new ManualClock()
   const metrics = new LlmMetrics(

@@ -41,9 +41,9 @@ interface Replica {
 
 /**
  * One replica: gpt and mini share model gpt-x (one probe), other has its own model and base URL,
- * offline runs on echo.
+ * offline runs on echo. The SDKs are loaded first, as the app does before it reports ready.
  */
-function replica (t: Test, pool: pg.Pool, stub: LlmStub, options: Partial<HealthMonitorOptions> = {}): Replica {
+async function replica (t: Test, pool: pg.Pool, stub: LlmStub, options: Partial<HealthMonitorOptions> = {}): Promise<Replica> {
   const definitions = [
     agent('gpt', 'openai', 'gpt-x', { fallback: 'offline' }),
     agent('mini', 'openai', 'gpt-x'),
@@ -52,6 +52,7 @@ function replica (t: Test, pool: pg.Pool, stub: LlmStub, options: Partial<Health
   ]
   // The real registry builds the real OpenAI adapter for the stub's base URLs.
   const registry = new AgentRegistry(definitions, { OPENAI_API_KEY: KEY, OPENAI_BASE_URL: stub.openaiBaseUrl })
+  await registry.preload()
   const prom = new Registry()
   const metrics = new LlmMetrics(prom, definitions.map((a) => ({ id: a.id, provider: registry.effectiveProvider(a.id), model: a.model })))
   const clock = new ManualClock()
@@ -102,7 +103,7 @@ const onlyMain = (r: { prefix: string }) => r.prefix === ''
 t.test('probes: healthy → degraded → down on failing probes, back to healthy after two successes, with events and samples', async (t) => {
   const stub = await startStub(t)
   const { pool } = await migratedPool(t)
-  const { monitor, registry, prom } = replica(t, pool, stub)
+  const { monitor, registry, prom } = await replica(t, pool, stub)
 
   const first = await monitor.runOnce()
   t.equal(first.leader, true)
@@ -171,14 +172,16 @@ t.test('probes: healthy → degraded → down on failing probes, back to healthy
 t.test('no pooled connection and no lock is held while a probe is on the network', async (t) => {
   const stub = await startStub(t)
   const { pool } = await migratedPool(t)
-  const { monitor, registry } = replica(t, pool, stub)
+  const { monitor, registry } = await replica(t, pool, stub)
   let answer!: () => void
   stub.enqueue({ until: new Promise<void>((resolve) => { answer = resolve }) }, { when: onlyMain })
   const running = monitor.runOnce()
   await stub.waitForRequests(2)
   t.equal(pool.totalCount - pool.idleCount, 0, 'every client of the pool is idle while the probe waits for its answer')
   const { rows: locks } = await pool.query(
-    "SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND ((classid::bigint << 32) | objid::bigint) = $1",
+    `SELECT count(*)::int AS n FROM pg_locks
+      WHERE locktype = 'advisory' AND ((classid::bigint << 32) | objid::bigint) = $1
+        AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`,
     [HEALTH_LOCK_KEY]
   )
   t.equal(locks[0].n, 0, "and no session holds the monitor's lock")
@@ -191,7 +194,7 @@ t.test('no pooled connection and no lock is held while a probe is on the network
 t.test('slow and rate-limited probes degrade but never take an agent down; auth failures do', async (t) => {
   const stub = await startStub(t)
   const { pool } = await migratedPool(t)
-  const { monitor, registry, clock } = replica(t, pool, stub, { slowProbeMs: 150 })
+  const { monitor, registry, clock } = await replica(t, pool, stub, { slowProbeMs: 150 })
   await monitor.runOnce()
 
   let answer!: () => void
@@ -229,7 +232,7 @@ t.test('slow and rate-limited probes degrade but never take an agent down; auth 
 t.test('a probe that hangs fails at the probe timeout, and its connection is closed', async (t) => {
   const stub = await startStub(t)
   const { pool } = await migratedPool(t)
-  const { monitor, registry, clock } = replica(t, pool, stub, { probeTimeoutMs: 300 })
+  const { monitor, registry, clock } = await replica(t, pool, stub, { probeTimeoutMs: 300 })
   stub.enqueue({ hang: true }, { when: onlyMain })
   const running = monitor.runOnce()
   await stub.waitForRequests(2)
@@ -251,7 +254,7 @@ t.test('a probe that hangs fails at the probe timeout, and its connection is clo
 t.test('the probe timeout is capped at the interval; completion probes ask for one token', async (t) => {
   const stub = await startStub(t)
   const { pool } = await migratedPool(t)
-  const { monitor, registry, clock } = replica(t, pool, stub, { intervalMs: 250, probeTimeoutMs: 10_000, probeMode: 'completion' })
+  const { monitor, registry, clock } = await replica(t, pool, stub, { intervalMs: 250, probeTimeoutMs: 10_000, probeMode: 'completion' })
   stub.enqueue({ hang: true }, { when: (r) => r.kind === 'chat' && r.model === 'gpt-x' })
   const running = monitor.runOnce()
   await stub.waitForRequests(2)
@@ -269,7 +272,7 @@ t.test('the probe timeout is capped at the interval; completion probes ask for o
 t.test('stop() with a probe in flight: aborted at once, nothing written, no timer left', async (t) => {
   const stub = await startStub(t)
   const { pool } = await migratedPool(t)
-  const { monitor, registry, clock } = replica(t, pool, stub, { firstTickDelayMs: 0, probeTimeoutMs: 30_000, intervalMs: 60_000 })
+  const { monitor, registry, clock } = await replica(t, pool, stub, { firstTickDelayMs: 0, probeTimeoutMs: 30_000, intervalMs: 60_000 })
   stub.enqueue({ hang: true }, { when: onlyMain })
   monitor.start()
   clock.advance(0)
@@ -292,7 +295,7 @@ t.test('stop() with a probe in flight: aborted at once, nothing written, no time
 t.test('traffic: aggregated samples, a burst of failures takes an agent down before the next probe, successes recover it', async (t) => {
   const stub = await startStub(t)
   const { pool } = await migratedPool(t)
-  const { monitor, registry, prom } = replica(t, pool, stub, { firstTickDelayMs: 60_000 })
+  const { monitor, registry, prom } = await replica(t, pool, stub, { firstTickDelayMs: 60_000 })
   await monitor.runOnce()
 
   for (let i = 0; i < 40; i++) monitor.recordTraffic('gpt', { ok: true, latencyMs: 100 + i })
@@ -347,7 +350,7 @@ t.test('traffic: aggregated samples, a burst of failures takes an agent down bef
 t.test('traffic: a share of failures or rate limits above the ratio degrades', async (t) => {
   const stub = await startStub(t)
   const { pool } = await migratedPool(t)
-  const { monitor, registry } = replica(t, pool, stub)
+  const { monitor, registry } = await replica(t, pool, stub)
   await monitor.runOnce()
   for (let i = 0; i < 20; i++) {
     monitor.recordTraffic('gpt', { ok: true, latencyMs: 10 })
@@ -361,7 +364,7 @@ t.test('traffic: a share of failures or rate limits above the ratio degrades', a
 t.test('traffic samples that cannot be written are kept for the next run', async (t) => {
   const stub = await startStub(t)
   const { pool } = await migratedPool(t)
-  const { monitor, registry } = replica(t, pool, stub)
+  const { monitor, registry } = await replica(t, pool, stub)
   await monitor.runOnce()
   await pool.query('ALTER TABLE health_checks RENAME TO health_checks_away')
   monitor.recordTraffic('gpt', { ok: false, latencyMs: 10, errorKind: 'server' })
@@ -380,8 +383,8 @@ t.test('several replicas: one probe per model and interval between them, followe
   const stub = await startStub(t)
   const { pool: poolA, url } = await migratedPool(t)
   const { pool: poolB } = await migratedPool(t, url)
-  const a = replica(t, poolA, stub)
-  const b = replica(t, poolB, stub)
+  const a = await replica(t, poolA, stub)
+  const b = await replica(t, poolB, stub)
 
   // A's probe of gpt-x takes a while: B's step meanwhile leads (A holds no lock while it probes) but
   // finds that A claimed every probe.
@@ -443,7 +446,7 @@ t.test('several replicas: one probe per model and interval between them, followe
 t.test('echo agents are always healthy', async (t) => {
   const stub = await startStub(t)
   const { pool } = await migratedPool(t)
-  const { monitor, registry } = replica(t, pool, stub)
+  const { monitor, registry } = await replica(t, pool, stub)
   await pool.query("INSERT INTO agent_health (agent_id, status, reason, failures) VALUES ('offline', 'down', 'from an older deployment', 3)")
   registry.setStatus('offline', 'down')
   await monitor.sync()
@@ -458,7 +461,7 @@ t.test('echo agents are always healthy', async (t) => {
 t.test('retention: samples older than HEALTH_CHECK_RETENTION_DAYS are deleted by the lock holder', async (t) => {
   const stub = await startStub(t)
   const { pool } = await migratedPool(t)
-  const { monitor } = replica(t, pool, stub, { retentionDays: 3 })
+  const { monitor } = await replica(t, pool, stub, { retentionDays: 3 })
   await pool.query(
     `INSERT INTO health_checks (agent_id, provider, model, status, source, checked_at, folded_at)
      SELECT 'gpt', 'openai', 'gpt-x', 'healthy', 'probe', now() - make_interval(days => d), now()
@@ -479,6 +482,7 @@ t.test('probes speak each provider: Anthropic, Gemini, an OpenAI-compatible serv
     agent('local', 'openai-compatible', 'llama-x', { baseUrl: stub.urlFor('ollama') })
   ]
   const registry = new AgentRegistry(definitions, { ANTHROPIC_API_KEY: KEY, ANTHROPIC_BASE_URL: stub.anthropicBaseUrl, GEMINI_API_KEY: KEY, GEMINI_BASE_URL: stub.geminiBaseUrl })
+  await registry.preload()
   const monitor = new HealthMonitor({ pool, registry, metrics: new LlmMetrics(new Registry(), []), log: silent, intervalMs: 60_000, probeMode: 'models', probeTimeoutMs: 2000, retentionDays: 7, secrets: [KEY], clock: new ManualClock() })
   t.teardown(() => monitor.stop())
   stub.enqueue({ status: 500 }, { when: (r) => r.protocol === 'gemini' })
@@ -494,7 +498,7 @@ t.test('probes speak each provider: Anthropic, Gemini, an OpenAI-compatible serv
 t.test('a burst while another replica holds the lock is evaluated right after that step, not an interval later', async (t) => {
   const stub = await startStub(t)
   const { pool, url } = await migratedPool(t)
-  const { monitor, registry, clock } = replica(t, pool, stub, { firstTickDelayMs: 60_000 })
+  const { monitor, registry, clock } = await replica(t, pool, stub, { firstTickDelayMs: 60_000 })
   await monitor.runOnce()
   monitor.start()
   const other = new pg.Client({ connectionString: url })
@@ -515,7 +519,7 @@ t.test('a burst while another replica holds the lock is evaluated right after th
 t.test('state, samples and events commit together: a failed write leaves nothing half done, and the next step redoes it', async (t) => {
   const stub = await startStub(t)
   const { pool } = await migratedPool(t)
-  const { monitor, registry } = replica(t, pool, stub)
+  const { monitor, registry } = await replica(t, pool, stub)
   await monitor.runOnce()
   await pool.query('ALTER TABLE event_logs RENAME TO event_logs_away')
   for (let i = 0; i < 3; i++) monitor.recordTraffic('gpt', { ok: false, latencyMs: 10, errorKind: 'server' })
