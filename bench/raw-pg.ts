@@ -52,7 +52,7 @@ export async function commitReplyRowsAsService (client: pg.PoolClient | pg.Clien
 
 /** Step 1 alone (the lease and the user message); returns the lease's token. */
 export async function takeLeaseAsService (client: pg.PoolClient | pg.Client, sessionId: string): Promise<string> {
-  const { rows } = await client.query<{ lease_token: string }>(TAKE_LEASE_AND_STORE_MESSAGE, [sessionId, 'default', 65_000, 'How do I make this query faster?', {}, null])
+  const { rows } = await client.query<{ lease_token: string }>(TAKE_LEASE_AND_STORE_MESSAGE, [sessionId, 'default', 65_000, 'How do I make this query faster?', {}, null, new Date()])
   if (!rows[0]) throw new Error(`session ${sessionId}: lease not taken`)
   return rows[0].lease_token
 }
@@ -62,6 +62,6 @@ export async function takeLeaseAsService (client: pg.PoolClient | pg.Client, ses
  */
 export async function storeReplyAsService (client: pg.PoolClient | pg.Client, sessionId: string, token: string): Promise<void> {
   const selected = JSON.stringify({ reason: 'default', matched: [], score: 0 })
-  const { rows } = await client.query(STORE_REPLY, [sessionId, 'default', 'Echo (gpt-4o-mini): How do I make this query faster?', 'assistant', 'echo', 'gpt-4o-mini', 30, 12, 5, selected, token, 'assistant', null])
+  const { rows } = await client.query(STORE_REPLY, [sessionId, 'default', 'Echo (gpt-4o-mini): How do I make this query faster?', 'assistant', 'echo', 'gpt-4o-mini', 30, 12, 5, selected, token, 'assistant', null, new Date()])
   if (!rows[0]) throw new Error(`session ${sessionId}: reply not stored`)
 }

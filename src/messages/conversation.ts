@@ -71,7 +71,7 @@ export class ConversationService {
   private readonly producer: ReplyProducer
 
   constructor (private readonly options: ConversationOptions) {
-    this.replies = new ReplyRepository(options.pool)
+    this.replies = new ReplyRepository(options.pool, options.sessions.now)
     this.producer = new ReplyProducer(options)
   }
 

@@ -2,7 +2,7 @@ import type pg from 'pg'
 import { afterCommit, withTransaction, type Queryable } from '../db/transaction.js'
 import { DomainError, type Failure } from '../domain-errors.js'
 import { NOTIFY_PAYLOAD, announce, recordEvents, type NewEvent } from '../events/event-log.js'
-import { SESSION_COLUMNS, assertActive, notFound, toRecord, type SessionRecord, type SessionRow } from '../sessions/session-store.js'
+import { SESSION_COLUMNS, assertActive, notFound, toRecord, withLiveStatus, type SessionRecord, type SessionRow } from '../sessions/session-store.js'
 import { MESSAGE_COLUMNS, toMessage, type Message, type MessageRow } from './message-store.js'
 
 /**
@@ -15,7 +15,14 @@ import { MESSAGE_COLUMNS, toMessage, type Message, type MessageRow } from './mes
  * that outlived its lease, or whose session was deleted meanwhile, stores nothing.
  */
 export class ReplyRepository {
-  constructor (private readonly pool: pg.Pool) {}
+  constructor (
+    private readonly pool: pg.Pool,
+    /**
+     * The clock of a session's lifetime (SessionStore.now): expiry is judged by it, in SQL too. The
+     * lease's own times are the database's, all of them, so they never mix with it.
+     */
+    private readonly now: () => number
+  ) {}
 
   /**
    * Takes the session's reply lease for `leaseMs` and stores the user message at the next seq, with
@@ -27,7 +34,7 @@ export class ReplyRepository {
       // Named: each pooled connection parses and plans the statement once, then only binds values.
       name: 'smalltalk-take-lease',
       text: TAKE_LEASE_AND_STORE_MESSAGE,
-      values: [sessionId, tenant, leaseMs, content, metadata, idempotencyKey ?? null]
+      values: [sessionId, tenant, leaseMs, content, metadata, idempotencyKey ?? null, new Date(this.now())]
     })
     const row = rows[0]
     if (!row) return this.refuse(tenant, sessionId)
@@ -55,7 +62,8 @@ export class ReplyRepository {
       JSON.stringify(reply.selection.data),
       lease.token,
       reply.selection.agent,
-      reply.fallback ? JSON.stringify(reply.fallback) : null
+      reply.fallback ? JSON.stringify(reply.fallback) : null,
+      new Date(this.now())
     ]
     const store = async (db: Queryable): Promise<StoredReply | undefined> => {
       const { rows } = await db.query<SessionRow & PrefixedMessageRow & { notify_payload: string }>({ name: 'smalltalk-store-reply', text: STORE_REPLY, values })
@@ -86,13 +94,10 @@ export class ReplyRepository {
 
   /** Why a reply could not be stored under `lease`: the session ended (gone) or the lease was lost. */
   async whyNotStored (lease: Lease): Promise<Failure> {
-    const { rows } = await this.pool.query<SessionRow & { expired: boolean }>(
-      `SELECT ${SESSION_COLUMNS}, (expires_at IS NOT NULL AND expires_at <= now()) AS expired FROM sessions WHERE id = $1`,
-      [lease.session.id]
-    )
+    const { rows } = await this.pool.query<SessionRow>(`SELECT ${SESSION_COLUMNS} FROM sessions WHERE id = $1`, [lease.session.id])
     const row = rows[0]
     if (!row) return notFound().toFailure()
-    if (row.status !== 'active' || row.expired) {
+    if (withLiveStatus(toRecord(row), this.now()).status !== 'active') {
       return new DomainError('gone', `Session ${row.status === 'invalidated' ? 'invalidated' : 'expired'} while its reply was produced; the reply was not stored`, {
         code: row.status === 'invalidated' ? 'SESSION_INVALIDATED' : 'SESSION_EXPIRED'
       }).toFailure()
@@ -118,16 +123,13 @@ export class ReplyRepository {
 
   /** Why the lease could not be taken: unknown, ended, or a reply already running. */
   private async refuse (tenant: string, id: string): Promise<never> {
-    const { rows } = await this.pool.query<SessionRow & { lease_ms: number | null; now_ms: string }>(
-      `SELECT ${SESSION_COLUMNS}, (extract(epoch FROM reply_lease_until - now()) * 1000)::int AS lease_ms,
-              (extract(epoch FROM now()) * 1000)::bigint::text AS now_ms
-         FROM sessions WHERE id = $1`,
+    const { rows } = await this.pool.query<SessionRow & { lease_ms: number | null }>(
+      `SELECT ${SESSION_COLUMNS}, (extract(epoch FROM reply_lease_until - now()) * 1000)::int AS lease_ms FROM sessions WHERE id = $1`,
       [id]
     )
     const row = rows[0]
     if (!row || row.tenant !== tenant) throw notFound()
-    // The database's clock decided the statement above: judge expiry by the same clock.
-    assertActive(toRecord(row), Number(row.now_ms))
+    assertActive(toRecord(row), this.now())
     throw new DomainError('busy', 'A reply in this session is still being produced; retry when it is done', {
       code: 'SESSION_BUSY',
       retryAfterSeconds: Math.max(1, Math.min(5, Math.ceil((row.lease_ms ?? 1000) / 1000)))
@@ -181,7 +183,8 @@ const RELEASE_LEASE = 'UPDATE sessions SET reply_lease_until = NULL, reply_lease
 
 /**
  * Take the lease (only if none is running and the session is active), store the user message at the
- * next seq, link it to the Idempotency-Key ($6, may be null), record message.created. No row back:
+ * next seq, link it to the Idempotency-Key ($6, may be null), record message.created; the session's
+ * expiry judged at $7 (the sessions' clock). No row back:
  * no lease, nothing stored. The caller announces the event after the statement (never inside it).
  */
 export const TAKE_LEASE_AND_STORE_MESSAGE = `
@@ -189,7 +192,7 @@ WITH s AS (
   UPDATE sessions
      SET last_seq = last_seq + 1, message_count = message_count + 1,
          reply_lease_until = now() + make_interval(secs => $3 / 1000.0), reply_lease_token = gen_random_uuid()
-   WHERE id = $1 AND tenant = $2 AND status = 'active' AND (expires_at IS NULL OR expires_at > now())
+   WHERE id = $1 AND tenant = $2 AND status = 'active' AND (expires_at IS NULL OR expires_at > $7)
      AND (reply_lease_until IS NULL OR reply_lease_until < now())
   RETURNING ${SESSION_COLUMNS}, reply_lease_token::text AS lease_token
 ), m AS (
@@ -210,14 +213,14 @@ SELECT s.*, ${PREFIXED_MESSAGE_COLUMNS}, (SELECT ${NOTIFY_PAYLOAD} FROM e) AS no
 
 /**
  * Store the reply at the next seq and release the lease, only under this lease ($11) in an active
- * session; count the agent's usage in agent_states; record agent.selected of the chosen agent ($12,
+ * session (expiry judged at $14); count the agent's usage in agent_states; record agent.selected of the chosen agent ($12,
  * $10), of its fallback when one answered ($4, $13), and message.created.
  * No row back: nothing stored. The caller announces the events after the commit.
  */
 export const STORE_REPLY = `
 WITH s AS (
   UPDATE sessions SET last_seq = last_seq + 1, message_count = message_count + 1, reply_lease_until = NULL, reply_lease_token = NULL
-   WHERE id = $1 AND reply_lease_token = $11::uuid AND status = 'active' AND (expires_at IS NULL OR expires_at > now())
+   WHERE id = $1 AND reply_lease_token = $11::uuid AND status = 'active' AND (expires_at IS NULL OR expires_at > $14)
   RETURNING ${SESSION_COLUMNS}
 ), m AS (
   INSERT INTO chat_messages (session_id, seq, role, content, agent, provider, model, input_tokens, output_tokens, latency_ms)
