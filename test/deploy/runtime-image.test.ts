@@ -13,7 +13,8 @@ import { cleanEnv, haveTool, run, startChild, stopChild, waitForStatus, type Chi
 
 // The Dockerfile's runtime stage without a Docker engine: the builder's build and bundle, the files
 // the runtime stage copies, in a directory of their own, started with the image's CMD. The image
-// must stay small (DOCKER.md, "The image"): no node_modules, and under 40 MB of its own.
+// must stay small (DOCKER.md, "The image"): no node_modules, and under 40 MB of its own. It must
+// also run on a read-only root filesystem (deploy/kubernetes: readOnlyRootFilesystem, /tmp an emptyDir).
 
 const IMAGE_BUDGET_BYTES = 40_000_000
 
@@ -183,4 +184,40 @@ t.test("on a terminal the logs are pretty-printed (pino's transport worker, bund
   await stopChild(tty)
   t.match(tty.output(), /INFO \(\d+\): Server listening at /, 'pretty lines')
   t.notMatch(tty.output(), /"level":/, 'no JSON lines')
+})
+
+t.test('with every mount read-only but a temp folder, it becomes ready and answers', async (t) => {
+  if (!haveTool(t, 'unshare')) return
+  const writable = await tempDir(t, 'smalltalk-writable-')
+  const { port, healthPort, env } = await baseEnv()
+  Object.assign(env, { DATABASE_URL: await createTestDatabase(t), TMPDIR: writable, WRITABLE: writable, APP: layout.dir })
+  // A mount namespace of the server's own (util-linux unshare, as root): every filesystem remounted
+  // read-only except the temp folder, as readOnlyRootFilesystem with an emptyDir on /tmp does. The
+  // host's mounts are untouched and the namespace ends with the process: nothing to unmount. tap
+  // adds its own --import to every child's NODE_OPTIONS (it records each process in .tap/ at exit):
+  // the server runs without it, as in the image.
+  const setup = `set -e
+mount --bind "$WRITABLE" "$WRITABLE"
+awk '$3 !~ /^(proc|sysfs|cgroup2?|devtmpfs|devpts|mqueue)$/ { print $2 }' /proc/self/mounts | sort -u |
+  while read -r mountpoint; do [ "$mountpoint" = "$WRITABLE" ] || mount -o remount,bind,ro "$mountpoint"; done
+if touch "$APP/.write-check" 2>/dev/null; then echo "$APP is still writable" >&2; exit 97; fi
+exec env -u NODE_OPTIONS "$@"`
+  const server = startChild('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', setup, 'sh', command, ...layout.cmd.slice(1)], { cwd: layout.dir, env })
+  t.teardown(() => stopChild(server, 5000))
+  await waitForStatus(server, `http://127.0.0.1:${healthPort}/ready`, 200, 30_000)
+  t.pass('ready')
+  const api = `http://127.0.0.1:${port}`
+  const created = await fetch(`${api}/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' })
+  const session = ((await created.json()) as { id: string }).id
+  const json = await fetch(`${api}/v1/sessions/${session}/messages`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', accept: 'application/json' },
+    body: JSON.stringify({ content: 'hello from a read-only root' })
+  })
+  t.equal(json.status, 201, 'a JSON reply (echo provider: no keys)')
+  const stream = await sse(`${api}/v1/sessions/${session}/messages`, { content: 'and a streamed one' })
+  t.ok(stream.events.some((e) => e.event === 'done'), 'an SSE reply to its done event')
+  t.equal(await stopChild(server), 0, 'SIGTERM: exit code 0', { output: server.output() })
+  t.notMatch(server.output(), /EROFS|read-only file system/i, 'nothing tried to write elsewhere')
+  t.comment(`files the service left in its writable folder: ${(await readdir(writable)).join(', ') || 'none'}`)
 })
