@@ -26,6 +26,7 @@ import { alertRules, haveTool, parseDockerfile, readRepoFile, readYaml, run } fr
 const KUSTOMIZATIONS = ['base', 'overlays/development', 'overlays/production'] as const
 const OVERLAYS = { development: 'overlays/development', production: 'overlays/production' } as const
 
+const POSTGRES_DEFAULT_MAX_CONNECTIONS = 100
 // Read by Node.js itself, not by the service's configuration.
 const NODE_VARIABLES = new Set(['NODE_OPTIONS'])
 const SECRET_EXAMPLE = parseYaml(readRepoFile('deploy', 'kubernetes', 'secret.example.yaml')) as KubeObject & { stringData: Record<string, string> }
@@ -202,6 +203,8 @@ if (haveTool(t, 'kubectl')) {
     t.same(hpa.spec!.scaleTargetRef, { apiVersion: 'apps/v1', kind: 'Deployment', name: 'smalltalk' }, 'the autoscaler scales the Deployment')
     t.equal(hpa.spec!.minReplicas, 3, 'at least 3 replicas')
     t.ok(hpa.spec!.maxReplicas > 3, `up to ${hpa.spec!.maxReplicas}`)
+    const pool = Number(setting(containerEnv(mainContainer(deployment), objects), 'DB_POOL_MAX'))
+    t.ok(hpa.spec!.maxReplicas * pool + 1 < POSTGRES_DEFAULT_MAX_CONNECTIONS, `at most ${hpa.spec!.maxReplicas} x DB_POOL_MAX ${pool} + the Job's connection, below PostgreSQL's default max_connections (${POSTGRES_DEFAULT_MAX_CONNECTIONS})`)
     t.equal(one<IPodDisruptionBudget>(objects, 'PodDisruptionBudget').spec!.maxUnavailable, 1, 'voluntary disruptions take one replica at a time')
   })
 
