@@ -22,10 +22,11 @@ export interface BundleOptions {
 /** The entry points, as the image runs them: `node <outdir>/server.js`, `node <outdir>/migrate.js`. */
 export const ENTRY_POINTS = { server: 'src/server.js', migrate: 'src/db/migrate-cli.js' } as const
 
-// Bundled CommonJS code still refers to require, __dirname and __filename: each output file defines
-// them for itself (every file sits in outdir, so they name outdir). pino runs a pretty-printing
-// transport in a worker thread when stdout is a terminal; the worker and its target are files of
-// their own (built below), found through pino's documented __bundlerPathsOverrides.
+// Each output file (all of them sit in outdir) gets a require for the bundled CommonJS code and its
+// own directory. __dirname is left undefined on purpose: a package that reads files beside its code
+// fails loudly (a ReferenceError) until it is handled here, as Swagger UI's assets are below. pino
+// runs a pretty-printing transport in a worker thread when stdout is a terminal; the worker and its
+// target are files of their own (built below), found through pino's __bundlerPathsOverrides.
 const BANNER = `import { createRequire as __bundleCreateRequire } from 'node:module';
 import { dirname as __bundleDirnameOf, join as __bundleJoin } from 'node:path';
 import { fileURLToPath as __bundleFileURLToPath } from 'node:url';

@@ -18,9 +18,9 @@ import { cleanEnv, haveTool, run, startChild, stopChild, waitForStatus, type Chi
 
 const IMAGE_BUDGET_BYTES = 40_000_000
 
-// One build (tsc, then the bundle) serves every check below; tsc alone takes over a minute on a
-// busy 2-core machine.
-t.setTimeout(300_000)
+// One build (tsc, then the bundle) serves every check below; tsc alone takes one to two minutes on
+// a busy 2-core machine.
+t.setTimeout(480_000)
 const layout = await buildRuntimeLayout(t)
 const command = layout.cmd[0] === 'node' ? process.execPath : layout.cmd[0]!
 

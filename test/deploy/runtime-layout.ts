@@ -37,8 +37,8 @@ export async function buildRuntimeLayout (t: Test): Promise<RuntimeLayout> {
   const dir = join(work, 'app')
 
   // builder: npm run build (into the copy, so the repository's dist/ is left alone), npm run bundle
-  const build = await run('npm', ['run', 'build', '--', '--outDir', join(builder, 'dist')], { timeoutMs: 90_000 })
-  if (build.code !== 0) throw new Error(`npm run build failed:\n${build.stdout}${build.stderr}`)
+  const build = await run('npm', ['run', 'build', '--', '--outDir', join(builder, 'dist')], { timeoutMs: 240_000 })
+  if (build.code !== 0) throw new Error(`npm run build failed (${build.signal ?? `exit code ${build.code}`}):\n${build.stdout}${build.stderr}`)
   await bundle({ compiled: join(builder, 'dist'), outdir: join(builder, 'dist', 'bundle') })
 
   // runtime: COPY --from=builder /app/<path> <dest> takes the builder's outputs (dist) or the build
