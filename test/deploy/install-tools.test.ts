@@ -18,13 +18,19 @@ t.test('the script', async (t) => {
   t.match(text, /command -v promtool/, 'installs promtool only when missing')
   t.match(text, /packages\+=\(docker-compose\)/, "Debian's docker-compose package")
   t.match(text, /packages\+=\(prometheus\)/, "Debian's prometheus package (promtool)")
+  t.match(text, /command -v unshare[^\n]*packages\+=\(util-linux\)/, 'util-linux (unshare) only when missing')
+  t.match(text, /command -v script[^\n]*packages\+=\(bsdutils\)/, 'bsdutils (script) only when missing')
+  t.match(text, /has_kustomize_v5 \|\| packages\+=\(kubectl\)/, 'kubectl only when no kubectl with kustomize v5 is there')
+  t.match(text, /! has_candidate kubectl[\s\S]*exit 1/, 'and fails, saying why, when no apt source offers kubectl')
 })
 
-t.test('with both tools installed it changes nothing', async (t) => {
-  if (!haveTool(t, 'docker-compose') || !haveTool(t, 'promtool')) return
+const TOOLS = ['docker-compose', 'promtool', 'unshare', 'script', 'kubectl']
+
+t.test('with every tool installed it changes nothing', async (t) => {
+  if (!TOOLS.every((tool) => haveTool(t, tool))) return
   const result = await run('bash', [script], { timeoutMs: 30_000 })
   t.equal(result.code, 0, 'exit code 0', { stderr: result.stderr })
   t.match(result.stdout, /already installed/, 'says there is nothing to do')
   t.notMatch(result.stdout + result.stderr, /apt-get/, 'never calls apt-get')
-  t.ok(which('docker-compose') && which('promtool'), 'both tools still on PATH')
+  t.ok(TOOLS.every((tool) => which(tool)), 'every tool still on PATH')
 })
