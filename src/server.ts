@@ -55,19 +55,13 @@ closeWithGrace(
     lifecycle.beginShutdown()
     if (err) log.error({ err }, 'fatal error: shutting down')
     else log.info({ signal }, 'shutting down: readiness is now 503, draining in-flight requests')
-    // Replies still running shortly before the deadline are ended with an error event (their user
-    // messages are stored, the failure recorded), so that nothing is cut off mid-write.
-    const margin = Math.min(1000, config.SHUTDOWN_TIMEOUT_MS / 5)
-    const endReplies = setTimeout(() => {
-      log.warn('shutdown deadline is near: ending the replies still running')
-      lifecycle.abortReplies()
-    }, config.SHUTDOWN_TIMEOUT_MS - margin)
-    // The api first (stop accepting, let in-flight requests finish, close Redis and PostgreSQL),
-    // the ops instance last so that liveness keeps answering while the api drains. Connections are
-    // closed as soon as they carry no request (connection-drain.ts).
-    await app?.close()
-    clearTimeout(endReplies)
-    await ops?.close()
+    // Connections are closed as soon as they carry no request (connection-drain.ts).
+    await lifecycle.drain({
+      timeoutMs: config.SHUTDOWN_TIMEOUT_MS,
+      closeApi: async () => app?.close(),
+      closeOps: async () => ops?.close(),
+      log
+    })
     log.info({ durationMs: Date.now() - started }, 'shutdown complete')
     log.flush()
   }

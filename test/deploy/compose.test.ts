@@ -51,6 +51,8 @@ function ports (service: Service): Array<{ hostIp: string | undefined; published
     return { hostIp: port.host_ip, published: String(port.published), target: String(port.target) }
   })
 }
+// What .env must always hold: compose.yaml has no default for it.
+const PASSWORD = { POSTGRES_PASSWORD: 'only-in-env' }
 const env = (service: Service | undefined, name: string) => {
   const value = service?.environment?.[name]
   return value === null || value === undefined ? undefined : String(value)
@@ -69,10 +71,21 @@ t.test('the raw files', async (t) => {
   }
 })
 
+t.test('no PostgreSQL password, no stack: compose refuses to run without POSTGRES_PASSWORD', async (t) => {
+  if (!haveTool(t, 'docker-compose')) return
+  for (const files of [['compose.yaml'], ['compose.yaml', 'compose.override.yaml']]) {
+    for (const [why, vars] of [['unset', {}], ['empty, as in .env.example', { POSTGRES_PASSWORD: '' }]] as const) {
+      const { code, stderr } = await resolve(t, files, vars)
+      t.not(code, 0, `${files.join(' + ')}, POSTGRES_PASSWORD ${why}: refused`)
+      t.match(stderr, /set POSTGRES_PASSWORD in \.env/, 'saying what to set')
+    }
+  }
+})
+
 t.test('compose.yaml alone: the production stack', async (t) => {
   if (!haveTool(t, 'docker-compose')) return
-  const { code, config, stderr } = await resolve(t, ['compose.yaml'])
-  t.equal(code, 0, 'docker-compose config -q accepts compose.yaml', { stderr })
+  const { code, config, stderr } = await resolve(t, ['compose.yaml'], PASSWORD)
+  t.equal(code, 0, 'docker-compose config -q accepts compose.yaml with POSTGRES_PASSWORD set', { stderr })
   if (!config) return
   const { app, postgres, redis, prometheus, grafana } = config.services
   t.same(Object.keys(config.services).sort(), ['app', 'grafana', 'postgres', 'prometheus', 'redis'], 'the five services')
@@ -90,7 +103,8 @@ t.test('compose.yaml alone: the production stack', async (t) => {
   t.same(ports(app!).map((p) => [p.hostIp, p.published, p.target]), [[undefined, '3000', '3000'], ['127.0.0.1', '3001', '3001']], 'api port published, ops port on loopback only')
   t.equal(env(app, 'PORT'), '3000', 'PORT inside the container is fixed')
   t.equal(env(app, 'HEALTH_PORT'), '3001', 'HEALTH_PORT inside the container is fixed')
-  t.equal(env(app, 'DATABASE_URL'), 'postgres://smalltalk:change-me@postgres:5432/smalltalk', 'DATABASE_URL points at the postgres service (always set: the image has no embedded PostgreSQL)')
+  t.equal(env(app, 'DATABASE_URL'), 'postgres://smalltalk:only-in-env@postgres:5432/smalltalk', 'DATABASE_URL points at the postgres service with the password from .env (always set: the image has no embedded PostgreSQL)')
+  t.equal(env(postgres, 'POSTGRES_PASSWORD'), 'only-in-env', 'the same password for the server')
   t.equal(env(app, 'REDIS_URL'), 'redis://redis:6379/0', 'REDIS_URL points at the redis service')
   t.equal(env(app, 'MIGRATE_ON_START'), 'true', 'migrations run at start-up, under the advisory lock')
   t.equal(env(app, 'NODE_ENV'), 'production', 'NODE_ENV production')
@@ -172,8 +186,8 @@ t.test('compose.yaml takes its settings from .env', async (t) => {
 
 t.test('compose.yaml + compose.override.yaml: development', async (t) => {
   if (!haveTool(t, 'docker-compose')) return
-  const base = await resolve(t, ['compose.yaml'])
-  const { code, config, stderr } = await resolve(t, ['compose.yaml', 'compose.override.yaml'])
+  const base = await resolve(t, ['compose.yaml'], PASSWORD)
+  const { code, config, stderr } = await resolve(t, ['compose.yaml', 'compose.override.yaml'], PASSWORD)
   t.equal(code, 0, 'docker-compose config -q accepts the two files together', { stderr })
   if (!config || !base.config) return
   const app = config.services.app!
