@@ -3,9 +3,10 @@ import { once } from 'node:events'
 import type { FastifyReply } from 'fastify'
 
 /**
- * What one SSE response may hold in memory for a client that reads slower than it is written to:
- * a reply is far smaller, so its producer never waits; the event stream reads its resume in pages
- * as this drains, and drops a live subscriber that falls further behind.
+ * What one SSE response may hold in memory for a client that reads slower than it is written to.
+ * A reply is usually far smaller, so its producer does not wait for the client (and never longer
+ * than the drain timeout); the event stream writes its resume as this drains, and drops a live
+ * subscriber that falls further behind.
  */
 export const SSE_MAX_BUFFERED_BYTES = 1_048_576
 
@@ -26,8 +27,8 @@ export class SseStream {
   /** Bytes the socket had handed to the kernel when the drain timer was armed. */
   private takenAtArming = 0
 
-  constructor (private readonly reply: FastifyReply, drainTimeoutMs = reply.server.config.SSE_DRAIN_TIMEOUT_MS) {
-    this.drainTimeoutMs = drainTimeoutMs
+  constructor (private readonly reply: FastifyReply) {
+    this.drainTimeoutMs = reply.server.config.SSE_DRAIN_TIMEOUT_MS
     // The response's 'close' (not the request's, which fires once its body is read): the client is gone.
     reply.raw.once('close', () => this.markClosed())
   }

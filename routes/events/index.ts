@@ -75,6 +75,9 @@ const events: FastifyPluginAsyncTypebox = async (fastify) => {
       // event's own id, except for one committed late (out of id order), which carries its own id in
       // its data. A client reconnects with its position and is never sent again what it had.
       let position = BigInt(lastSent ?? 0)
+      // A resumed client had everything up to its Last-Event-ID: an announcement of one of those that
+      // reaches this replica only now (another replica streamed it first) is not sent again.
+      const resumedFrom = position
       const frame = (event: StoredEvent, data: string) => {
         if (BigInt(event.id) > position) position = BigInt(event.id)
         return `id: ${position}\nevent: ${event.type}\ndata: ${data}\n\n`
@@ -93,7 +96,7 @@ const events: FastifyPluginAsyncTypebox = async (fastify) => {
       // transaction that took a smaller id may commit, and be announced, after a larger one.)
       const sentByResume = new Set<string>()
       const deliver = (event: StoredEvent) => {
-        if (sse.isClosed) return
+        if (sse.isClosed || BigInt(event.id) <= resumedFrom) return
         const data = JSON.stringify(event)
         if (queued) {
           queued.push({ event, data })

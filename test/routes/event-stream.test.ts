@@ -118,6 +118,21 @@ t.test('an event both read by the resume and announced after it goes out once', 
   t.same(stream.events.map((e) => e.id).filter((id) => id === late), [late], 'the resumed event went out once')
 })
 
+t.test('an event the client already had, announced to this replica only after the client reconnects, is not sent again', async (t) => {
+  const app = await listening(t, await testEnv(t))
+  // Streamed by another replica, whose client then reconnects here before this replica heard of it.
+  const { rows } = await app.pg.pool.query<{ id: string }>(
+    "INSERT INTO event_logs (type, tenant, data) VALUES ('session.updated', $1, '{}') RETURNING id::text",
+    [OPEN_TENANT]
+  )
+  const had = rows[0]?.id as string
+  const stream = await follow(t, app, '', { 'last-event-id': had })
+  await app.pg.pool.query('SELECT pg_notify($1, $2)', [EVENTS_CHANNEL, `${had}:${had}:session.updated`])
+  const live = (await app.inject({ method: 'POST', url: '/v1/sessions' })).json()
+  t.ok(await eventually(() => stream.events.some((e) => JSON.parse(e.data).sessionId === live.id), 5000), 'the next live event arrives')
+  t.same(stream.events.map((e) => JSON.parse(e.data).id), [stream.events.at(-1)?.id], 'only it: not the event the client had')
+})
+
 t.test('an event committed out of id order: the client that reconnects after it gets nothing twice', async (t) => {
   const app = await listening(t, await testEnv(t))
   const stream = await follow(t, app)
