@@ -136,12 +136,19 @@ t.test('MIGRATE_ON_START=false before the release job: 503, then ready once anot
     stdio: ['ignore', 'pipe', 'pipe']
   })
   let output = ''
-  child.stdout.on('data', (chunk) => (output += chunk))
+  const waitingLine = new Promise<void>((resolve, reject) => {
+    child.stdout.on('data', (chunk) => {
+      output += chunk
+      if (output.includes('database schema is behind this build')) resolve()
+    })
+    child.on('exit', (code) => reject(new Error(`exited with ${code} before waiting for the schema: ${output}`)))
+  })
   child.stderr.on('data', (chunk) => (output += chunk))
   const exited = once(child, 'exit')
   t.teardown(() => child.kill('SIGKILL'))
 
-  t.ok(await eventually(() => output.includes('database schema is behind this build'), 20_000), 'the replica says it waits for the migrations', { output })
+  await waitingLine
+  t.pass('the replica says it waits for the migrations')
   const waiting = await fetch(`${opsUrl}/ready`)
   t.equal(waiting.status, 503)
   t.match(await waiting.json(), { ready: false, phase: 'starting', checks: { migrations: 'pending' } })
@@ -149,7 +156,8 @@ t.test('MIGRATE_ON_START=false before the release job: 503, then ready once anot
 
   const migrated = await migrateInChild(url)
   t.equal(migrated.code, 0, migrated.output)
-  t.ok(await eventually(async () => (await fetch(`${opsUrl}/ready`)).status === 200, 20_000), 'ready without a restart', { output })
+  // A look every 2 s; the bound only keeps a broken build from hanging the run.
+  t.ok(await eventually(async () => (await fetch(`${opsUrl}/ready`)).status === 200, 60_000), 'ready without a restart', { output })
   t.match(await (await fetch(`${opsUrl}/ready`)).json(), { ready: true, checks: { postgres: 'ok', migrations: 'ok' } })
   child.kill('SIGTERM')
   t.same(await exited, [0, null], 'and it shuts down cleanly')
@@ -163,16 +171,16 @@ t.test('start-up migrates past DB_QUERY_TIMEOUT_MS and the plugin deadline (anot
   t.teardown(() => other.end())
   await other.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK_KEY])
 
-  const started = Date.now()
   const building = buildApp({ env, logger: false }).then((app) => {
     t.teardown(() => app.close())
     return app
   })
   const failed = building.then(() => undefined, (err: Error) => err)
   const waiting = () => other.query("SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
-  t.ok(await eventually(async () => (await waiting()).rows[0].n === 1, 10_000), 'start-up waits for the lock')
-  // Held past the request timeout (200 ms) and past Fastify's default plugin timeout (10 s).
-  const early = await Promise.race([failed, sleep(11_000 - (Date.now() - started)).then(() => 'still waiting')])
+  t.ok(await eventually(async () => (await waiting()).rows[0].n === 1, 60_000), 'start-up waits for the lock')
+  // Held past the request timeout (200 ms) and past Fastify's default plugin timeout (10 s, counted
+  // from the start of the postgres plugin, which began before this wait).
+  const early = await Promise.race([failed, sleep(10_500).then(() => 'still waiting')])
   t.equal(early, 'still waiting', 'start-up is still waiting, not failed')
   await other.query('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK_KEY])
 
