@@ -1,9 +1,9 @@
 import t, { type Test } from 'tap'
-import { createServer, connect, type Socket } from 'node:net'
 import pg from 'pg'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import type { Environment } from '../../src/config.js'
 import { REDIS_URL, buildTestApp, eventually, redisUnavailable, testEnv, withDatabase } from '../helper.js'
+import { freezableProxy } from '../support/freezable-proxy.js'
 import { TcpProxy } from '../support/tcp-proxy.js'
 import { data, sse } from '../support/sse.js'
 
@@ -143,55 +143,6 @@ t.test('Redis blackholed: posts complete quickly (command timeout) and reads sta
   t.equal((await post(app, id, 'four')).statusCode, 201)
   t.same(shape(await history(app, id)), conversation('one', 'two', 'three', 'four'))
 })
-
-/**
- * A Redis that hangs on the connection the client already has (no reset, no refusal: a stuck server
- * or a silent network partition): the client still believes it is connected, so every command waits
- * for the command timeout.
- */
-async function freezableProxy (t: Test, target: string): Promise<{ url: string; freeze(): void; thaw(): void }> {
-  const parsed = new URL(target)
-  const [host, port] = [parsed.hostname, Number(parsed.port)]
-  let frozen = false
-  const held: Array<() => void> = []
-  const sockets = new Set<Socket>()
-  const server = createServer((client) => {
-    const upstream = connect(port, host)
-    sockets.add(client).add(upstream)
-    const forward = (to: Socket) => (chunk: Buffer) => {
-      const send = () => to.writable && to.write(chunk)
-      if (frozen) held.push(send)
-      else send()
-    }
-    client.on('data', forward(upstream))
-    upstream.on('data', forward(client))
-    for (const socket of [client, upstream]) {
-      socket.on('error', () => socket.destroy())
-      socket.on('close', () => {
-        client.destroy()
-        upstream.destroy()
-        sockets.delete(socket)
-      })
-    }
-  })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()))
-  t.teardown(async () => {
-    for (const socket of sockets) socket.destroy()
-    await new Promise<void>((resolve) => server.close(() => resolve()))
-  })
-  parsed.hostname = '127.0.0.1'
-  parsed.port = String((server.address() as { port: number }).port)
-  return {
-    url: parsed.toString(),
-    freeze: () => {
-      frozen = true
-    },
-    thaw: () => {
-      frozen = false
-      for (const send of held.splice(0)) send()
-    }
-  }
-}
 
 t.test('Redis hung on a live connection: posts still complete within a bounded time', { skip: redisUnavailable() }, async (t) => {
   const proxy = await freezableProxy(t, REDIS_URL as string)
