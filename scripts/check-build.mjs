@@ -1,6 +1,7 @@
 // `npm start` runs the compiled server; the build happens at install (the `prepare` script) and with
-// `npm run build`, not at every start. Run before it (`prestart`): a missing build, or one older than
-// what it compiles (a `git pull` since), stops the start with what to run instead of running stale code.
+// `npm run build`, not at every start. Loaded by `npm start` with `node --import` (in the server's own process, so
+// no second node starts first): a missing build, or one older than what it compiles (a `git pull` since), stops
+// the start with what to run instead of running stale code.
 import { readFileSync, readdirSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 

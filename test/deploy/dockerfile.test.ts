@@ -64,7 +64,7 @@ t.test('an init process, exec-form CMD running the bundled server', async (t) =>
   t.equal(cmd?.[0], 'node', 'CMD runs node, exec form')
   t.equal(cmd?.at(-1), 'dist/bundle/server.js', "CMD runs the bundle's server (scripts/bundle.ts, entry point server)")
   t.ok(cmd?.slice(1, -1).every((arg) => arg.startsWith('--')), 'anything between is a node flag')
-  t.notMatch(last(runtime, 'CMD') ?? '', /npm/, 'not npm start (its prestart would rebuild)')
+  t.notMatch(last(runtime, 'CMD') ?? '', /npm/, 'not npm start (npm would stand between tini and node, and its build check reads the sources)')
 })
 
 t.test('ports and the health check', async (t) => {

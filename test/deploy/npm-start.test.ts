@@ -39,7 +39,7 @@ t.test('npm start runs the compiled server, without compiling first', async (t) 
   const dir = await project(t, { source: 1_700_000_000, build: 1_700_000_100 })
   const result = await npmStart(dir)
   t.equal(result.code, 0, 'no build step (there is no TypeScript compiler here to run)', { output: result.stdout + result.stderr })
-  t.match(result.stdout, /^server started --max-semi-space-size=4\n$/, 'node runs dist/src/server.js with its flags')
+  t.match(result.stdout, /^server started --import=\.\/scripts\/check-build\.mjs --max-semi-space-size=4\n$/, 'one node runs the build check, then dist/src/server.js, with its flags')
 })
 
 t.test('npm start refuses a missing build, or one older than the sources, and says what to run', async (t) => {
