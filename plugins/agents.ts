@@ -3,6 +3,7 @@ import { isAbsolute, join, resolve } from 'node:path'
 import fp from 'fastify-plugin'
 import { ConfigError, EnvSchema } from '../src/config.js'
 import { loadManifest } from '../src/agents/manifest.js'
+import type { GroupPreset } from '../src/groups/group-settings.js'
 import { ProviderGuard } from '../src/agents/provider-guard.js'
 import { AgentRegistry } from '../src/agents/registry.js'
 import { LlmMetrics } from '../src/metrics/llm-metrics.js'
@@ -11,6 +12,8 @@ import { PROJECT_ROOT } from '../src/paths.js'
 declare module 'fastify' {
   interface FastifyInstance {
     agents: AgentRegistry
+    /** The manifest's group presets (`groups:`), by id: GET /v1/groups, and `preset` on a new session. */
+    groupPresets: ReadonlyMap<string, GroupPreset>
     /** LLM calls, tokens, breakers, fallbacks and agent health, in the registry the ops instance serves. */
     llmMetrics: LlmMetrics
     /** Retries and circuit breakers around every provider call; the health monitor listens to its traffic. */
@@ -39,9 +42,10 @@ export default fp(
   async function agents (fastify) {
     const config = fastify.config
     const file = resolveAgentsFile(config.AGENTS_FILE)
-    const definitions = await loadManifest(file, { env: config })
+    const { agents: definitions, groups } = await loadManifest(file, { env: config })
     const registry = new AgentRegistry(definitions, config)
     fastify.decorate('agents', registry)
+    fastify.decorate('groupPresets', new Map(groups.map((group) => [group.id, group])))
     // The SDKs of the agents' providers, loaded before the service reports ready.
     fastify.addHook('onReady', async () => registry.preload())
     const llmMetrics = new LlmMetrics(
@@ -69,7 +73,7 @@ export default fp(
       fastify.log.info({ router: config.ROUTER_AGENT, timeoutMs: config.ROUTER_TIMEOUT_MS }, 'agents are routed by an LLM, with expertise scoring as the fallback')
     }
 
-    fastify.log.info({ file, agents: registry.defaultAgentIds() }, `loaded ${definitions.length} agents`)
+    fastify.log.info({ file, agents: registry.defaultAgentIds(), groups: groups.map((group) => group.id) }, `loaded ${definitions.length} agents and ${groups.length} group presets`)
     const onEcho = registry.echoSubstitutions()
     if (onEcho.length > 0) {
       const list = onEcho.map((agent) => `${agent.id} (${agent.configuredProvider}: ${agent.reason})`).join(', ')

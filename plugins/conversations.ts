@@ -5,7 +5,9 @@ import { EventFeed } from '../src/events/event-feed.js'
 import { ConversationService } from '../src/messages/conversation.js'
 import { IdempotencyKeys } from '../src/messages/idempotency.js'
 import { MessageHistory } from '../src/messages/message-store.js'
+import { resolveMode } from '../src/groups/group-settings.js'
 import { ConversationMetrics } from '../src/metrics/conversation-metrics.js'
+import { GroupMetrics } from '../src/metrics/group-metrics.js'
 import { CleanupJob } from '../src/sessions/cleanup.js'
 import { SessionStore } from '../src/sessions/session-store.js'
 
@@ -43,10 +45,17 @@ export default fp(
       metrics,
       defaultTtlSeconds: config.SESSION_TTL,
       unknownAgents: (ids) => ids.filter((id) => !agents.has(id)),
-      defaultAgents: () => agents.defaultAgentIds()
+      defaultAgents: () => agents.defaultAgentIds(),
+      resolveMode: (request, current) => resolveMode(request, {
+        maxTurns: config.GROUP_MAX_TURNS,
+        presets: fastify.groupPresets,
+        isAgent: (id) => agents.has(id),
+        defaultAgents: () => agents.defaultAgentIds()
+      }, current)
     })
     const history = new MessageHistory({ cache: fastify.cache, metrics, cacheSize: Math.max(config.CONTEXT_MESSAGES, 100), pageCacheBytes: config.HISTORY_PAGE_CACHE_MB * 1_048_576 })
-    const idempotency = new IdempotencyKeys(pool, config.LLM_TIMEOUT_MS + 10_000)
+    // A claim is abandoned only after its reply (or its whole round) must have ended.
+    const idempotency = new IdempotencyKeys(pool, Math.max(config.LLM_TIMEOUT_MS, config.GROUP_ROUND_TIMEOUT_MS) + 10_000)
     const conversations = new ConversationService({
       pool,
       sessions,
@@ -72,7 +81,11 @@ export default fp(
       llmTimeoutMs: config.LLM_TIMEOUT_MS,
       contextMessages: config.CONTEXT_MESSAGES,
       metadataMaxBytes: config.METADATA_MAX_BYTES,
-      shutdownSignal: opts.lifecycle.replySignal
+      shutdownSignal: opts.lifecycle.replySignal,
+      shuttingDown: () => opts.lifecycle.phase === 'stopping',
+      groupMetrics: new GroupMetrics(fastify.metricsRegistry),
+      groupRoundTimeoutMs: config.GROUP_ROUND_TIMEOUT_MS,
+      groupManagerTimeoutMs: config.GROUP_MANAGER_TIMEOUT_MS
     })
     fastify.decorate('sessions', sessions)
     fastify.decorate('history', history)

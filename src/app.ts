@@ -19,6 +19,7 @@ import agentRoutes from '../routes/agents/index.js'
 import sessionRoutes from '../routes/sessions/index.js'
 import messageRoutes from '../routes/messages/index.js'
 import eventRoutes from '../routes/events/index.js'
+import groupRoutes from '../routes/groups/index.js'
 import type { Clock } from './clock.js'
 import type { Environment } from './config.js'
 import { AccessLog } from './access-log.js'
@@ -119,6 +120,7 @@ export async function buildApp (opts: BuildOptions): Promise<FastifyInstance> {
     async function v1 (api) {
       api.addHook('onRequest', api.authenticate)
       await api.register(agentRoutes, { prefix: '/agents' })
+      await api.register(groupRoutes, { prefix: '/groups' })
       await api.register(sessionRoutes, { prefix: '/sessions' })
       await api.register(messageRoutes, { prefix: '/sessions' })
       await api.register(eventRoutes, { prefix: '/events' })

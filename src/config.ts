@@ -73,6 +73,10 @@ export const EnvSchema = Type.Object({
   ROUTER: Type.Enum(['scoring', 'llm'], { default: 'scoring' }),
   ROUTER_AGENT: Type.Optional(Type.String()),
   ROUTER_TIMEOUT_MS: Positive(3_000),
+  // Group conversations (DESIGN section 9)
+  GROUP_MAX_TURNS: Type.Integer({ minimum: 1, maximum: 50, default: 10 }),
+  GROUP_ROUND_TIMEOUT_MS: Positive(180_000),
+  GROUP_MANAGER_TIMEOUT_MS: Positive(5_000),
   AGENT_HEALTH_CHECK_INTERVAL: Positive(60),
   HEALTH_CHECK_RETENTION_DAYS: Positive(7),
   AGENT_HEALTH_PROBE: Type.Enum(['models', 'completion'], { default: 'models' }),

@@ -3,7 +3,7 @@ import type { FastifyReply } from 'fastify'
 import { Type } from 'typebox'
 import { DomainError } from '../../src/domain-errors.js'
 import { failureBody, streamErrorBody } from '../../src/errors.js'
-import type { PostResult, ReplySink } from '../../src/messages/conversation.js'
+import type { PostResult, ReplySink, RoundResult } from '../../src/messages/conversation.js'
 import type { StoredOutcome } from '../../src/messages/idempotency.js'
 import type { Message } from '../../src/messages/message-store.js'
 import { SseStream } from '../sse.js'
@@ -76,13 +76,17 @@ const messages: FastifyPluginAsyncTypebox = async (fastify) => {
           return send('message', message)
         },
         agent: (selection) => send('agent', selection),
-        delta: (text) => send('delta', { text })
+        delta: (text) => send('delta', { text }),
+        turn: (message) => send('turn', message),
+        turnFailed: (turn, failure) => send('error', { ...streamErrorBody(failure), turn })
       }
       try {
         const outcome = await fastify.conversations.post(request.tenant, request.params.id, request.body, sink, key)
         if (outcome.replayed) {
           reply.header('idempotent-replayed', 'true')
           await replay(send, outcome.outcome, (s) => (seq = s))
+        } else if ('replies' in outcome.result) {
+          await send('done', { replies: outcome.result.replies, round: outcome.result.round })
         } else {
           await send('done', outcome.result.reply)
         }
@@ -128,9 +132,19 @@ async function replay (send: (event: string, data: unknown) => Promise<void>, ou
     await send('error', failureBody(outcome.failure))
     return
   }
-  const { message, reply } = outcome.result as PostResult
-  setSeq(message.seq)
-  await send('message', message)
+  const result = outcome.result as PostResult | RoundResult
+  setSeq(result.message.seq)
+  await send('message', result.message)
+  if ('replies' in result) {
+    for (const [index, reply] of result.replies.entries()) {
+      await send('agent', { agent: reply.agent, reason: 'replayed', provider: reply.provider, model: reply.model, turn: index + 1 })
+      await send('delta', { text: reply.content })
+      await send('turn', reply)
+    }
+    await send('done', { replies: result.replies, round: result.round })
+    return
+  }
+  const { reply } = result
   await send('agent', { agent: reply.agent, reason: 'replayed', provider: reply.provider, model: reply.model })
   await send('delta', { text: reply.content })
   await send('done', reply)

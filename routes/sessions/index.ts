@@ -37,6 +37,11 @@ const sessions: FastifyPluginAsyncTypebox = async (fastify) => {
       },
       schema: {
         summary: 'Create a session',
+        description:
+          'Single mode by default. A group session: `{ "agents": ["coder", "writer"], "mode": "group", "group": { "strategy": "round-robin", "maxTurns": 2 } }`, ' +
+          '`{ "agents": ["assistant", "coder", "writer"], "group": { "strategy": "expertise", "maxTurns": 4, "terminationKeyword": "DONE" } }`, ' +
+          '`{ "agents": ["coder", "writer"], "group": { "strategy": "manager", "manager": "assistant", "maxTurns": 5 } }`, or a preset: `{ "preset": "review-panel" }`. ' +
+          'A group has 2 to 10 distinct agents; each message posted to it starts a round (see POST /v1/sessions/{id}/messages).',
         tags,
         security,
         body: CreateSessionBody,

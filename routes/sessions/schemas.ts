@@ -1,4 +1,6 @@
 import { Type } from 'typebox'
+import { STRATEGIES } from '../../src/groups/group-settings.js'
+import { STOP_REASONS } from '../../src/metrics/group-metrics.js'
 
 // Shared by the sessions and messages routes: the shapes of DESIGN section 3.
 
@@ -21,10 +23,47 @@ export const AgentIds = Type.Array(Type.String({ minLength: 1, maxLength: 64 }),
 
 export const TtlSeconds = Type.Integer({ minimum: 60, maximum: 31_536_000, description: 'Lifetime from now, in seconds (1 minute to 1 year)' })
 
+export const Mode = Type.Enum(['single', 'group'], { description: 'single (default): one reply per message; group: each message starts a round of turns among the agents' })
+
+const groupFields = {
+  strategy: Type.Enum(STRATEGIES, { description: 'How each turn\'s speaker is chosen: round-robin (in order, after the last speaker), expertise (best keyword match with the newest message, never the agent that just spoke unless allowRepeat), manager (the manager agent\'s model picks, or says FINISH; round-robin when it fails). Mentioned agents (@coder) speak first whatever the strategy.' }),
+  maxTurns: Type.Integer({ minimum: 1, description: 'Turns per round, 1 to GROUP_MAX_TURNS (default 10); default: the number of agents' }),
+  manager: Type.String({ minLength: 1, maxLength: 64, description: 'strategy manager: the agent whose model picks the speakers (one of the agents, or another agent of the manifest)' }),
+  terminationKeyword: Type.String({ minLength: 1, maxLength: 100, description: 'A reply containing it (any case) ends the round' }),
+  allowRepeat: Type.Boolean({ description: 'May an agent speak twice in a row (default false)' })
+}
+
+export const GroupSettings = Type.Object(
+  {
+    strategy: groupFields.strategy,
+    maxTurns: groupFields.maxTurns,
+    manager: Type.Optional(groupFields.manager),
+    terminationKeyword: Type.Optional(groupFields.terminationKeyword),
+    allowRepeat: groupFields.allowRepeat,
+    preset: Type.Optional(Type.String({ description: 'The preset the session was created from' }))
+  },
+  { description: 'A group session\'s settings (DESIGN section 9)' }
+)
+
+export const GroupInput = Type.Object(
+  {
+    strategy: Type.Optional(groupFields.strategy),
+    maxTurns: Type.Optional(groupFields.maxTurns),
+    manager: Type.Optional(groupFields.manager),
+    terminationKeyword: Type.Optional(groupFields.terminationKeyword),
+    allowRepeat: Type.Optional(groupFields.allowRepeat)
+  },
+  { additionalProperties: false, description: 'Group settings; what is left out comes from the preset, else the defaults (round-robin, maxTurns = number of agents)' }
+)
+
+const PresetId = Type.String({ minLength: 1, maxLength: 64, description: 'A group preset of the agents manifest (GET /v1/groups): its agents and settings fill in what the body leaves out; implies mode group' })
+
 export const Session = Type.Object({
   id: Type.String({ format: 'uuid' }),
   status: Type.Union([Type.Literal('active'), Type.Literal('invalidated'), Type.Literal('expired')]),
   agents: Type.Array(Type.String()),
+  mode: Mode,
+  group: Type.Union([GroupSettings, Type.Null()]),
   metadata: Metadata,
   createdAt: Type.String({ format: 'date-time' }),
   updatedAt: Type.String({ format: 'date-time' }),
@@ -38,6 +77,9 @@ export const SessionParams = Type.Object({ id: Type.String({ format: 'uuid', des
 export const CreateSessionBody = Type.Object(
   {
     agents: Type.Optional(AgentIds),
+    mode: Type.Optional(Mode),
+    group: Type.Optional(GroupInput),
+    preset: Type.Optional(PresetId),
     metadata: Type.Optional(Metadata),
     ttlSeconds: Type.Optional(TtlSeconds)
   },
@@ -47,6 +89,9 @@ export const CreateSessionBody = Type.Object(
 export const PatchSessionBody = Type.Object(
   {
     agents: Type.Optional(AgentIds),
+    mode: Type.Optional(Mode),
+    group: Type.Optional(GroupInput),
+    preset: Type.Optional(PresetId),
     metadata: Type.Optional(Metadata),
     ttlSeconds: Type.Optional(TtlSeconds)
   },
@@ -89,4 +134,25 @@ export const PostMessageHeaders = Type.Object({
   'idempotency-key': Type.Optional(Type.String({ minLength: 1, maxLength: 255, pattern: '^[\\x21-\\x7E]+$', description: 'Retry-safe key: a retry with the same key and body returns the first result' }))
 })
 
-export const PostReply = Type.Object({ message: Message, reply: Message })
+export const RoundSummary = Type.Object(
+  {
+    turns: Type.Integer({ description: 'Turns taken, failed ones included' }),
+    stop: Type.Enum(STOP_REASONS, { description: 'Why the round stopped: max_turns, keyword (the terminationKeyword was said), manager (it said FINISH), timeout (GROUP_ROUND_TIMEOUT_MS), shutdown, error (nobody left who could speak)' })
+  },
+  { description: 'How a group round went' }
+)
+
+export const PostReply = Type.Object(
+  {
+    message: Message,
+    reply: Type.Optional(Message),
+    replies: Type.Optional(Type.Array(Message, { description: 'Group mode: each turn\'s stored assistant message, in seq order' })),
+    round: Type.Optional(RoundSummary)
+  },
+  {
+    description: 'Single mode: `{ message, reply }`. Group mode: `{ message, replies, round }`.',
+    examples: [
+      { message: { id: '5b0c7a55-4a0e-4c5e-9d0e-0a6f1c2b3d4e', seq: 1, role: 'user', content: 'Review this plan', metadata: {}, createdAt: '2026-12-02T08:00:00.000Z' }, replies: [], round: { turns: 3, stop: 'max_turns' } }
+    ]
+  }
+)

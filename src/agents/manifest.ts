@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises'
 import { Type, type Static } from 'typebox'
 import { Compile } from 'typebox/compile'
 import { parse as parseYaml } from 'yaml'
+import { GROUP_MAX_AGENTS, GROUP_MIN_AGENTS, STRATEGIES, type GroupPreset } from '../groups/group-settings.js'
 import type { AgentDefinition } from './agent.js'
 
 export const PROVIDERS = ['openai', 'anthropic', 'gemini', 'openai-compatible', 'echo'] as const satisfies readonly AgentDefinition['provider'][]
@@ -46,12 +47,18 @@ export class ManifestError extends Error {
 }
 
 export interface ManifestOptions {
-  /** OPENAI_BASE_URL: lets openai-compatible agents leave out their own baseUrl. */
-  env?: { OPENAI_BASE_URL?: string | undefined }
+  /** OPENAI_BASE_URL: lets openai-compatible agents leave out their own baseUrl; GROUP_MAX_TURNS bounds a preset's maxTurns. */
+  env?: { OPENAI_BASE_URL?: string | undefined; GROUP_MAX_TURNS?: number | undefined }
+}
+
+/** A validated manifest: its agents, and its group presets (the `groups:` list, may be absent). */
+export interface Manifest {
+  agents: AgentDefinition[]
+  groups: GroupPreset[]
 }
 
 /** Reads, parses and validates an agents manifest; throws a ManifestError saying what is wrong. */
-export async function loadManifest (path: string, options: ManifestOptions = {}): Promise<AgentDefinition[]> {
+export async function loadManifest (path: string, options: ManifestOptions = {}): Promise<Manifest> {
   let text: string
   try {
     text = await readFile(path, 'utf8')
@@ -64,7 +71,7 @@ export async function loadManifest (path: string, options: ManifestOptions = {})
 }
 
 /** Validates manifest text; `source` names it in error messages. */
-export function parseManifest (text: string, source: string, options: ManifestOptions = {}): AgentDefinition[] {
+export function parseManifest (text: string, source: string, options: ManifestOptions = {}): Manifest {
   let document: unknown
   try {
     document = parseYaml(text)
@@ -88,7 +95,85 @@ export function parseManifest (text: string, source: string, options: ManifestOp
   })
   if (problems.length === 0) problems.push(...checkReferences(agents, entries))
   if (problems.length > 0) throw new ManifestError(`${source}: ${problems.join('; ')}`)
-  return agents
+  const groups = parseGroups(document.groups, agents, options.env?.GROUP_MAX_TURNS ?? 10)
+  if (!Array.isArray(groups)) throw new ManifestError(`${source}: ${groups.problems.join('; ')}`)
+  return { agents, groups }
+}
+
+const GroupEntry = Type.Object(
+  {
+    id: Type.String({ pattern: AGENT_ID_PATTERN, maxLength: 64 }),
+    name: Type.String({ minLength: 1 }),
+    description: Type.Optional(Type.String()),
+    agents: Type.Array(Type.String({ minLength: 1 }), { minItems: GROUP_MIN_AGENTS, maxItems: GROUP_MAX_AGENTS }),
+    strategy: Type.Enum(STRATEGIES),
+    maxTurns: Type.Optional(Type.Integer({ minimum: 1 })),
+    manager: Type.Optional(Type.String({ minLength: 1 })),
+    terminationKeyword: Type.Optional(Type.String({ minLength: 1 })),
+    allowRepeat: Type.Optional(Type.Boolean())
+  },
+  { additionalProperties: false }
+)
+const GROUP_FIELDS = Object.keys(GroupEntry.properties)
+const checkGroup = Compile(GroupEntry)
+
+/**
+ * The `groups:` presets: each validated like an agent (the message names the preset and the field),
+ * its agents and manager agents of this manifest, its maxTurns within GROUP_MAX_TURNS.
+ */
+function parseGroups (entries: unknown, agents: AgentDefinition[], maxTurns: number): GroupPreset[] | { problems: string[] } {
+  if (entries === undefined || entries === null) return []
+  if (!Array.isArray(entries)) return { problems: ['"groups" must be a list of group presets'] }
+  const ids = new Set(agents.map((agent) => agent.id))
+  const problems: string[] = []
+  const groups: GroupPreset[] = []
+  entries.forEach((entry: unknown, index) => {
+    const label = `group ${index + 1}${isMapping(entry) && typeof entry.id === 'string' ? ` (${JSON.stringify(entry.id)})` : ''}`
+    const found: string[] = []
+    if (!isMapping(entry)) {
+      problems.push(`${label}: must be a mapping of fields (${GROUP_FIELDS.join(', ')}), got ${describe(entry)}`)
+      return
+    }
+    for (const error of checkGroup.Errors(entry)) {
+      if (error.keyword === 'required') {
+        for (const field of (error.params as { requiredProperties: string[] }).requiredProperties) found.push(`${field} is required`)
+      } else if (error.keyword === 'additionalProperties') {
+        for (const field of (error.params as { additionalProperties: string[] }).additionalProperties) found.push(`unknown field "${field}" (the fields are ${GROUP_FIELDS.join(', ')})`)
+      } else if (error.keyword !== 'boolean') {
+        const field = error.instancePath.split('/').slice(1).join('.')
+        const hint = field === 'strategy' ? `must be one of ${STRATEGIES.join(', ')}` : field === 'agents' ? `must list ${GROUP_MIN_AGENTS} to ${GROUP_MAX_AGENTS} agents` : error.message
+        found.push(`${field} ${hint}`)
+      }
+    }
+    if (found.length === 0) {
+      const group = entry as Static<typeof GroupEntry>
+      const unknown = group.agents.filter((id) => !ids.has(id))
+      if (unknown.length > 0) found.push(`agents: ${unknown.join(', ')} ${unknown.length > 1 ? 'are not agents' : 'is not an agent'} of this manifest`)
+      if (new Set(group.agents).size !== group.agents.length) found.push('agents must be distinct')
+      if (group.maxTurns !== undefined && group.maxTurns > maxTurns) found.push(`maxTurns must be at most ${maxTurns} (GROUP_MAX_TURNS), got ${group.maxTurns}`)
+      if (group.strategy === 'manager' && group.manager === undefined) found.push('manager is required for strategy manager')
+      if (group.manager !== undefined && !ids.has(group.manager)) found.push(`manager "${group.manager}" is not an agent of this manifest`)
+      if (groups.some((other) => other.id === group.id)) found.push(`id "${group.id}" is already used by another group`)
+      if (found.length === 0) groups.push(toPreset(group, maxTurns))
+    }
+    problems.push(...[...new Set(found)].map((problem) => `${label}: ${problem}`))
+  })
+  return problems.length > 0 ? { problems } : groups
+}
+
+function toPreset (entry: Static<typeof GroupEntry>, maxTurns: number): GroupPreset {
+  const preset: GroupPreset = {
+    id: entry.id,
+    name: entry.name,
+    description: entry.description ?? '',
+    agents: entry.agents,
+    strategy: entry.strategy,
+    maxTurns: entry.maxTurns ?? Math.min(entry.agents.length, maxTurns)
+  }
+  if (entry.manager !== undefined) preset.manager = entry.manager
+  if (entry.terminationKeyword !== undefined) preset.terminationKeyword = entry.terminationKeyword
+  if (entry.allowRepeat !== undefined) preset.allowRepeat = entry.allowRepeat
+  return preset
 }
 
 function isMapping (value: unknown): value is Record<string, unknown> {

@@ -61,6 +61,12 @@ export function selectAgent (input: SelectAgentInput): AgentSelection {
   return best ?? { agent: up[0]!, reason: 'default', matched: [], score: 0 }
 }
 
+/** Each agent's number of distinct expertise keywords found in `content`, as selectAgent scores them. */
+export function expertiseScores (content: string, agents: AgentDefinition[]): number[] {
+  const text = analyse(content)
+  return agents.map((agent) => matchedKeywords(agent.expertise, text).length)
+}
+
 function firstUpFallback (
   agent: AgentDefinition,
   find: (id: string) => AgentDefinition | undefined,

@@ -12,6 +12,8 @@ export type EventType =
   | 'agent.failed'
   | 'agent.recovered'
   | 'agent.status_changed'
+  | 'round.started'
+  | 'round.finished'
 
 export interface NewEvent {
   type: EventType

@@ -10,6 +10,9 @@ import { DomainError, assertMetadataSize, assertStorable } from '../domain-error
 import type { NewEvent } from '../events/event-log.js'
 import type { ConversationMetrics } from '../metrics/conversation-metrics.js'
 import type { LlmMetrics } from '../metrics/llm-metrics.js'
+import { GroupRound, RoundFailed, type RoundResult } from '../groups/group-round.js'
+import { GroupManager } from '../groups/manager.js'
+import type { GroupMetrics } from '../metrics/group-metrics.js'
 import type { ChatTurn } from '../providers/provider.js'
 import type { SessionRecord, SessionStore } from '../sessions/session-store.js'
 import { requestHash, type IdempotencyKeys, type StoredOutcome } from './idempotency.js'
@@ -26,13 +29,15 @@ export interface PostMessageInput {
   metadata?: Record<string, unknown>
 }
 
-/** The result of a post, as the JSON answer carries it and an idempotent retry replays it. */
+/** The result of a post in a single-mode session, as the JSON answer carries it and an idempotent retry replays it. */
 export interface PostResult {
   message: Message
   reply: Message
 }
 
-export type PostOutcome = { replayed: false; result: PostResult } | { replayed: true; outcome: StoredOutcome }
+export type { RoundResult } from '../groups/group-round.js'
+
+export type PostOutcome = { replayed: false; result: PostResult | RoundResult } | { replayed: true; outcome: StoredOutcome }
 
 export interface ConversationOptions {
   pool: pg.Pool
@@ -53,6 +58,12 @@ export interface ConversationOptions {
   metadataMaxBytes: number
   /** Aborted when the service shuts down past its drain deadline: running replies end with an error. */
   shutdownSignal: AbortSignal
+  /** True once shutdown has begun: a group round starts no new turn. */
+  shuttingDown: () => boolean
+  groupMetrics: GroupMetrics
+  /** GROUP_ROUND_TIMEOUT_MS and GROUP_MANAGER_TIMEOUT_MS. */
+  groupRoundTimeoutMs: number
+  groupManagerTimeoutMs: number
 }
 
 /**
@@ -69,10 +80,31 @@ export interface ConversationOptions {
 export class ConversationService {
   private readonly replies: ReplyRepository
   private readonly producer: ReplyProducer
+  private readonly rounds: GroupRound
+  /** A group round's lease, renewed at every turn: the next turn's deadline, its manager call, a margin. */
+  private readonly roundLeaseMs: number
 
   constructor (private readonly options: ConversationOptions) {
     this.replies = new ReplyRepository(options.pool, options.sessions.now)
     this.producer = new ReplyProducer(options)
+    this.roundLeaseMs = options.llmTimeoutMs + options.groupManagerTimeoutMs + 5000
+    this.rounds = new GroupRound({
+      agents: options.agents,
+      producer: this.producer,
+      replies: this.replies,
+      manager: new GroupManager({ agents: options.agents, guard: options.guard, log: options.log, timeoutMs: options.groupManagerTimeoutMs }),
+      metrics: options.groupMetrics,
+      log: options.log,
+      llmTimeoutMs: options.llmTimeoutMs,
+      roundTimeoutMs: options.groupRoundTimeoutMs,
+      leaseMs: this.roundLeaseMs,
+      shutdownSignal: options.shutdownSignal,
+      shuttingDown: options.shuttingDown,
+      cacheTurn: async (stored) => {
+        this.options.metrics.messages.inc({ role: 'assistant' })
+        await Promise.all([options.sessions.cacheRecord(stored.session), options.history.append(stored.session.id, stored.reply)])
+      }
+    })
   }
 
   /**
@@ -100,7 +132,10 @@ export class ConversationService {
         }
         claimed = true
       }
-      return { replayed: false, result: await this.reply(tenant, session, list, input, sink, idempotencyKey) }
+      const result = session.mode === 'group'
+        ? await this.round(tenant, session, list, input, sink, idempotencyKey)
+        : await this.reply(tenant, session, list, input, sink, idempotencyKey)
+      return { replayed: false, result }
     } catch (err) {
       if (err instanceof ReplyFailed) throw err.cause
       // Nothing was stored under the key: release it so that a retry can try again. (Once the user
@@ -116,17 +151,8 @@ export class ConversationService {
     // The lease outlasts the reply's own deadline, so that a live reply never loses it.
     const leaseMs = this.options.llmTimeoutMs + 5000
 
-    const lease = await this.replies.takeLease(tenant, cached.id, leaseMs, input.content, input.metadata ?? {}, idempotencyKey).catch(async (err) => {
-      if (err instanceof DomainError && err.kind === 'busy') metrics.lockConflicts.inc({ kind: 'busy' })
-      // The cached record said active; the row says otherwise: drop the stale record.
-      if (err instanceof DomainError && (err.kind === 'gone' || err.kind === 'not_found')) await sessions.forget(cached.id)
-      throw err
-    })
+    const { lease, cacheWrites } = await this.takeLease(tenant, cached, leaseMs, input, idempotencyKey)
     const { message } = lease
-    metrics.messages.inc({ role: 'user' })
-    // Both cache writes at once, while the reply is produced; awaited before the reply's own cache
-    // writes (so the history list grows in order) and before anything is answered.
-    const cacheWrites = Promise.all([sessions.cacheRecord(lease.session), history.append(cached.id, message)]).catch(() => undefined)
 
     let selection: AgentSelection | undefined
     let answer: Answer
@@ -142,7 +168,7 @@ export class ConversationService {
       const failure = describeReplyFailure(err, { agent, messageId: message.id, llmTimeoutMs: this.options.llmTimeoutMs, shuttingDown: this.options.shutdownSignal.aborted, log: this.options.log })
       const events: NewEvent[] = [{ type: 'agent.failed', tenant, sessionId: cached.id, agentId: agent.id, data: { code: failure.code, message: failure.message, ...(failure.details as object) } }]
       if (selection) events.unshift({ type: 'agent.selected', tenant, sessionId: cached.id, agentId: agent.id, data: selectionData(selection) })
-      await this.endWithout(tenant, lease, failure, events, idempotencyKey, leaseMs)
+      await this.endLease(tenant, lease, { ok: false, failure: failure.toFailure() }, events, idempotencyKey, leaseMs)
       metrics.replyLatency.observe({ agent: agent.id, outcome: 'error' }, (performance.now() - started) / 1000)
       throw new ReplyFailed(failure)
     }
@@ -172,7 +198,7 @@ export class ConversationService {
       // The session was deleted or expired meanwhile, or the lease was lost: nothing is stored.
       const failure = DomainError.from(await this.replies.whyNotStored(lease))
       const events: NewEvent[] = [{ type: 'reply.discarded', tenant, sessionId: cached.id, agentId: answer.agent.id, data: { messageId: message.id, code: failure.code, message: failure.message } }]
-      await this.endWithout(tenant, lease, failure, events, idempotencyKey, leaseMs)
+      await this.endLease(tenant, lease, { ok: false, failure: failure.toFailure() }, events, idempotencyKey, leaseMs)
       metrics.replyLatency.observe({ agent: answer.agent.id, outcome: 'error' }, (performance.now() - started) / 1000)
       throw new ReplyFailed(failure)
     }
@@ -180,6 +206,51 @@ export class ConversationService {
     metrics.replyLatency.observe({ agent: answer.agent.id, outcome: 'ok' }, latencyMs / 1000)
     await Promise.all([sessions.cacheRecord(stored.session), history.append(cached.id, stored.reply)])
     return { message, reply: stored.reply }
+  }
+
+  /**
+   * A group session's message: the lease for the whole round (renewed at every turn), the user
+   * message stored, then the round (GroupRound); the lease is released with round.finished and the
+   * outcome recorded for the Idempotency-Key.
+   */
+  private async round (tenant: string, cached: SessionRecord, list: SeqListSnapshot | undefined, input: PostMessageInput, sink: ReplySink, idempotencyKey?: string): Promise<RoundResult> {
+    const leaseMs = this.roundLeaseMs
+    const { lease, cacheWrites } = await this.takeLease(tenant, cached, leaseMs, input, idempotencyKey)
+    let result: RoundResult
+    try {
+      await sink.message(lease.message)
+      const before = (await this.context(lease, cached, list, cacheWrites)).slice(0, -1)
+      await cacheWrites
+      result = await this.rounds.run({ tenant, lease, before, contextMessages: this.options.contextMessages, sink, requested: input.agent })
+    } catch (err) {
+      await cacheWrites
+      if (!(err instanceof RoundFailed)) {
+        this.replies.releaseEventually(lease, leaseMs)
+        throw err
+      }
+      const events = this.rounds.finishedEvents(tenant, lease, err.result)
+      await this.endLease(tenant, lease, { ok: false, failure: err.failure.toFailure() }, events, idempotencyKey, leaseMs)
+      throw new ReplyFailed(err.failure)
+    }
+    await this.endLease(tenant, lease, { ok: true, result }, this.rounds.finishedEvents(tenant, lease, result.round), idempotencyKey, leaseMs)
+    return result
+  }
+
+  /**
+   * Takes the session's lease with the user message (a request that is refused stores nothing);
+   * the cache writes of both start at once and are awaited before the reply's own.
+   */
+  private async takeLease (tenant: string, cached: SessionRecord, leaseMs: number, input: PostMessageInput, idempotencyKey?: string): Promise<{ lease: Lease; cacheWrites: Promise<unknown> }> {
+    const { metrics, sessions, history } = this.options
+    const lease = await this.replies.takeLease(tenant, cached.id, leaseMs, input.content, input.metadata ?? {}, idempotencyKey).catch(async (err) => {
+      if (err instanceof DomainError && err.kind === 'busy') metrics.lockConflicts.inc({ kind: 'busy' })
+      // The cached record said active; the row says otherwise: drop the stale record.
+      if (err instanceof DomainError && (err.kind === 'gone' || err.kind === 'not_found')) await sessions.forget(cached.id)
+      throw err
+    })
+    metrics.messages.inc({ role: 'user' })
+    const cacheWrites = Promise.all([sessions.cacheRecord(lease.session), history.append(cached.id, lease.message)]).catch(() => undefined)
+    return { lease, cacheWrites }
   }
 
   /**
@@ -198,12 +269,12 @@ export class ConversationService {
     return history.recent(pool, cached.id, lease.session.lastSeq, contextMessages)
   }
 
-  /** A reply that is not stored: lease released, events recorded, the outcome kept for the key. */
-  private async endWithout (tenant: string, lease: Lease, failure: DomainError, events: NewEvent[], idempotencyKey: string | undefined, leaseMs: number): Promise<void> {
+  /** A reply that is not stored, or a round: lease released, events recorded, the outcome kept for the key. */
+  private async endLease (tenant: string, lease: Lease, outcome: StoredOutcome, events: NewEvent[], idempotencyKey: string | undefined, leaseMs: number): Promise<void> {
     const recordOutcome = idempotencyKey === undefined
       ? undefined
-      : (db: pg.PoolClient) => this.options.idempotency.complete(db, tenant, idempotencyKey, { ok: false, failure: failure.toFailure() })
-    await this.replies.endWithout(lease, events, recordOutcome).catch((err) => {
+      : (db: pg.PoolClient) => this.options.idempotency.complete(db, tenant, idempotencyKey, outcome)
+    await this.replies.endLease(lease, events, recordOutcome).catch((err) => {
       this.options.log.error({ err: { message: (err as Error).message }, sessionId: lease.session.id }, 'could not record a reply that was not stored')
       this.replies.releaseEventually(lease, leaseMs)
     })

@@ -4,16 +4,20 @@ import { deadline, type ProviderGuard } from '../agents/provider-guard.js'
 import type { AgentRegistry } from '../agents/registry.js'
 import type { LlmMetrics } from '../metrics/llm-metrics.js'
 import type { ChatTurn } from '../providers/provider.js'
+import type { DomainError } from '../domain-errors.js'
+import type { SpeakerReason } from '../groups/speakers.js'
 import type { Message } from './message-store.js'
 
 /** Who answers a message, and why: the SSE `agent` event. */
 export interface AgentAnnouncement {
   agent: string
   name: string
-  reason: AgentSelection['reason']
+  reason: AgentSelection['reason'] | SpeakerReason
   matched: string[]
   provider: string
   model: string
+  /** In a group round: the turn's number, from 1. */
+  turn?: number
 }
 
 /**
@@ -27,6 +31,10 @@ export interface ReplySink {
   message(message: Message): Promise<void> | void
   agent(selection: AgentAnnouncement): Promise<void> | void
   delta(text: string): Promise<void> | void
+  /** In a group round: a turn's reply, stored. */
+  turn?(message: Message): Promise<void> | void
+  /** In a group round: turn `turn` failed; the round goes on. */
+  turnFailed?(turn: number, failure: DomainError): Promise<void> | void
 }
 
 /** What the model answered, and which agent it was (a fallback when the chosen one failed). */
@@ -37,6 +45,16 @@ export interface Answer {
   usage: { inputTokens: number; outputTokens: number }
   /** The agent that was selected and failed before its first delta, when a fallback answered. */
   fallbackFrom: AgentDefinition | undefined
+}
+
+/** How one reply departs from an agent's defaults (a group turn's). */
+export interface ProduceOptions {
+  /** Instead of the agent's own system prompt. */
+  systemPrompt?: string
+  /** Whether the agent's fallback chain may answer when it fails (default true; a group turn: false). */
+  useFallbacks?: boolean
+  /** The deadline's parent (default the shutdown signal): a group round's own deadline. */
+  signal?: AbortSignal
 }
 
 /** Every agent tried failed: the failures in order, and whether text had reached the client. */
@@ -70,13 +88,13 @@ export interface ProducerOptions {
 export class ReplyProducer {
   constructor (private readonly options: ProducerOptions) {}
 
-  announce (agent: AgentDefinition, reason: AgentSelection['reason'], matched: string[]): AgentAnnouncement {
+  announce (agent: AgentDefinition, reason: AgentAnnouncement['reason'], matched: string[]): AgentAnnouncement {
     return { agent: agent.id, name: agent.name, reason, matched, provider: this.options.agents.providerFor(agent).name, model: agent.model }
   }
 
-  async produce (first: AgentDefinition, messages: ChatTurn[], sink: ReplySink): Promise<Answer> {
+  async produce (first: AgentDefinition, messages: ChatTurn[], sink: ReplySink, options: ProduceOptions = {}): Promise<Answer> {
     const { agents, guard, llmMetrics, log } = this.options
-    const replyDeadline = deadline(this.options.llmTimeoutMs, this.options.shutdownSignal)
+    const replyDeadline = deadline(this.options.llmTimeoutMs, options.signal ?? this.options.shutdownSignal)
     const { signal } = replyDeadline
     const tried = new Set<string>()
     const failures: unknown[] = []
@@ -90,7 +108,7 @@ export class ReplyProducer {
           const { text, usage } = await guard.run({
             agent,
             provider,
-            request: { model: agent.model, systemPrompt: agent.systemPrompt, messages, temperature: agent.temperature, maxTokens: agent.maxTokens, stream: sink.live },
+            request: { model: agent.model, systemPrompt: options.systemPrompt ?? agent.systemPrompt, messages, temperature: agent.temperature, maxTokens: agent.maxTokens, stream: sink.live },
             signal,
             deadlineAt: replyDeadline.at,
             onDelta: (text) => {
@@ -101,7 +119,7 @@ export class ReplyProducer {
           return { agent, providerName: provider.name, text, usage, fallbackFrom: agent === first ? undefined : first }
         } catch (err) {
           failures.push(err)
-          const next = sent || signal.aborted ? undefined : this.nextFallback(agent, tried)
+          const next = sent || signal.aborted || options.useFallbacks === false ? undefined : this.nextFallback(agent, tried)
           if (!next) throw new ProduceFailed(failures, sent)
           llmMetrics.fallbacks.inc({ agent: agent.id, fallback: next.id })
           log.warn({ agent: agent.id, fallback: next.id, err: { name: (err as Error).name, message: (err as Error).message } }, 'agent failed before its first token; its fallback answers')

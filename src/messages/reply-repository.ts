@@ -48,7 +48,7 @@ export class ReplyRepository {
    * session. With an Idempotency-Key, `onStored` records the outcome in the same transaction.
    * Undefined when nothing was stored (the lease is lost or the session ended): see `whyNotStored`.
    */
-  async storeReply (lease: Lease, reply: NewReply, onStored?: (db: pg.PoolClient, stored: StoredReply) => Promise<void>): Promise<StoredReply | undefined> {
+  async storeReply (lease: Lease, reply: NewReply, onStored?: (db: pg.PoolClient, stored: StoredReply) => Promise<void>, renewMs?: number): Promise<StoredReply | undefined> {
     const values = [
       lease.session.id,
       lease.session.tenant,
@@ -63,7 +63,8 @@ export class ReplyRepository {
       lease.token,
       reply.selection.agent,
       reply.fallback ? JSON.stringify(reply.fallback) : null,
-      new Date(this.now())
+      new Date(this.now()),
+      renewMs ?? null
     ]
     const store = async (db: Queryable): Promise<StoredReply | undefined> => {
       const { rows } = await db.query<SessionRow & PrefixedMessageRow & { notify_payload: string }>({ name: 'smalltalk-store-reply', text: STORE_REPLY, values })
@@ -81,10 +82,37 @@ export class ReplyRepository {
   }
 
   /**
-   * Ends a reply that is not stored: releases the lease (if still this request's) and records the
-   * events (agent.failed, reply.discarded) and, through `inTransaction`, the idempotent outcome.
+   * A group round's turn: stores the reply like storeReply but keeps the lease, renewed for
+   * `renewMs` from now, for the next turn. Undefined when nothing was stored.
    */
-  async endWithout (lease: Lease, events: NewEvent[], inTransaction?: (db: pg.PoolClient) => Promise<void>): Promise<void> {
+  async storeTurn (lease: Lease, reply: NewReply, renewMs: number): Promise<StoredReply | undefined> {
+    return this.storeReply(lease, reply, undefined, renewMs)
+  }
+
+  /**
+   * Renews this request's lease for `renewMs` from now (a group round after a failed turn), only
+   * while it holds it in an active session; false when the lease is lost or the session ended.
+   */
+  async renewLease (lease: Lease, renewMs: number): Promise<boolean> {
+    const { rowCount } = await this.pool.query(
+      `UPDATE sessions SET reply_lease_until = now() + make_interval(secs => $3 / 1000.0)
+        WHERE id = $1 AND reply_lease_token = $2::uuid AND status = 'active' AND (expires_at IS NULL OR expires_at > $4)`,
+      [lease.session.id, lease.token, renewMs, new Date(this.now())]
+    )
+    return rowCount === 1
+  }
+
+  /** Records events now, in their own transaction (a round's round.started, a failed turn's agent.failed). */
+  async record (events: NewEvent[]): Promise<void> {
+    await withTransaction(this.pool, (client) => recordEvents(client, events))
+  }
+
+  /**
+   * Ends a reply that is not stored, or a group round: releases the lease (if still this request's)
+   * and records the events (agent.failed, reply.discarded, round.finished) and, through
+   * `inTransaction`, the idempotent outcome.
+   */
+  async endLease (lease: Lease, events: NewEvent[], inTransaction?: (db: pg.PoolClient) => Promise<void>): Promise<void> {
     await withTransaction(this.pool, async (client) => {
       await client.query(RELEASE_LEASE, [lease.session.id, lease.token])
       await recordEvents(client, events)
@@ -212,14 +240,17 @@ SELECT s.*, ${PREFIXED_MESSAGE_COLUMNS}, (SELECT ${NOTIFY_PAYLOAD} FROM e) AS no
   FROM s, m`
 
 /**
- * Store the reply at the next seq and release the lease, only under this lease ($11) in an active
- * session (expiry judged at $14); count the agent's usage in agent_states; record agent.selected of the chosen agent ($12,
+ * Store the reply at the next seq and release the lease (or, with $15 set, renew it for $15 ms: a
+ * group round's turn), only under this lease ($11) in an active session (expiry judged at $14); count the agent's usage in agent_states; record agent.selected of the chosen agent ($12,
  * $10), of its fallback when one answered ($4, $13), and message.created.
  * No row back: nothing stored. The caller announces the events after the commit.
  */
 export const STORE_REPLY = `
 WITH s AS (
-  UPDATE sessions SET last_seq = last_seq + 1, message_count = message_count + 1, reply_lease_until = NULL, reply_lease_token = NULL
+  UPDATE sessions
+     SET last_seq = last_seq + 1, message_count = message_count + 1,
+         reply_lease_until = CASE WHEN $15::int IS NULL THEN NULL ELSE now() + make_interval(secs => $15::int / 1000.0) END,
+         reply_lease_token = CASE WHEN $15::int IS NULL THEN NULL ELSE reply_lease_token END
    WHERE id = $1 AND reply_lease_token = $11::uuid AND status = 'active' AND (expires_at IS NULL OR expires_at > $14)
   RETURNING ${SESSION_COLUMNS}
 ), m AS (

@@ -61,7 +61,9 @@ export class OpenAiProvider implements Provider {
     request.signal.throwIfAborted()
     const messages: ChatCompletionMessageParam[] = []
     if (request.systemPrompt !== '') messages.push({ role: 'system', content: request.systemPrompt })
-    for (const turn of request.messages) messages.push({ role: turn.role, content: turn.content })
+    for (const turn of request.messages) {
+      messages.push(turn.name !== undefined && turn.role === 'user' ? { role: 'user', content: turn.content, name: openAiName(turn.name) } : { role: turn.role, content: turn.content })
+    }
     if (request.stream === false) {
       yield * this.whole(request, messages, context)
       return
@@ -158,4 +160,9 @@ export class OpenAiProvider implements Provider {
     }
     return fromTransportError(err, context)
   }
+}
+
+/** OpenAI's `name` allows letters, digits, "_" and "-", at most 64. */
+function openAiName (name: string): string {
+  return name.replace(/[^a-zA-Z0-9_-]+/g, '_').slice(0, 64)
 }

@@ -5,6 +5,11 @@
 export interface ChatTurn {
   role: 'user' | 'assistant' | 'system'
   content: string
+  /**
+   * In a group conversation, the agent that said a `user` turn (another agent's message, its text
+   * prefixed with "[Name]: "): sent as OpenAI's `name` field; the other wire formats have none.
+   */
+  name?: string
 }
 
 export interface ChatRequest {

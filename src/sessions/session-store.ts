@@ -3,6 +3,7 @@ import type { Cache, SeqListSnapshot } from '../cache/cache.js'
 import { withTransaction, type Queryable } from '../db/transaction.js'
 import { DomainError, assertStorable } from '../domain-errors.js'
 import { recordEvents } from '../events/event-log.js'
+import { resolveMode, type GroupSettings, type ModeRequest, type ResolvedMode, type SessionMode } from '../groups/group-settings.js'
 import type { ConversationMetrics } from '../metrics/conversation-metrics.js'
 
 /** A session as the API shows it. */
@@ -10,6 +11,10 @@ export interface Session {
   id: string
   status: 'active' | 'invalidated' | 'expired'
   agents: string[]
+  /** single: one reply per message; group: each message starts a round of turns (DESIGN section 9). */
+  mode: SessionMode
+  /** The group's settings in group mode, else null. */
+  group: GroupSettings | null
   metadata: Record<string, unknown>
   createdAt: string
   updatedAt: string
@@ -29,6 +34,8 @@ export interface SessionRow {
   tenant: string
   status: Session['status']
   agents: string[]
+  mode: SessionMode
+  group_settings: GroupSettings | null
   metadata: Record<string, unknown>
   created_at: Date
   updated_at: Date
@@ -38,7 +45,7 @@ export interface SessionRow {
   last_seq: string | number
 }
 
-export const SESSION_COLUMNS = 'id, tenant, status, agents, metadata, created_at, updated_at, expires_at, version, message_count, last_seq'
+export const SESSION_COLUMNS = 'id, tenant, status, agents, mode, group_settings, metadata, created_at, updated_at, expires_at, version, message_count, last_seq'
 
 export function toRecord (row: SessionRow): SessionRecord {
   return {
@@ -46,6 +53,8 @@ export function toRecord (row: SessionRow): SessionRecord {
     tenant: row.tenant,
     status: row.status,
     agents: row.agents,
+    mode: row.mode,
+    group: row.group_settings,
     metadata: row.metadata,
     createdAt: row.created_at.toISOString(),
     updatedAt: row.updated_at.toISOString(),
@@ -70,6 +79,11 @@ export interface SessionStoreOptions {
   unknownAgents: (ids: string[]) => string[]
   defaultAgents: () => string[]
   /**
+   * Validates and completes a request's mode, group and preset (src/groups/group-settings.ts).
+   * Default: no presets, at most 10 turns.
+   */
+  resolveMode?: (request: ModeRequest, current?: SessionRecord) => ResolvedMode
+  /**
    * The one clock of a session's lifetime: its expiry is set and judged by it, in SQL too (passed
    * as a parameter, never PostgreSQL's now()), so a skew between this host and the database cannot
    * make a session look active or expired wrongly.
@@ -77,9 +91,15 @@ export interface SessionStoreOptions {
   now?: () => number
 }
 
-export interface SessionChanges {
+export interface SessionChanges extends ModeRequest {
   metadata?: Record<string, unknown>
   agents?: string[]
+  ttlSeconds?: number
+}
+
+export interface NewSession extends ModeRequest {
+  agents?: string[]
+  metadata?: Record<string, unknown>
   ttlSeconds?: number
 }
 
@@ -92,25 +112,33 @@ const sessionKey = (id: string) => `session:${id}`
  */
 export class SessionStore {
   readonly now: () => number
+  private readonly resolveMode: (request: ModeRequest, current?: SessionRecord) => ResolvedMode
 
   constructor (private readonly options: SessionStoreOptions) {
     this.now = options.now ?? Date.now
+    this.resolveMode = options.resolveMode ?? ((request, current) => resolveMode(request, {
+      maxTurns: 10,
+      presets: new Map(),
+      isAgent: (id) => options.unknownAgents([id]).length === 0,
+      defaultAgents: options.defaultAgents
+    }, current))
   }
 
-  async create (tenant: string, input: { agents?: string[]; metadata?: Record<string, unknown>; ttlSeconds?: number }): Promise<Session> {
-    const agents = input.agents ?? this.options.defaultAgents()
+  async create (tenant: string, input: NewSession): Promise<Session> {
+    const { mode, group, agents: chosen } = this.resolveMode(input)
+    const agents = chosen ?? this.options.defaultAgents()
     this.assertAgents(agents)
     assertStorable('metadata', input.metadata)
     const ttl = input.ttlSeconds ?? this.options.defaultTtlSeconds
     const record = await withTransaction(this.options.pool, async (client) => {
       const { rows } = await client.query<SessionRow>(
-        `INSERT INTO sessions (tenant, agents, metadata, expires_at)
-         VALUES ($1, $2, $3, $4::timestamptz + make_interval(secs => $5))
+        `INSERT INTO sessions (tenant, agents, metadata, expires_at, mode, group_settings)
+         VALUES ($1, $2, $3, $4::timestamptz + make_interval(secs => $5), $6, $7)
          RETURNING ${SESSION_COLUMNS}`,
-        [tenant, agents, input.metadata ?? {}, new Date(this.now()), ttl]
+        [tenant, agents, input.metadata ?? {}, new Date(this.now()), ttl, mode, group]
       )
       const created = toRecord(rows[0] as SessionRow)
-      await recordEvents(client, [{ type: 'session.created', tenant, sessionId: created.id, data: { agents, ttlSeconds: ttl } }])
+      await recordEvents(client, [{ type: 'session.created', tenant, sessionId: created.id, data: { agents, ttlSeconds: ttl, mode, ...(group ? { group } : {}) } }])
       return created
     })
     this.options.metrics.sessionsCreated.inc()
@@ -146,7 +174,7 @@ export class SessionStore {
   /** The record from its cached value, else from PostgreSQL (and cached again). */
   private async resolve (id: string, cached: string | undefined): Promise<SessionRecord | undefined> {
     this.options.metrics.cacheLookups.inc({ cache: 'session', result: cached ? 'hit' : 'miss' })
-    if (cached) return JSON.parse(cached) as SessionRecord
+    if (cached) return withMode(JSON.parse(cached) as SessionRecord)
     const record = await this.load(this.options.pool, id)
     if (record) await this.cacheRecord(record)
     return record
@@ -182,17 +210,29 @@ export class SessionStore {
     if (changes.agents) this.assertAgents(changes.agents)
     assertStorable('metadata', changes.metadata)
     const now = this.now()
+    const changesMode = changes.mode !== undefined || changes.group !== undefined || changes.preset !== undefined
     const record = await withTransaction(this.options.pool, async (client) => {
+      // A change of agents or mode is judged against the row it changes (a group keeps 2 to 10 agents).
+      let resolved: ResolvedMode | undefined
+      if (changesMode || changes.agents) {
+        const current = await this.load(client, id)
+        if (current && current.tenant === tenant && current.version === expectedVersion && (changesMode || current.mode === 'group')) {
+          resolved = this.resolveMode(changes, current)
+          if (resolved.agents) this.assertAgents(resolved.agents)
+        }
+      }
       const { rows } = await client.query<SessionRow>(
         `UPDATE sessions
             SET metadata = COALESCE($4::jsonb, metadata),
                 agents = COALESCE($5::text[], agents),
                 expires_at = CASE WHEN $6::int IS NULL THEN expires_at ELSE $7::timestamptz + make_interval(secs => $6::int) END,
+                mode = COALESCE($8, mode),
+                group_settings = CASE WHEN $8::text IS NULL THEN group_settings ELSE $9::jsonb END,
                 version = version + 1
           WHERE id = $1 AND tenant = $2 AND version = $3
             AND status = 'active' AND (expires_at IS NULL OR expires_at > $7)
           RETURNING ${SESSION_COLUMNS}`,
-        [id, tenant, expectedVersion, changes.metadata ?? null, changes.agents ?? null, changes.ttlSeconds ?? null, new Date(now)]
+        [id, tenant, expectedVersion, changes.metadata ?? null, resolved?.agents ?? changes.agents ?? null, changes.ttlSeconds ?? null, new Date(now), resolved?.mode ?? null, resolved?.group ?? null]
       )
       if (rows[0]) {
         const updated = toRecord(rows[0])
@@ -297,6 +337,12 @@ export class SessionStore {
       throw new DomainError('invalid', `Unknown agent${unknown.length > 1 ? 's' : ''}: ${unknown.join(', ')}`, { code: 'UNKNOWN_AGENT', details: { unknown } })
     }
   }
+}
+
+/** A record cached by a release before group mode (no `mode`) is a single-mode session. */
+function withMode (record: SessionRecord): SessionRecord {
+  if (record.mode === undefined) return { ...record, mode: 'single', group: null }
+  return record
 }
 
 export function notFound (): DomainError {

@@ -30,7 +30,7 @@ function manifest (...agents: string[]): string {
 }
 
 t.test('the default manifest: a general assistant and two specialists, every field set', async (t) => {
-  const agents = await loadManifest(DEFAULT_FILE)
+  const { agents } = await loadManifest(DEFAULT_FILE)
   t.same(agents.map((agent) => agent.id), ['assistant', 'coder', 'writer'])
   for (const agent of agents) {
     t.ok(agent.name && agent.description && agent.model && agent.systemPrompt, `${agent.id}: name, description, model, systemPrompt`)
@@ -48,7 +48,7 @@ t.test('optional fields take their defaults; null means absent', async (t) => {
   const [agent] = parseManifest(
     'agents:\n  - id: minimal\n    name: Minimal\n    provider: echo\n    model: echo\n    fallback:\n    expertise: ~\n',
     'inline.yaml'
-  )
+  ).agents
   t.same(agent, {
     id: 'minimal',
     name: 'Minimal',
@@ -67,9 +67,9 @@ t.test('openai-compatible needs a baseUrl, its own or OPENAI_BASE_URL', async (t
   t.throws(() => parseManifest(text, 'local.yaml'), {
     message: 'local.yaml: agent 1 ("helper"): baseUrl is required for provider openai-compatible (or set OPENAI_BASE_URL)'
   })
-  t.equal(parseManifest(text, 'local.yaml', { env: { OPENAI_BASE_URL: 'http://localhost:11434/v1' } })[0]!.baseUrl, undefined)
+  t.equal(parseManifest(text, 'local.yaml', { env: { OPENAI_BASE_URL: 'http://localhost:11434/v1' } }).agents[0]!.baseUrl, undefined)
   const own = parseManifest(manifest(agentYaml({ provider: 'openai-compatible', baseUrl: 'http://ollama:11434/v1' })), 'local.yaml')
-  t.equal(own[0]!.baseUrl, 'http://ollama:11434/v1')
+  t.equal(own.agents[0]!.baseUrl, 'http://ollama:11434/v1')
 })
 
 t.test('every bad entry is reported with the file, the agent and the field', async (t) => {
@@ -131,7 +131,7 @@ t.test('a document that is not a manifest', async (t) => {
 
 t.test('loadManifest names the file it cannot read', async (t) => {
   const dir = t.testdir({ 'team.yaml': manifest(agentYaml()), 'folder.yaml': {} })
-  t.same((await loadManifest(join(dir, 'team.yaml'))).map((agent) => agent.id), ['helper'])
+  t.same((await loadManifest(join(dir, 'team.yaml'))).agents.map((agent) => agent.id), ['helper'])
   await t.rejects(loadManifest(join(dir, 'missing.yaml')), {
     name: 'ManifestError',
     message: `${join(dir, 'missing.yaml')}: cannot read the agents manifest (file not found)`

@@ -135,7 +135,7 @@ t.test('all candidates down: a fallback that is up, else the first candidate', a
 })
 
 t.test('the default team routes typical messages to the right specialist', async (t) => {
-  const agents = await loadManifest(join(PROJECT_ROOT, 'agents', 'default.yaml'))
+  const { agents } = await loadManifest(join(PROJECT_ROOT, 'agents', 'default.yaml'))
   const route = (content: string) => selectAgent({ content, candidates: agents }).agent.id
   t.equal(route('Why does my TypeScript function throw this exception?'), 'coder')
   t.equal(route('Write a python function that parses a date'), 'coder', 'write (writer) vs python + function (coder)')
