@@ -132,7 +132,7 @@ t.test('group sessions: created from agents or a preset, listed presets, validat
 
   const bad: Array<[Record<string, unknown>, RegExp, string]> = [
     [{ agents: ['coder'], mode: 'group' }, /2 to 10 agents, got 1/, '/agents'],
-        [{ agents: ['coder', 'writer'], group: { maxTurns: 11 } }, /maxTurns must be an integer from 1 to 10/, '/group/maxTurns'],
+    [{ agents: ['coder', 'writer'], group: { maxTurns: 11 } }, /maxTurns must be an integer from 1 to 10/, '/group/maxTurns'],
     [{ agents: ['coder', 'writer'], group: { strategy: 'manager' } }, /needs group.manager/, '/group/manager'],
     [{ agents: ['coder', 'writer'], group: { strategy: 'manager', manager: 'nobody' } }, /"nobody" is not an agent of the manifest/, '/group/manager'],
     [{ agents: ['coder', 'writer'], mode: 'single', group: { maxTurns: 2 } }, /for mode "group" only/, '/group'],
