@@ -147,3 +147,34 @@ function catchError (fn: () => unknown): Error | undefined {
   }
   return undefined
 }
+
+t.test('group presets: the default manifest ships two that work with echo; a bad preset names the preset and the field', async (t) => {
+  const { groups } = await loadManifest(DEFAULT_FILE)
+  t.same(groups.map((group) => group.id), ['review-panel', 'brainstorm'])
+  t.match(groups[0], { strategy: 'round-robin', agents: ['coder', 'writer', 'assistant'], maxTurns: 3 })
+  t.match(groups[1], { strategy: 'expertise', terminationKeyword: 'DONE', maxTurns: 6 })
+
+  const team = manifest(agentYaml({ id: 'a' }), agentYaml({ id: 'b' }), agentYaml({ id: 'c' }))
+  const withGroups = (groupsYaml: string) => `${team}groups:\n${groupsYaml}\n`
+  t.same(parseManifest(team, 'x.yaml').groups, [], 'no groups: key, no presets')
+  t.match(parseManifest(withGroups('  - { id: pair, name: Pair, agents: [a, b], strategy: round-robin }'), 'x.yaml').groups, [{ id: 'pair', description: '', maxTurns: 2 }])
+  const cases: Array<[string, string, RegExp]> = [
+    ['unknown strategy', '  - { id: g, name: G, agents: [a, b], strategy: loudest }', /group 1 \("g"\): strategy must be one of round-robin, expertise, manager/],
+    ['one agent', '  - { id: g, name: G, agents: [a], strategy: round-robin }', /group 1 \("g"\): agents must list 2 to 10 agents/],
+    ['unknown agent', '  - { id: g, name: G, agents: [a, zed], strategy: round-robin }', /group 1 \("g"\): agents: zed is not an agent of this manifest/],
+    ['agent twice', '  - { id: g, name: G, agents: [a, a], strategy: round-robin }', /group 1 \("g"\): agents must be distinct/],
+    ['too many turns', '  - { id: g, name: G, agents: [a, b], strategy: round-robin, maxTurns: 11 }', /group 1 \("g"\): maxTurns must be at most 10 \(GROUP_MAX_TURNS\), got 11/],
+    ['manager missing', '  - { id: g, name: G, agents: [a, b], strategy: manager }', /group 1 \("g"\): manager is required for strategy manager/],
+    ['manager unknown', '  - { id: g, name: G, agents: [a, b], strategy: manager, manager: boss }', /group 1 \("g"\): manager "boss" is not an agent of this manifest/],
+    ['unknown field', '  - { id: g, name: G, agents: [a, b], strategy: round-robin, speakers: 2 }', /group 1 \("g"\): unknown field "speakers"/],
+    ['duplicate id', '  - { id: g, name: G, agents: [a, b], strategy: round-robin }\n  - { id: g, name: H, agents: [b, c], strategy: round-robin }', /group 2 \("g"\): id "g" is already used by another group/],
+    ['not a list', '  pair: [a, b]', /"groups" must be a list of group presets/]
+  ]
+  for (const [name, yaml, expected] of cases) {
+    const error = catchError(() => parseManifest(withGroups(yaml), 'team.yaml'))
+    t.ok(error instanceof ManifestError, `${name}: a ManifestError`)
+    t.match(error?.message, expected, name)
+    t.match(error?.message, /^team\.yaml: /, `${name}: names the file`)
+  }
+  t.same(parseManifest(withGroups('  - { id: g, name: G, agents: [a, b], strategy: round-robin, maxTurns: 11 }'), 'x.yaml', { env: { GROUP_MAX_TURNS: 12 } }).groups.map((g) => g.maxTurns), [11], 'GROUP_MAX_TURNS bounds maxTurns')
+})
