@@ -166,7 +166,7 @@ t.test('the start-up log names every agent on echo and why', async (t) => {
     warnings[0]!.msg,
     'agents answering with the built-in echo provider instead of a real model: assistant (openai: no OPENAI_API_KEY), coder (anthropic: no ANTHROPIC_API_KEY), writer (gemini: no GEMINI_API_KEY)'
   )
-  t.match(logs.find((line) => line.msg === 'loaded 3 agents'), { agents: ['assistant', 'coder', 'writer'], file: join(PROJECT_ROOT, 'agents', 'default.yaml') })
+  t.match(logs.find((line) => line.msg === 'loaded 3 agents and 2 group presets'), { agents: ['assistant', 'coder', 'writer'], groups: ['review-panel', 'brainstorm'], file: join(PROJECT_ROOT, 'agents', 'default.yaml') })
 })
 
 t.test('an all-echo manifest logs no warning', async (t) => {
