@@ -71,10 +71,10 @@ export function createApi (getKey) {
     return { ...extra, ...(key ? { authorization: `Bearer ${key}` } : {}) }
   }
 
-  async function call (method, path, body) {
+  async function call (method, path, body, extra = {}) {
     const response = await fetch(path, {
       method,
-      headers: headers(body === undefined ? { accept: 'application/json' } : { accept: 'application/json', 'content-type': 'application/json' }),
+      headers: headers(body === undefined ? { accept: 'application/json', ...extra } : { accept: 'application/json', 'content-type': 'application/json', ...extra }),
       body: body === undefined ? undefined : JSON.stringify(body)
     })
     if (!response.ok) throw await failure(response)
@@ -101,6 +101,8 @@ export function createApi (getKey) {
   return {
     get: (path) => call('GET', path),
     post: (path, body) => call('POST', path, body ?? {}),
+    /** A PATCH with If-Match: the version it changes (optimistic locking). */
+    patch: (path, body, version) => call('PATCH', path, body, { 'if-match': `"${version}"` }),
     delete: (path) => call('DELETE', path),
     stream
   }

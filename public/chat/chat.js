@@ -2,7 +2,7 @@
 // older history, the API key. Plain ES modules, no framework.
 
 import { ApiError, createApi } from './api.js'
-import { Conversation } from './conversation.js'
+import { Conversation, HUES, hueOf } from './conversation.js'
 
 const PAGE = 50
 const KEY_STORAGE = 'smalltalk.apiKey'
@@ -26,7 +26,6 @@ const ui = {
   scroller: $('scroller'),
   older: $('older'),
   log: $('log'),
-  empty: $('empty'),
   composer: $('composer'),
   message: $('message'),
   send: $('send')
@@ -46,7 +45,11 @@ const state = {
 const api = createApi(() => sessionStorage.getItem(KEY_STORAGE) ?? '')
 const conversation = new Conversation(ui.log, {
   speakerName: (id) => state.agents.get(id)?.name ?? id ?? 'Agent',
-  onError: (body) => showError(new ApiError(body.statusCode ?? 500, body))
+  onError: (body) => showError(new ApiError(body.statusCode ?? 500, body)),
+  hue: (id) => {
+    const index = [...state.agents.keys()].indexOf(id)
+    return index === -1 ? hueOf(id) : HUES[index % HUES.length]
+  }
 })
 
 // ---- errors ----
@@ -61,7 +64,7 @@ function describe (error) {
       ? `The server did not accept this API key${detail}. Paste a valid key in the API key field.`
       : 'This server needs an API key: paste yours in the API key field at the top.'
   }
-  if (status === 409) return `This session is busy with another reply${detail}.${wait}`
+  if (status === 409) return `This session is busy with another reply.${wait}`
   if (status === 410) return 'This session has ended (deleted or expired): start a new one.'
   if (status === 429) return `Too many requests${detail}.${wait}`
   if (status === 404) return `Not found${detail}.`
@@ -99,7 +102,7 @@ async function loadAgents () {
   const checked = new Set([...ui.agents.querySelectorAll('input:checked')].map((input) => input.value))
   const first = state.agents.size === 0
   state.agents = new Map(agents.map((agent) => [agent.id, agent]))
-  ui.agents.replaceChildren(...agents.map((agent) => {
+  ui.agents.replaceChildren(...agents.map((agent, index) => {
     const item = document.createElement('li')
     const label = document.createElement('label')
     label.title = agent.description
@@ -110,6 +113,7 @@ async function loadAgents () {
     const name = document.createElement('span')
     name.className = 'agent-name'
     name.textContent = agent.name
+    name.style.setProperty('--hue', String(HUES[index % HUES.length]))
     const model = document.createElement('span')
     model.className = 'agent-model'
     model.textContent = `${agent.provider} · ${agent.model}`
@@ -149,11 +153,20 @@ function updateMode () {
   ui.presetField.hidden = mode() !== 'group' || state.presets.length === 0
 }
 
-function sessionLabel (session) {
+function agentsLabel (session) {
   const names = session.agents.map((id) => state.agents.get(id)?.name ?? id)
-  const group = session.mode === 'group'
   const shown = names.length > 3 ? `${names.slice(0, 3).join(', ')} +${names.length - 3}` : names.join(', ')
-  return `${group ? 'Group: ' : ''}${shown || 'Session'}`
+  return `${session.mode === 'group' ? 'Group: ' : ''}${shown || 'Session'}`
+}
+
+/** The first message names the session (metadata.title); until then, its agents do. */
+function sessionLabel (session) {
+  return typeof session.metadata?.title === 'string' ? session.metadata.title : agentsLabel(session)
+}
+
+const titleOf = (text) => {
+  const line = text.trim().split('\n')[0]
+  return line.length > 60 ? `${line.slice(0, 59)}…` : line
 }
 
 const dateFormat = new Intl.DateTimeFormat(undefined, { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' })
@@ -168,7 +181,8 @@ function sessionItem (session) {
   title.textContent = sessionLabel(session)
   const when = document.createElement('span')
   when.className = 'session-when'
-  when.textContent = `${dateFormat.format(new Date(session.createdAt))} · ${session.messageCount} messages`
+  const agents = typeof session.metadata?.title === 'string' ? `${agentsLabel(session)} · ` : ''
+  when.textContent = `${agents}${dateFormat.format(new Date(session.createdAt))} · ${session.messageCount} messages`
   link.append(title, when)
   if (state.session?.id === session.id) link.setAttribute('aria-current', 'page')
   item.append(link)
@@ -208,10 +222,6 @@ function setUrl (id, push) {
   else window.history.replaceState({ session: id }, '', url)
 }
 
-function updateEmpty () {
-  ui.empty.hidden = !conversation.isEmpty
-}
-
 function scrollToEnd () {
   ui.scroller.scrollTop = ui.scroller.scrollHeight
 }
@@ -222,7 +232,6 @@ async function openSession (id, push) {
   ui.older.hidden = true
   const session = await api.get(`/v1/sessions/${encodeURIComponent(id)}`).catch((error) => {
     showSession(undefined)
-    updateEmpty()
     throw error
   })
   showSession(session)
@@ -233,7 +242,6 @@ async function openSession (id, push) {
   conversation.append(page.messages)
   state.oldestAfter = after
   ui.older.hidden = after === 0
-  updateEmpty()
   scrollToEnd()
 }
 
@@ -254,7 +262,7 @@ async function loadOlder () {
   }
 }
 
-async function createSession () {
+async function createSession (title) {
   const agents = [...ui.agents.querySelectorAll('input:checked')].map((input) => input.value)
   let body
   if (mode() === 'group') {
@@ -263,15 +271,25 @@ async function createSession () {
   } else {
     body = agents.length > 0 ? { agents } : {}
   }
+  if (title) body.metadata = { title }
   const session = await api.post('/v1/sessions', body)
   showSession(session)
   setUrl(session.id, true)
   conversation.clear()
   state.oldestAfter = 0
   ui.older.hidden = true
-  updateEmpty()
   await loadSessions()
   return session
+}
+
+/** A session opened empty is named by its first message (a lost race for the version leaves it unnamed). */
+async function nameSession (title) {
+  const { id, version, metadata } = state.session
+  try {
+    showSession(await api.patch(`/v1/sessions/${encodeURIComponent(id)}`, { metadata: { ...metadata, title } }, version))
+  } catch (error) {
+    if (!(error instanceof ApiError) || error.status !== 412) throw error
+  }
 }
 
 async function send () {
@@ -280,11 +298,11 @@ async function send () {
   state.sending = true
   ui.send.disabled = true
   try {
-    if (!state.session) await createSession()
+    if (!state.session) await createSession(titleOf(text))
+    else if (state.session.messageCount === 0 && state.session.metadata?.title === undefined) await nameSession(titleOf(text))
     clearError()
     conversation.sending(text)
     ui.message.value = ''
-    updateEmpty()
     scrollToEnd()
     try {
       await api.stream(`/v1/sessions/${encodeURIComponent(state.session.id)}/messages`, { content: text }, (event, data) => {
@@ -297,7 +315,6 @@ async function send () {
       if (error instanceof ApiError) {
         conversation.unsend()
         ui.message.value = text
-        updateEmpty()
       }
       throw error
     }
@@ -372,7 +389,6 @@ ui.deleteSession.addEventListener('click', () => {
     showSession(undefined)
     conversation.clear()
     ui.older.hidden = true
-    updateEmpty()
     setUrl(undefined, true)
     await loadSessions()
   })
@@ -400,7 +416,6 @@ window.addEventListener('popstate', () => {
   else {
     showSession(undefined)
     conversation.clear()
-    updateEmpty()
   }
 })
 

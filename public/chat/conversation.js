@@ -16,11 +16,14 @@ const STOP_REASONS = {
   error: 'every remaining agent failed'
 }
 
-/** Each agent keeps one colour, from its id. */
-function hueOf (agent) {
-  let hash = 0
-  for (const char of String(agent)) hash = (hash * 31 + char.codePointAt(0)) % 360
-  return hash
+/** Well-separated hues: the page gives the agents of the manifest one each, in order. */
+export const HUES = [215, 340, 150, 30, 270, 190, 90, 0]
+
+/** An agent the page does not know keeps one colour all the same, from its id (FNV-1a). */
+export function hueOf (agent) {
+  let hash = 0x811c9dc5
+  for (const char of String(agent)) hash = Math.imul(hash ^ char.codePointAt(0), 0x01000193) >>> 0
+  return HUES[hash % HUES.length]
 }
 
 const timeFormat = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' })
@@ -30,8 +33,10 @@ export class Conversation {
    * @param log the element with role="log"
    * @param options.speakerName (agentId) => the agent's display name
    * @param options.onError (errorBody) => shown to the reader (the page's alert)
+   * @param options.hue (agentId) => the agent's colour (a hue), by default from its id
    */
-  constructor (log, { speakerName, onError }) {
+  constructor (log, { speakerName, onError, hue = hueOf }) {
+    this.hue = hue
     this.log = log
     this.doc = log.ownerDocument
     this.speakerName = speakerName
@@ -44,10 +49,6 @@ export class Conversation {
     for (const article of this.log.querySelectorAll('article, .round-note')) article.remove()
     this.articles.clear()
     this.pending = undefined
-  }
-
-  get isEmpty () {
-    return this.log.querySelector('article') === null
   }
 
   /** Stored messages, appended in seq order (one already shown is left as it is). */
@@ -191,13 +192,13 @@ export class Conversation {
     body.className = 'body'
     article.append(header, body)
     article.setAttribute('aria-labelledby', who.id)
-    if (agent) article.style.setProperty('--hue', String(hueOf(agent)))
+    if (agent) article.style.setProperty('--hue', String(this.hue(agent)))
     return article
   }
 
   setSpeaker (article, speaker, agent) {
     article.querySelector('.who').textContent = speaker
-    article.style.setProperty('--hue', String(hueOf(agent)))
+    article.style.setProperty('--hue', String(this.hue(agent)))
   }
 
   /** The stored message's identity and time on its article. */
