@@ -49,6 +49,8 @@ COPY package.json ./
 COPY --from=builder /app/dist/bundle ./dist/bundle
 COPY --from=builder /app/db ./db
 COPY --from=builder /app/agents ./agents
+# The web chat page's static files (served at /chat).
+COPY --from=builder /app/public ./public
 USER 1001:1001
 EXPOSE 3000 3001
 # Liveness on the ops port: never depends on PostgreSQL or Redis.

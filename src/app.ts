@@ -15,6 +15,7 @@ import agents from '../plugins/agents.js'
 import conversations from '../plugins/conversations.js'
 import agentHealth from '../plugins/agent-health.js'
 import rootRoutes from '../routes/root/index.js'
+import chatRoutes from '../routes/chat/index.js'
 import agentRoutes from '../routes/agents/index.js'
 import sessionRoutes from '../routes/sessions/index.js'
 import messageRoutes from '../routes/messages/index.js'
@@ -115,6 +116,8 @@ export async function buildApp (opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(swaggerUi, { routePrefix: '/docs' })
 
   await app.register(rootRoutes)
+  // The web chat page is public (its API calls carry the key), so it sits outside the /v1 block.
+  await app.register(chatRoutes)
   // Everything under /v1 needs a valid API key when API_KEYS is set.
   await app.register(
     async function v1 (api) {

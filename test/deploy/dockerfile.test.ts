@@ -40,7 +40,7 @@ t.test('the runtime has the bundle and no node_modules', async (t) => {
   t.same(dockerfile.stages.map((s) => s.name), ['builder', 'runtime'], 'no stage installs production dependencies: the bundle holds them')
   const copies = stage('runtime').instructions.filter((i) => i.keyword === 'COPY').map((i) => i.args)
   t.notOk(copies.some((c) => /node_modules/.test(c)), 'no node_modules copied')
-  for (const path of ['dist/bundle', 'db', 'agents']) {
+  for (const path of ['dist/bundle', 'db', 'agents', 'public']) {
     t.ok(copies.some((c) => new RegExp(`--from=builder\\s+/app/${path}\\s`).test(c)), `${path}/ is copied from the builder`)
   }
   t.ok(copies.some((c) => /^package\.json\b/.test(c)), 'package.json is copied (the service reads its version and finds its root by it)')

@@ -34,3 +34,24 @@ t.test('with every tool installed it changes nothing', async (t) => {
   t.notMatch(result.stdout + result.stderr, /apt-get/, 'never calls apt-get')
   t.ok(TOOLS.every((tool) => which(tool)), 'every tool still on PATH')
 })
+
+// scripts/install-browser.sh (run by .ci/run): Debian's chromium for the chat page's browser tests.
+const browserScript = 'scripts/install-browser.sh'
+
+t.test('the browser script', async (t) => {
+  const syntax = await run('bash', ['-n', browserScript])
+  t.equal(syntax.code, 0, 'bash -n: valid syntax', { stderr: syntax.stderr })
+  const text = readRepoFile(browserScript)
+  t.match(text, /^#!\/usr\/bin\/env bash\n/, 'a bash shebang')
+  t.match(text, /set -euo pipefail/, 'stops at the first failure')
+  t.match(text, /apt-get install[^\n]*--no-install-recommends[^\n]*\bchromium\b/, "Debian's chromium, without its recommendations")
+  t.match(readRepoFile('.ci/run'), /bash scripts\/install-browser\.sh/, '.ci/run runs it')
+})
+
+t.test('with chromium installed the browser script changes nothing', async (t) => {
+  if (!haveTool(t, 'chromium')) return
+  const result = await run('bash', [browserScript], { timeoutMs: 30_000 })
+  t.equal(result.code, 0, 'exit code 0', { stderr: result.stderr })
+  t.match(result.stdout, /already installed/, 'says there is nothing to do')
+  t.notMatch(result.stdout + result.stderr, /apt-get/, 'never calls apt-get')
+})

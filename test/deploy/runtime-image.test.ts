@@ -61,6 +61,8 @@ t.test('with DATABASE_URL: /healthz and /ready answer 200, SIGTERM exits 0', asy
   t.same({ status: root.status, environment: root.environment }, { status: 'running', environment: 'production' }, 'the api answers')
   const docs = await fetch(`http://127.0.0.1:${port}/docs/static/logo.svg`)
   t.equal(docs.status, 200, "/docs serves Swagger UI's assets from the bundle")
+  const chat = await fetch(`http://127.0.0.1:${port}/chat/chat.js`)
+  t.equal(chat.status, 200, 'the chat page serves its files from the image (public/)')
   t.equal(await stopChild(server), 0, 'SIGTERM: exit code 0')
 })
 

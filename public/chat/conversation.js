@@ -1,0 +1,231 @@
+// The conversation log: one <article> per message, named by its speaker. Stored messages (history)
+// and streamed replies go through the same code: a single reply is a round of one turn, so the
+// events of a single reply (message, agent, delta..., done) and of a group round (message, then per
+// turn agent, delta..., turn, and done with { replies, round }) are applied by one function.
+
+import { renderMarkdown } from './markdown.js'
+
+let nextId = 0
+
+const STOP_REASONS = {
+  max_turns: 'the turn limit was reached',
+  keyword: 'an agent said the closing word',
+  manager: 'the manager closed it',
+  timeout: 'it ran out of time',
+  shutdown: 'the server is shutting down',
+  error: 'every remaining agent failed'
+}
+
+/** Well-separated hues: the page gives the agents of the manifest one each, in order. */
+export const HUES = [215, 340, 150, 30, 270, 190, 90, 0]
+
+/** An agent the page does not know keeps one colour all the same, from its id (FNV-1a). */
+export function hueOf (agent) {
+  let hash = 0x811c9dc5
+  for (const char of String(agent)) hash = Math.imul(hash ^ char.codePointAt(0), 0x01000193) >>> 0
+  return HUES[hash % HUES.length]
+}
+
+const timeFormat = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' })
+
+export class Conversation {
+  /**
+   * @param log the element with role="log"
+   * @param options.speakerName (agentId) => the agent's display name
+   * @param options.onError (errorBody) => shown to the reader (the page's alert)
+   * @param options.hue (agentId) => the agent's colour (a hue), by default from its id
+   */
+  constructor (log, { speakerName, onError, hue = hueOf }) {
+    this.hue = hue
+    this.log = log
+    this.doc = log.ownerDocument
+    this.speakerName = speakerName
+    this.onError = onError
+    this.pending = undefined
+    this.articles = new Map()
+  }
+
+  clear () {
+    for (const article of this.log.querySelectorAll('article, .round-note')) article.remove()
+    this.articles.clear()
+    this.pending = undefined
+  }
+
+  /** Stored messages, appended in seq order (one already shown is left as it is). */
+  append (messages) {
+    for (const message of messages) {
+      if (!this.articles.has(message.id)) this.log.append(this.storedArticle(message))
+    }
+  }
+
+  /** An older page of stored messages, put before the first message shown. */
+  prepend (messages) {
+    const first = this.log.querySelector('article')
+    for (const message of messages) {
+      if (this.articles.has(message.id)) continue
+      const article = this.storedArticle(message)
+      if (first) first.before(article)
+      else this.log.append(article)
+    }
+  }
+
+  /** The user's message as sent, shown at once; the `message` event replaces it with the stored one. */
+  sending (text) {
+    const article = this.article('You', 'user')
+    this.setContent(article, text)
+    article.classList.add('sending')
+    this.log.append(article)
+    this.outgoing = article
+    return article
+  }
+
+  /** The message as sent could not be posted (nothing was stored): take it off the log. */
+  unsend () {
+    this.outgoing?.remove()
+    this.outgoing = undefined
+  }
+
+  /** Applies one event of a streamed answer (single reply or group round). */
+  apply (event, data) {
+    if (event === 'message') {
+      if (this.outgoing) {
+        this.adopt(this.outgoing, data)
+        this.outgoing.classList.remove('sending')
+        this.outgoing = undefined
+      } else {
+        this.append([data])
+      }
+    } else if (event === 'agent') {
+      // The same turn announced again (the agent's fallback took over): that turn's article changes speaker.
+      if (this.pending && !this.pending.finished && this.pending.turn === data.turn) {
+        this.pending.text = ''
+        this.pending.agent = data.agent
+        this.setSpeaker(this.pending.article, data.name ?? this.speakerName(data.agent), data.agent)
+      } else {
+        const article = this.article(data.name ?? this.speakerName(data.agent), 'assistant', data.agent)
+        article.classList.add('streaming')
+        article.setAttribute('aria-busy', 'true')
+        if (data.turn !== undefined) article.querySelector('.meta').textContent = `turn ${data.turn}`
+        this.log.append(article)
+        this.pending = { article, agent: data.agent, turn: data.turn, text: '', finished: false }
+      }
+    } else if (event === 'delta') {
+      if (!this.pending || this.pending.finished) return
+      this.pending.text += data.text
+      this.scheduleRender(this.pending)
+    } else if (event === 'turn') {
+      this.finish(data)
+    } else if (event === 'done') {
+      if (Array.isArray(data.replies)) {
+        for (const reply of data.replies) if (!this.articles.has(reply.id)) this.finish(reply)
+        if (data.round) this.roundNote(data.round)
+      } else {
+        this.finish(data)
+      }
+    } else if (event === 'error') {
+      this.fail(data)
+      this.onError(data)
+    }
+  }
+
+  /** The streaming article of this turn becomes the stored message (or one is made for it). */
+  finish (message) {
+    const pending = this.pending && !this.pending.finished ? this.pending : undefined
+    if (pending) {
+      pending.finished = true
+      this.pending = undefined
+      pending.article.classList.remove('streaming')
+      pending.article.removeAttribute('aria-busy')
+      this.adopt(pending.article, message)
+      if (message.agent !== pending.agent) this.setSpeaker(pending.article, this.speakerName(message.agent), message.agent)
+      this.setContent(pending.article, message.content, true)
+    } else {
+      this.log.append(this.storedArticle(message))
+    }
+  }
+
+  /** A failed reply or turn: its article says so (a round goes on with the next turn). */
+  fail (error) {
+    const pending = this.pending && !this.pending.finished && (error.turn === undefined || this.pending.turn === error.turn) ? this.pending : undefined
+    if (!pending) return
+    pending.finished = true
+    this.pending = undefined
+    pending.article.classList.remove('streaming')
+    pending.article.classList.add('failed')
+    pending.article.removeAttribute('aria-busy')
+    const note = this.doc.createElement('p')
+    note.className = 'failure'
+    note.textContent = `No reply: ${error.message ?? 'the reply failed'}`
+    pending.article.querySelector('.body').append(note)
+  }
+
+  roundNote (round) {
+    const note = this.doc.createElement('p')
+    note.className = 'round-note'
+    const turns = `${round.turns} ${round.turns === 1 ? 'turn' : 'turns'}`
+    note.textContent = `Round over after ${turns}: ${STOP_REASONS[round.stop] ?? round.stop}.`
+    this.log.append(note)
+  }
+
+  storedArticle (message) {
+    const user = message.role === 'user'
+    const article = this.article(user ? 'You' : this.speakerName(message.agent), user ? 'user' : 'assistant', message.agent)
+    this.adopt(article, message)
+    this.setContent(article, message.content, !user)
+    return article
+  }
+
+  /** An article whose accessible name is its speaker (the header's name element labels it). */
+  article (speaker, role, agent) {
+    const doc = this.doc
+    const article = doc.createElement('article')
+    article.className = `message ${role}`
+    const header = doc.createElement('header')
+    const who = doc.createElement('span')
+    who.className = 'who'
+    who.id = `speaker-${++nextId}`
+    who.textContent = speaker
+    const meta = doc.createElement('span')
+    meta.className = 'meta'
+    header.append(who, meta)
+    const body = doc.createElement('div')
+    body.className = 'body'
+    article.append(header, body)
+    article.setAttribute('aria-labelledby', who.id)
+    if (agent) article.style.setProperty('--hue', String(this.hue(agent)))
+    return article
+  }
+
+  setSpeaker (article, speaker, agent) {
+    article.querySelector('.who').textContent = speaker
+    article.style.setProperty('--hue', String(this.hue(agent)))
+  }
+
+  /** The stored message's identity and time on its article. */
+  adopt (article, message) {
+    article.dataset.id = message.id
+    article.dataset.seq = String(message.seq)
+    this.articles.set(message.id, article)
+    const meta = article.querySelector('.meta')
+    const time = this.doc.createElement('time')
+    time.dateTime = message.createdAt
+    time.textContent = timeFormat.format(new Date(message.createdAt))
+    meta.replaceChildren(...(meta.textContent ? [`${meta.textContent} · `] : []), time)
+  }
+
+  /** User text is shown as typed; replies as Markdown, rendered safely. */
+  setContent (article, text, markdown = false) {
+    const body = article.querySelector('.body')
+    if (markdown) body.replaceChildren(renderMarkdown(this.doc, text, this.doc.baseURI))
+    else body.replaceChildren(...text.split('\n').flatMap((line, i) => (i === 0 ? [line] : [this.doc.createElement('br'), line])))
+  }
+
+  /** Deltas are drawn once per frame, however fast they come. */
+  scheduleRender (pending) {
+    if (pending.frame) return
+    pending.frame = window.requestAnimationFrame(() => {
+      pending.frame = undefined
+      if (!pending.finished) this.setContent(pending.article, pending.text, true)
+    })
+  }
+}
