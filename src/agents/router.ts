@@ -92,8 +92,10 @@ const SEPARATOR = '\u0001'
 interface AnalysedText {
   /** The normalised text, for substring matches. */
   normalized: string
-  /** SEPARATOR + the stemmed tokens joined by SEPARATOR + SEPARATOR, for whole-word and phrase matches. */
+  /** SEPARATOR + the stemmed tokens joined by SEPARATOR + SEPARATOR, for phrase matches. */
   words: string
+  /** The stemmed tokens, for one-word keywords. */
+  tokens: Set<string>
 }
 
 function normalize (text: string): string {
@@ -102,7 +104,8 @@ function normalize (text: string): string {
 
 function analyse (text: string): AnalysedText {
   const normalized = normalize(text)
-  return { normalized, words: SEPARATOR + tokens(normalized).join(SEPARATOR) + SEPARATOR }
+  const words = tokens(normalized)
+  return { normalized, words: SEPARATOR + words.join(SEPARATOR) + SEPARATOR, tokens: new Set(words) }
 }
 
 function tokens (normalized: string): string[] {
@@ -118,21 +121,42 @@ function stem (word: string): string {
   return word.slice(0, -1)
 }
 
+interface PreparedKeyword {
+  keyword: string
+  normalized: string
+  /** Matched as a substring (a script written without spaces), else as a phrase of whole words. */
+  unspaced: boolean
+  /** SEPARATOR + the keyword's stemmed tokens + SEPARATOR; '' when it has none. */
+  phrase: string
+  /** Its one token, when it is a single word. */
+  word: string | undefined
+}
+
+// Each manifest's expertise lists are normalised and tokenised once, not at every message.
+const prepared = new WeakMap<string[], PreparedKeyword[]>()
+
+function prepare (expertise: string[]): PreparedKeyword[] {
+  let keywords = prepared.get(expertise)
+  if (!keywords) {
+    keywords = []
+    const seen = new Set<string>()
+    for (const keyword of expertise) {
+      const normalized = normalize(keyword).trim()
+      if (normalized === '' || seen.has(normalized)) continue
+      seen.add(normalized)
+      const words = tokens(normalized)
+      keywords.push({ keyword, normalized, unspaced: UNSPACED.test(normalized), phrase: words.length > 0 ? SEPARATOR + words.join(SEPARATOR) + SEPARATOR : '', word: words.length === 1 ? words[0] : undefined })
+    }
+    prepared.set(expertise, keywords)
+  }
+  return keywords
+}
+
 function matchedKeywords (expertise: string[], text: AnalysedText): string[] {
   const matched: string[] = []
-  const seen = new Set<string>()
-  for (const keyword of expertise) {
-    const normalized = normalize(keyword).trim()
-    if (normalized === '' || seen.has(normalized)) continue
-    seen.add(normalized)
-    const found = UNSPACED.test(normalized)
-      ? text.normalized.includes(normalized)
-      : phraseIn(tokens(normalized), text.words)
+  for (const { keyword, normalized, unspaced, phrase, word } of prepare(expertise)) {
+    const found = unspaced ? text.normalized.includes(normalized) : word !== undefined ? text.tokens.has(word) : phrase !== '' && text.words.includes(phrase)
     if (found) matched.push(keyword)
   }
   return matched
-}
-
-function phraseIn (phrase: string[], words: string): boolean {
-  return phrase.length > 0 && words.includes(SEPARATOR + phrase.join(SEPARATOR) + SEPARATOR)
 }
