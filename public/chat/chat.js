@@ -45,7 +45,10 @@ const state = {
 const api = createApi(() => sessionStorage.getItem(KEY_STORAGE) ?? '')
 const conversation = new Conversation(ui.log, {
   speakerName: (id) => state.agents.get(id)?.name ?? id ?? 'Agent',
-  onError: (body) => showError(new ApiError(body.statusCode ?? 500, body)),
+  onError: (body, agent) => {
+    if (body.turn === undefined) showError(new ApiError(body.statusCode ?? 500, body))
+    else showAlert(turnFailure(body, agent))
+  },
   hue: (id) => {
     const index = [...state.agents.keys()].indexOf(id)
     return index === -1 ? hueOf(id) : HUES[index % HUES.length]
@@ -72,9 +75,20 @@ function describe (error) {
   return `The request was refused: ${status}${detail}.`
 }
 
-function showError (error) {
-  ui.alert.textContent = describe(error)
+/** A failed turn of a group round: the round itself goes on (DESIGN section 9). */
+function turnFailure (body, agent) {
+  const name = agent ? (state.agents.get(agent)?.name ?? agent) : 'the agent'
+  const detail = body.message ? ` (${body.message})` : ''
+  return `Turn ${body.turn}: ${name} could not answer${detail}. The round carries on without this turn.`
+}
+
+function showAlert (text) {
+  ui.alert.textContent = text
   ui.alert.hidden = false
+}
+
+function showError (error) {
+  showAlert(describe(error))
   if (error instanceof ApiError && error.status === 401) ui.key.focus()
 }
 

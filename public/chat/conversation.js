@@ -32,7 +32,8 @@ export class Conversation {
   /**
    * @param log the element with role="log"
    * @param options.speakerName (agentId) => the agent's display name
-   * @param options.onError (errorBody) => shown to the reader (the page's alert)
+   * @param options.onError (errorBody, agentId?) => shown to the reader (the page's alert); agentId is
+   *   the agent whose reply or turn failed, when one was answering (a failed turn's body has `turn`)
    * @param options.hue (agentId) => the agent's colour (a hue), by default from its id
    */
   constructor (log, { speakerName, onError, hue = hueOf }) {
@@ -123,8 +124,7 @@ export class Conversation {
         this.finish(data)
       }
     } else if (event === 'error') {
-      this.fail(data)
-      this.onError(data)
+      this.onError(data, this.fail(data))
     }
   }
 
@@ -144,10 +144,10 @@ export class Conversation {
     }
   }
 
-  /** A failed reply or turn: its article says so (a round goes on with the next turn). */
+  /** A failed reply or turn: its article says so (a round goes on with the next turn). Returns the agent that failed, if one was answering. */
   fail (error) {
     const pending = this.pending && !this.pending.finished && (error.turn === undefined || this.pending.turn === error.turn) ? this.pending : undefined
-    if (!pending) return
+    if (!pending) return undefined
     pending.finished = true
     this.pending = undefined
     pending.article.classList.remove('streaming')
@@ -157,6 +157,7 @@ export class Conversation {
     note.className = 'failure'
     note.textContent = `No reply: ${error.message ?? 'the reply failed'}`
     pending.article.querySelector('.body').append(note)
+    return pending.agent
   }
 
   roundNote (round) {

@@ -22,10 +22,10 @@ export interface ChatServer extends TestService {
   url: string
 }
 
-/** The service with the echo team, listening on a random loopback port. */
-export async function startChatServer (t: Test, overrides: Environment = {}): Promise<ChatServer> {
+/** The service with the echo team (or the agents manifest given), listening on a random loopback port. */
+export async function startChatServer (t: Test, overrides: Environment = {}, agentsYaml = AGENTS_YAML): Promise<ChatServer> {
   const manifest = join(await tempDir(t), 'agents.yaml')
-  await writeFile(manifest, AGENTS_YAML)
+  await writeFile(manifest, agentsYaml)
   const service = await buildService(t, await testEnv(t, { AGENTS_FILE: manifest, ...overrides }))
   await service.app.listen({ port: 0, host: '127.0.0.1' })
   const { port } = service.app.server.address() as AddressInfo
