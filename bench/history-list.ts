@@ -1,13 +1,13 @@
-// Issue 10 item 5: a session's recent history in Redis as byte-offset lists (src/cache/redis-cache.ts:
-// an index string and an items string, read with one MGET, a page is a slice of bytes) versus a plain
-// Redis LIST (src/cache/redis-list-cache.ts: one LRANGE, one reply per item), A/B/A/B, each figure the
-// median of BENCH_RUNS rounds with its spread:
-//   1. the cache alone, through the service's own classes and ioredis client: (a) a history page read
+// Issue 10 item 5: a session's recent history in Redis (src/cache/redis-cache.ts: a plain LIST per
+// session), each figure the median of BENCH_RUNS rounds with its spread:
+//   1. the cache alone, through the service's own class and ioredis client: (a) a history page read
 //      (the session record and the list in one round trip, then a 50-message window) from a
 //      200-message list of ~300-byte messages, (b) appends to 200-message lists (trimmed each time);
 //   2. end to end, on the production build: GET /v1/sessions/:id/messages?limit=50 (100-message
 //      sessions) with HISTORY_PAGE_CACHE_MB=0, so that every read goes to Redis, then a chat-like mix
 //      (post a message, read the newest page), with the page cache off and on; GET / as the baseline.
+// The byte-offset lists this LIST replaced were measured against it, A/B, by this file at commit
+// 911d34a (bench/results/history-list.json); this run writes bench/results/history-list-now.json.
 // Usage: npm run bench:history-list (DATABASE_URL and REDIS_URL default to the local servers).
 import { randomBytes, randomUUID } from 'node:crypto'
 import { mkdirSync, writeFileSync } from 'node:fs'
@@ -16,14 +16,11 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import autocannon from 'autocannon'
 import { Redis } from 'ioredis'
 import pino from 'pino'
-import type { Cache } from '../src/cache/cache.js'
 import { RedisCache } from '../src/cache/redis-cache.js'
-import { RedisListCache } from '../src/cache/redis-list-cache.js'
 import { PROJECT_ROOT } from '../src/paths.js'
 import { createSessions, startBenchServer, type BenchServer } from './conversation-load.js'
 import { prepareDatabase } from './database.js'
 import { median } from './report.js'
-import type { Substitution } from './variants.js'
 
 const DATABASE_URL = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
@@ -32,16 +29,15 @@ const RUNS = Number(process.env.BENCH_RUNS ?? 4)
 const CONNECTIONS = 50
 const POOL = 10
 
-type Representation = 'offsets' | 'list'
-const REPRESENTATIONS: Representation[] = ['offsets', 'list']
-/** A then B in even rounds, B then A in odd ones, so that a noisy neighbour does not always hit the same side. */
-const inOrder = (run: number) => (run % 2 === 0 ? REPRESENTATIONS : [...REPRESENTATIONS].reverse())
-
 interface Figure {
   perSecond: number[]
   p99Ms: number[]
 }
 const figure = (): Figure => ({ perSecond: [], p99Ms: [] })
+const push = (f: Figure, result: { perSecond: number; p99: number }) => {
+  f.perSecond.push(result.perSecond)
+  f.p99Ms.push(result.p99)
+}
 const spread = (values: number[]) => (Math.max(...values) - Math.min(...values)) / median(values)
 const fmt = (n: number, digits = 0) => n.toFixed(digits)
 const at = (sorted: number[], p: number) => sorted[Math.floor(sorted.length * p)] ?? 0
@@ -75,67 +71,47 @@ function messageJson (seq: number): string {
   return JSON.stringify(message)
 }
 
-function cacheFor (representation: Representation): RedisCache | RedisListCache {
-  const options = { url: REDIS_URL, keyPrefix: `bench:history-list:${randomBytes(4).toString('hex')}:`, connectTimeoutMs: 2000, commandTimeoutMs: 2000, log: pino({ level: 'warn' }) }
-  return representation === 'offsets' ? new RedisCache(options) : new RedisListCache(options)
-}
-
-async function microRound (cache: Cache, appendSeqs: number[]): Promise<{ read: { perSecond: number; p99: number }; append: { perSecond: number; p99: number } }> {
-  let next = 0
-  const read = await loop(CONNECTIONS, DURATION, async () => {
-    const list = next++ % MICRO_LISTS
-    const { value, list: snapshot } = await cache.getRankedWithSeqList(`session:${list}`, `read:${list}`)
-    const page = snapshot?.window(LIST_LENGTH, LIST_LENGTH - PAGE, PAGE)
-    if (value === undefined || page?.count !== PAGE) throw new Error('a page read missed: the benchmark would measure nothing')
-  })
-  // One appender per list, as one session's messages are appended in order.
-  const append = await loop(MICRO_LISTS, DURATION, async (worker) => {
-    const seq = ++appendSeqs[worker]!
-    await cache.appendToSeqList(`append:${worker}`, seq, messageJson(seq), LIST_LENGTH, 600)
-  })
-  for (let list = 0; list < MICRO_LISTS; list++) {
-    if ((await cache.readSeqList(`append:${list}`, appendSeqs[list]!, appendSeqs[list]! - LIST_LENGTH, LIST_LENGTH))?.count !== LIST_LENGTH) {
-      throw new Error(`append list ${list} does not hold its newest ${LIST_LENGTH} messages`)
-    }
-  }
-  return { read, append }
-}
-
 async function micro () {
-  const results = { read: { offsets: figure(), list: figure() }, append: { offsets: figure(), list: figure() } }
-  const caches = { offsets: cacheFor('offsets'), list: cacheFor('list') }
-  const appendSeqs = { offsets: Array<number>(MICRO_LISTS).fill(LIST_LENGTH), list: Array<number>(MICRO_LISTS).fill(LIST_LENGTH) }
+  const results = { read: figure(), append: figure() }
+  const cache = new RedisCache({ url: REDIS_URL, keyPrefix: `bench:history-list:${randomBytes(4).toString('hex')}:`, connectTimeoutMs: 2000, commandTimeoutMs: 2000, log: pino({ level: 'warn' }) })
+  const appendSeqs = Array<number>(MICRO_LISTS).fill(LIST_LENGTH)
   try {
-    for (const representation of REPRESENTATIONS) {
-      const cache = caches[representation]
-      await cache.connect()
-      const items = Array.from({ length: LIST_LENGTH }, (_, i) => messageJson(i + 1))
-      for (let list = 0; list < MICRO_LISTS; list++) {
-        await cache.setRanked(`session:${list}`, JSON.stringify({ id: list, lastSeq: LIST_LENGTH }), 600, [1, LIST_LENGTH])
-        await cache.replaceSeqList(`read:${list}`, LIST_LENGTH, items, 600)
-        await cache.replaceSeqList(`append:${list}`, LIST_LENGTH, items, 600)
-      }
+    await cache.connect()
+    const items = Array.from({ length: LIST_LENGTH }, (_, i) => messageJson(i + 1))
+    for (let list = 0; list < MICRO_LISTS; list++) {
+      await cache.setRanked(`session:${list}`, JSON.stringify({ id: list, lastSeq: LIST_LENGTH }), 600, [1, LIST_LENGTH])
+      await cache.replaceSeqList(`read:${list}`, LIST_LENGTH, items, 600)
+      await cache.replaceSeqList(`append:${list}`, LIST_LENGTH, items, 600)
     }
     for (let run = 0; run < RUNS; run++) {
-      for (const representation of inOrder(run)) {
-        const { read, append } = await microRound(caches[representation], appendSeqs[representation])
-        results.read[representation].perSecond.push(read.perSecond)
-        results.read[representation].p99Ms.push(read.p99)
-        results.append[representation].perSecond.push(append.perSecond)
-        results.append[representation].p99Ms.push(append.p99)
+      let next = 0
+      push(results.read, await loop(CONNECTIONS, DURATION, async () => {
+        const list = next++ % MICRO_LISTS
+        const { value, list: snapshot } = await cache.getRankedWithSeqList(`session:${list}`, `read:${list}`)
+        const page = snapshot?.window(LIST_LENGTH, LIST_LENGTH - PAGE, PAGE)
+        if (value === undefined || page?.count !== PAGE) throw new Error('a page read missed: the benchmark would measure nothing')
+      }))
+      // One appender per list, as one session's messages are appended in order.
+      push(results.append, await loop(MICRO_LISTS, DURATION, async (worker) => {
+        const seq = ++appendSeqs[worker]!
+        await cache.appendToSeqList(`append:${worker}`, seq, messageJson(seq), LIST_LENGTH, 600)
+      }))
+      for (let list = 0; list < MICRO_LISTS; list++) {
+        const last = appendSeqs[list]!
+        if ((await cache.readSeqList(`append:${list}`, last, last - LIST_LENGTH, LIST_LENGTH))?.count !== LIST_LENGTH) {
+          throw new Error(`append list ${list} does not hold its newest ${LIST_LENGTH} messages`)
+        }
       }
     }
   } finally {
-    for (const cache of Object.values(caches)) {
-      const prefix = cache.client.options.keyPrefix as string
-      let cursor = '0'
-      do {
-        const [nextCursor, keys] = await cache.client.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
-        cursor = nextCursor
-        if (keys.length > 0) await cache.client.del(...keys.map((key) => key.slice(prefix.length)))
-      } while (cursor !== '0')
-      await cache.close()
-    }
+    const prefix = cache.client.options.keyPrefix as string
+    let cursor = '0'
+    do {
+      const [nextCursor, keys] = await cache.client.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000)
+      cursor = nextCursor
+      if (keys.length > 0) await cache.client.del(...keys.map((key) => key.slice(prefix.length)))
+    } while (cursor !== '0')
+    await cache.close()
   }
   return results
 }
@@ -147,11 +123,6 @@ const E2E_SESSIONS = 20
 const POSTS = 50
 const CHAT_WORKERS = 20
 const CONTENT = 'How do I make this query faster? It scans the whole table, and the table has grown to a few million rows since we added the audit log; the index on created_at is not used.'
-
-/** Both servers load the same hooks (tsx, the substitution resolver) and take their cache class from a stub. */
-const cacheStub = (representation: Representation): Substitution =>
-  ({ parent: 'plugins/redis.js', specifier: '../src/cache/redis-cache.js', stub: representation === 'list' ? 'redis-list-cache.ts' : 'redis-offsets-cache.ts' })
-const hooks = ['--import', 'tsx', '--import', './bench/hooks/register.ts']
 
 async function post (url: string, session: string): Promise<number> {
   const response = await fetch(`${url}/v1/sessions/${session}/messages`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ content: CONTENT }) })
@@ -165,42 +136,16 @@ async function historyLookups (server: BenchServer): Promise<{ hit: number; miss
   return { hit: count('hit'), miss: count('miss') }
 }
 
-interface E2eServer {
-  server: BenchServer
-  sessions: string[]
-  /** Each chat worker's session and its newest seq. */
-  chats: Array<{ session: string; lastSeq: number }>
-}
-
-async function startServer (representation: Representation, databaseUrl: string, pageCacheMb: number, direct: Redis): Promise<E2eServer> {
-  const server = await startBenchServer({
-    databaseUrl,
-    redisUrl: REDIS_URL,
-    poolSize: POOL,
-    nodeFlags: hooks,
-    env: { HISTORY_PAGE_CACHE_MB: String(pageCacheMb), BENCH_SUBSTITUTE: JSON.stringify([cacheStub(representation)]) }
-  })
-  const sessions = await createSessions(server.url, E2E_SESSIONS)
-  await Promise.all(sessions.map(async (session) => {
-    for (let i = 0; i < POSTS; i++) await post(server.url, session)
-  }))
-  // The substitution took: the history key is a string (offsets) or a LIST.
-  const type = await direct.type(`bench:${new URL(server.url).port}:history-list:${sessions[0]}`)
-  if (type !== (representation === 'list' ? 'list' : 'string')) throw new Error(`${representation} server: the history key is a ${type}`)
-  const chats = (await createSessions(server.url, CHAT_WORKERS)).map((session) => ({ session, lastSeq: 0 }))
-  return { server, sessions, chats }
-}
-
-async function reads (target: E2eServer): Promise<{ perSecond: number; p99: number; non2xx: number; hitRatio: number }> {
-  const before = await historyLookups(target.server)
+async function reads (server: BenchServer, sessions: string[]): Promise<{ perSecond: number; p99: number; non2xx: number; hitRatio: number }> {
+  const before = await historyLookups(server)
   let next = 0
   const result = await autocannon({
-    url: target.server.url,
+    url: server.url,
     connections: CONNECTIONS,
     duration: DURATION,
-    requests: [{ method: 'GET', setupRequest: (request) => ({ ...request, path: `/v1/sessions/${target.sessions[next++ % target.sessions.length]}/messages?limit=50` }) }]
+    requests: [{ method: 'GET', setupRequest: (request) => ({ ...request, path: `/v1/sessions/${sessions[next++ % sessions.length]}/messages?limit=50` }) }]
   })
-  const after = await historyLookups(target.server)
+  const after = await historyLookups(server)
   const [hit, miss] = [after.hit - before.hit, after.miss - before.miss]
   return { perSecond: result['2xx'] / result.duration, p99: result.latency.p99, non2xx: result.non2xx, hitRatio: hit + miss > 0 ? hit / (hit + miss) : 0 }
 }
@@ -211,10 +156,9 @@ async function root (url: string): Promise<{ perSecond: number; p99: number }> {
 }
 
 /** Each worker posts a message to its session, then reads the newest 50 messages: pairs per second. */
-async function chat (target: E2eServer): Promise<{ perSecond: number; p99: number }> {
-  const { url } = target.server
+async function chat (url: string, chats: Array<{ session: string; lastSeq: number }>): Promise<{ perSecond: number; p99: number }> {
   return loop(CHAT_WORKERS, DURATION, async (worker) => {
-    const chatSession = target.chats[worker]!
+    const chatSession = chats[worker]!
     chatSession.lastSeq = await post(url, chatSession.session)
     const response = await fetch(`${url}/v1/sessions/${chatSession.session}/messages?after=${Math.max(0, chatSession.lastSeq - PAGE)}&limit=${PAGE}`)
     if (response.status !== 200) throw new Error(`GET messages answered ${response.status}`)
@@ -222,44 +166,28 @@ async function chat (target: E2eServer): Promise<{ perSecond: number; p99: numbe
   })
 }
 
-type E2ePhase = {
-  pageCacheMb: number
-  reads: Record<Representation, Figure & { non2xx: number[]; historyHitRatio: number[] }>
-  chat: Record<Representation, Figure>
-  root: Figure
-}
-
-async function endToEnd (databaseUrl: string, pageCacheMb: number): Promise<E2ePhase> {
+async function endToEnd (databaseUrl: string, pageCacheMb: number) {
+  const phase = { pageCacheMb, reads: { ...figure(), non2xx: [] as number[], historyHitRatio: [] as number[] }, chat: figure(), root: figure() }
+  const server = await startBenchServer({ databaseUrl, redisUrl: REDIS_URL, poolSize: POOL, env: { HISTORY_PAGE_CACHE_MB: String(pageCacheMb) } })
   const direct = new Redis(REDIS_URL)
-  const servers: Partial<Record<Representation, E2eServer>> = {}
-  const phase: E2ePhase = {
-    pageCacheMb,
-    reads: { offsets: { ...figure(), non2xx: [], historyHitRatio: [] }, list: { ...figure(), non2xx: [], historyHitRatio: [] } },
-    chat: { offsets: figure(), list: figure() },
-    root: figure()
-  }
   try {
-    for (const representation of REPRESENTATIONS) servers[representation] = await startServer(representation, databaseUrl, pageCacheMb, direct)
+    const sessions = await createSessions(server.url, E2E_SESSIONS)
+    await Promise.all(sessions.map(async (session) => {
+      for (let i = 0; i < POSTS; i++) await post(server.url, session)
+    }))
+    const type = await direct.type(`bench:${new URL(server.url).port}:history:${sessions[0]}`)
+    if (type !== 'list') throw new Error(`the history key is a ${type}, not a list: is the key name still history:<id>?`)
+    const chats = (await createSessions(server.url, CHAT_WORKERS)).map((session) => ({ session, lastSeq: 0 }))
     for (let run = 0; run < RUNS; run++) {
-      for (const representation of inOrder(run)) {
-        const result = await reads(servers[representation]!)
-        const figures = phase.reads[representation]
-        figures.perSecond.push(result.perSecond)
-        figures.p99Ms.push(result.p99)
-        figures.non2xx.push(result.non2xx)
-        figures.historyHitRatio.push(result.hitRatio)
-      }
-      const baseline = await root(servers.offsets!.server.url)
-      phase.root.perSecond.push(baseline.perSecond)
-      phase.root.p99Ms.push(baseline.p99)
-      for (const representation of inOrder(run)) {
-        const result = await chat(servers[representation]!)
-        phase.chat[representation].perSecond.push(result.perSecond)
-        phase.chat[representation].p99Ms.push(result.p99)
-      }
+      const result = await reads(server, sessions)
+      push(phase.reads, result)
+      phase.reads.non2xx.push(result.non2xx)
+      phase.reads.historyHitRatio.push(result.hitRatio)
+      push(phase.root, await root(server.url))
+      push(phase.chat, await chat(server.url, chats))
     }
   } finally {
-    for (const target of Object.values(servers)) target.server.child.kill('SIGTERM')
+    server.child.kill('SIGTERM')
     await sleep(500)
     direct.disconnect()
   }
@@ -268,9 +196,8 @@ async function endToEnd (databaseUrl: string, pageCacheMb: number): Promise<E2eP
 
 // ---- Report --------------------------------------------------------------------------------------
 
-const ratio = (pair: Record<Representation, Figure>) => median(pair.list.perSecond) / median(pair.offsets.perSecond)
 const line = (label: string, f: Figure, unit: string) =>
-  `  ${label.padEnd(34)} ${fmt(median(f.perSecond)).padStart(7)} ${unit}  p99 ${fmt(median(f.p99Ms), 1)} ms  spread ${fmt(spread(f.perSecond) * 100)}%`
+  `  ${label.padEnd(30)} ${fmt(median(f.perSecond)).padStart(7)} ${unit}  p99 ${fmt(median(f.p99Ms), 1)} ms  spread ${fmt(spread(f.perSecond) * 100)}%`
 
 const database = await prepareDatabase(DATABASE_URL)
 try {
@@ -286,39 +213,26 @@ try {
     pageCacheOff,
     pageCacheOn,
     ratios: {
-      cacheRead: ratio(cacheAlone.read),
-      cacheAppend: ratio(cacheAlone.append),
-      historyReadPageCacheOff: ratio(pageCacheOff.reads),
-      chatPageCacheOff: ratio(pageCacheOff.chat),
-      historyReadPageCacheOn: ratio(pageCacheOn.reads),
-      chatPageCacheOn: ratio(pageCacheOn.chat),
-      offsetsReadToRoot: median(pageCacheOff.reads.offsets.perSecond) / median(pageCacheOff.root.perSecond),
-      listReadToRoot: median(pageCacheOff.reads.list.perSecond) / median(pageCacheOff.root.perSecond)
+      readToRootPageCacheOff: median(pageCacheOff.reads.perSecond) / median(pageCacheOff.root.perSecond),
+      readToRootPageCacheOn: median(pageCacheOn.reads.perSecond) / median(pageCacheOn.root.perSecond)
     }
   }
   mkdirSync(join(PROJECT_ROOT, 'bench', 'results'), { recursive: true })
-  writeFileSync(join(PROJECT_ROOT, 'bench', 'results', 'history-list.json'), JSON.stringify(report, null, 2) + '\n')
-  const { ratios } = report
+  writeFileSync(join(PROJECT_ROOT, 'bench', 'results', 'history-list-now.json'), JSON.stringify(report, null, 2) + '\n')
   console.log(`
-History lists: byte offsets (A) vs plain LIST (B), ${DURATION} s x ${RUNS} rounds, A/B alternated, median; spread = (max - min) / median
+History lists (a Redis LIST per session), ${DURATION} s x ${RUNS} rounds, median; spread = (max - min) / median
  cache alone (${LIST_LENGTH}-message lists of ~300-byte messages, ${CONNECTIONS} in flight)
-${line('page read (50), offsets', cacheAlone.read.offsets, 'op/s')}
-${line('page read (50), LIST', cacheAlone.read.list, 'op/s')}   B/A ${fmt(ratios.cacheRead, 2)}
-${line('append + trim, offsets', cacheAlone.append.offsets, 'op/s')}
-${line('append + trim, LIST', cacheAlone.append.list, 'op/s')}   B/A ${fmt(ratios.cacheAppend, 2)}
+${line('page read (50)', cacheAlone.read, 'op/s')}
+${line('append + trim', cacheAlone.append, 'op/s')}
  end to end, HISTORY_PAGE_CACHE_MB=0 (${E2E_SESSIONS} sessions of ${POSTS * 2} messages)
-${line('GET messages?limit=50, offsets', pageCacheOff.reads.offsets, 'req/s')}  (/ GET /: ${fmt(ratios.offsetsReadToRoot, 2)})
-${line('GET messages?limit=50, LIST', pageCacheOff.reads.list, 'req/s')}  (/ GET /: ${fmt(ratios.listReadToRoot, 2)})   B/A ${fmt(ratios.historyReadPageCacheOff, 2)}
+${line('GET messages?limit=50', pageCacheOff.reads, 'req/s')}  (/ GET /: ${fmt(report.ratios.readToRootPageCacheOff, 2)})
 ${line('GET /', pageCacheOff.root, 'req/s')}
-${line('chat (post + newest page), offsets', pageCacheOff.chat.offsets, 'pairs/s')}
-${line('chat (post + newest page), LIST', pageCacheOff.chat.list, 'pairs/s')}   B/A ${fmt(ratios.chatPageCacheOff, 2)}
+${line('chat (post + newest page)', pageCacheOff.chat, 'pairs/s')}
  end to end, HISTORY_PAGE_CACHE_MB=32
-${line('GET messages?limit=50, offsets', pageCacheOn.reads.offsets, 'req/s')}
-${line('GET messages?limit=50, LIST', pageCacheOn.reads.list, 'req/s')}   B/A ${fmt(ratios.historyReadPageCacheOn, 2)}
+${line('GET messages?limit=50', pageCacheOn.reads, 'req/s')}  (/ GET /: ${fmt(report.ratios.readToRootPageCacheOn, 2)})
 ${line('GET /', pageCacheOn.root, 'req/s')}
-${line('chat (post + newest page), offsets', pageCacheOn.chat.offsets, 'pairs/s')}
-${line('chat (post + newest page), LIST', pageCacheOn.chat.list, 'pairs/s')}   B/A ${fmt(ratios.chatPageCacheOn, 2)}
- history reads served by the Redis list (page cache off): offsets ${pageCacheOff.reads.offsets.historyHitRatio.map((r) => fmt(r * 100)).join('/')}%, LIST ${pageCacheOff.reads.list.historyHitRatio.map((r) => fmt(r * 100)).join('/')}%
+${line('chat (post + newest page)', pageCacheOn.chat, 'pairs/s')}
+ history reads served by the Redis list (page cache off): ${pageCacheOff.reads.historyHitRatio.map((r) => fmt(r * 100)).join('/')}%
 `)
 } finally {
   await database.dispose()
