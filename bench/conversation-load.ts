@@ -11,6 +11,8 @@ import { freePort, npmStartNodeFlags, SERVER_SCRIPT } from './startup.js'
 export interface BenchServer {
   child: ChildProcess
   url: string
+  /** The ops instance (/metrics, /ready). */
+  opsUrl: string
 }
 
 export interface BenchServerOptions {
@@ -19,12 +21,14 @@ export interface BenchServerOptions {
   poolSize: number
   /** More environment (AGENTS_FILE, provider keys and base URLs...). */
   env?: Record<string, string>
+  /** More node flags, after `npm start`'s (an --import of a benchmark hook). */
+  nodeFlags?: string[]
 }
 
 /** `node dist/src/server.js` with `npm start`'s node flags, on loopback ports, ready (GET /ready 200). */
 export async function startBenchServer (options: BenchServerOptions): Promise<BenchServer> {
   const [port, healthPort] = [await freePort(), await freePort()]
-  const child = spawn(process.execPath, [...npmStartNodeFlags(), SERVER_SCRIPT], {
+  const child = spawn(process.execPath, [...npmStartNodeFlags(), ...(options.nodeFlags ?? []), SERVER_SCRIPT], {
     cwd: PROJECT_ROOT,
     env: {
       PATH: process.env.PATH,
@@ -46,7 +50,7 @@ export async function startBenchServer (options: BenchServerOptions): Promise<Be
   })
   const url = `http://127.0.0.1:${port}`
   for (let i = 0; i < 300; i++) {
-    if ((await fetch(`http://127.0.0.1:${healthPort}/ready`).then((r) => r.status, () => 0)) === 200) return { child, url }
+    if ((await fetch(`http://127.0.0.1:${healthPort}/ready`).then((r) => r.status, () => 0)) === 200) return { child, url, opsUrl: `http://127.0.0.1:${healthPort}` }
     await sleep(100)
   }
   child.kill('SIGKILL')

@@ -59,7 +59,7 @@ export function toMessage (row: MessageRow): Message {
  * The newest messages of a session, cached as a seq list of their JSON (as the API shows them), so
  * that a page of history is a slice of that list sent as it is: never parsed, never re-serialised.
  */
-const historyKey = (sessionId: string) => `history-list:${sessionId}`
+const historyKey = (sessionId: string) => `history:${sessionId}`
 const HISTORY_TTL_SECONDS = 600
 
 export interface HistoryOptions {

@@ -96,7 +96,7 @@ for (const [name, cacheEnv, options] of backends) {
   t.test(`${name}: a session with more messages than the cache holds: older pages come from PostgreSQL`, options, async (t) => {
     const app = await start(t, await testEnv(t, { ...cacheEnv, CONTEXT_MESSAGES: '4' }))
     const id = await createSession(app)
-    // The cache keeps the newest max(CONTEXT_MESSAGES, 100) messages (Redis up to a quarter more).
+    // The cache keeps the newest max(CONTEXT_MESSAGES, 100) messages.
     for (let i = 1; i <= 64; i++) await post(app, id, `message ${i}`)
     const before = await historyLookups(app)
     const first = (await read(app, id, 'limit=10')).json()
@@ -144,7 +144,7 @@ t.test('redis: a history list that lost appends is not served; the next reply br
   const firstTwo = (await read(app, id)).json().messages.map((m: unknown) => JSON.stringify(m))
   await post(app, id, 'second')
   // As if the appends of the second post had been lost (a Redis failover, say): the list ends at 2.
-  const key = `history-list:${id}`
+  const key = `history:${id}`
   await app.cache.delete(key)
   await app.cache.replaceSeqList(key, 2, firstTwo, 60)
   const before = await historyLookups(app)
@@ -170,7 +170,7 @@ t.test('redis: a reply takes the model\'s context from the cached list, and from
   t.same(await historyLookups(app), { hit: before.hit + 1, miss: before.miss }, 'the context came from the cached list')
   t.same((await read(app, id)).json().messages.map((m: { content: string }) => m.content), ['first', 'Echo (gpt-4o-mini): first', 'second', 'Echo (gpt-4o-mini): second', 'third', 'Echo (gpt-4o-mini): third'])
 
-  await app.cache.deleteSeqLists(`history-list:${id}`)
+  await app.cache.deleteSeqLists(`history:${id}`)
   const missed = await historyLookups(app)
   await post(app, id, 'fourth')
   t.same(await historyLookups(app), { hit: missed.hit, miss: missed.miss + 1 }, 'one miss, then PostgreSQL')

@@ -29,7 +29,7 @@ t.test('ended sessions are purged in bounded batches, and none of their cache en
   // Some with a history in the cache too.
   for (const id of ids.slice(0, 10)) await app.inject({ method: 'POST', url: `/v1/sessions/${id}/messages`, payload: { content: 'hello' } })
   for (const id of ids) await app.inject({ method: 'DELETE', url: `/v1/sessions/${id}` })
-  const cached = async (id: string) => (await app.cache.getRanked(`session:${id}`)) !== undefined || (await app.cache.readSeqList(`history-list:${id}`, 2, 0, 10)) !== undefined
+  const cached = async (id: string) => (await app.cache.getRanked(`session:${id}`)) !== undefined || (await app.cache.readSeqList(`history:${id}`, 2, 0, 10)) !== undefined
   t.ok((await Promise.all(ids.map(cached))).every(Boolean), 'every ended session is in the cache')
 
   // Their grace period is over.
