@@ -14,6 +14,7 @@ import auth from '../plugins/auth.js'
 import agents from '../plugins/agents.js'
 import conversations from '../plugins/conversations.js'
 import agentHealth from '../plugins/agent-health.js'
+import openai from '../plugins/openai.js'
 import rootRoutes from '../routes/root/index.js'
 import chatRoutes from '../routes/chat/index.js'
 import agentRoutes from '../routes/agents/index.js'
@@ -21,6 +22,7 @@ import sessionRoutes from '../routes/sessions/index.js'
 import messageRoutes from '../routes/messages/index.js'
 import eventRoutes from '../routes/events/index.js'
 import groupRoutes from '../routes/groups/index.js'
+import openaiRoutes from '../routes/openai/index.js'
 import type { Clock } from './clock.js'
 import type { Environment } from './config.js'
 import { AccessLog } from './access-log.js'
@@ -101,6 +103,7 @@ export async function buildApp (opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(agents)
   await app.register(conversations, { lifecycle })
   await app.register(agentHealth, { clock: opts.clock })
+  await app.register(openai, { lifecycle })
 
   await app.register(swagger, {
     openapi: {
@@ -127,6 +130,7 @@ export async function buildApp (opts: BuildOptions): Promise<FastifyInstance> {
       await api.register(sessionRoutes, { prefix: '/sessions' })
       await api.register(messageRoutes, { prefix: '/sessions' })
       await api.register(eventRoutes, { prefix: '/events' })
+      await api.register(openaiRoutes)
     },
     { prefix: '/v1' }
   )

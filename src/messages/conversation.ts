@@ -18,7 +18,7 @@ import type { SessionRecord, SessionStore } from '../sessions/session-store.js'
 import { requestHash, type IdempotencyKeys, type StoredOutcome } from './idempotency.js'
 import type { Message, MessageHistory } from './message-store.js'
 import { describeReplyFailure } from './reply-failure.js'
-import { ReplyProducer, type Answer, type ReplySink } from './reply-producer.js'
+import { ReplyProducer, type Answer, type ProduceOptions, type ReplySink } from './reply-producer.js'
 import { ReplyRepository, type Lease } from './reply-repository.js'
 
 export type { ReplySink } from './reply-producer.js'
@@ -27,6 +27,8 @@ export interface PostMessageInput {
   content: string
   agent?: string
   metadata?: Record<string, unknown>
+  /** How the agent is asked for this reply only (the OpenAI-compatible API); not part of the stored message. */
+  overrides?: ProduceOptions
 }
 
 /** The result of a post in a single-mode session, as the JSON answer carries it and an idempotent retry replays it. */
@@ -161,7 +163,7 @@ export class ConversationService {
       selection = await this.select(lease.session, input)
       await sink.agent(this.producer.announce(selection.agent, selection.reason, selection.matched))
       const context = await this.context(lease, cached, list, cacheWrites)
-      answer = await this.producer.produce(selection.agent, turnsOf(context), sink)
+      answer = await this.producer.produce(selection.agent, turnsOf(context), sink, input.overrides)
     } catch (err) {
       await cacheWrites
       const agent = selection?.agent ?? this.candidates(lease.session)[0] as AgentDefinition

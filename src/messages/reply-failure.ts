@@ -9,8 +9,8 @@ import { ProduceFailed } from './reply-producer.js'
 export interface FailureContext {
   /** The agent the client was told answers. */
   agent: AgentDefinition
-  /** The stored user message: `details.messageId` tells the caller it was kept. */
-  messageId: string
+  /** The stored user message: `details.messageId` tells the caller it was kept (none for a stateless reply). */
+  messageId?: string | undefined
   llmTimeoutMs: number
   shuttingDown: boolean
   log: FastifyBaseLogger
@@ -24,7 +24,7 @@ export interface FailureContext {
  */
 export function describeReplyFailure (err: unknown, context: FailureContext): DomainError {
   const { agent, log } = context
-  const details: Record<string, unknown> = { messageId: context.messageId }
+  const details: Record<string, unknown> = context.messageId === undefined ? {} : { messageId: context.messageId }
   const failures = err instanceof ProduceFailed ? err.failures : [err]
   const streamed = err instanceof ProduceFailed && err.afterFirstDelta
   const last = failures[failures.length - 1]

@@ -47,10 +47,17 @@ export interface Answer {
   fallbackFrom: AgentDefinition | undefined
 }
 
-/** How one reply departs from an agent's defaults (a group turn's). */
+/** How one reply departs from an agent's defaults (a group turn's, an OpenAI-compatible request's). */
 export interface ProduceOptions {
   /** Instead of the agent's own system prompt. */
   systemPrompt?: string
+  /** After the system prompt: the caller's own system text (the OpenAI-compatible API). */
+  systemText?: string | undefined
+  /** Instead of the agent's temperature and maxTokens. */
+  temperature?: number | undefined
+  maxTokens?: number | undefined
+  /** Turns of context before the messages given to produce (a caller's earlier turns, kept nowhere). */
+  priorTurns?: ChatTurn[] | undefined
   /** Whether the agent's fallback chain may answer when it fails (default true; a group turn: false). */
   useFallbacks?: boolean
   /** The deadline's parent (default the shutdown signal): a group round's own deadline. */
@@ -92,8 +99,9 @@ export class ReplyProducer {
     return { agent: agent.id, name: agent.name, reason, matched, provider: this.options.agents.providerFor(agent).name, model: agent.model }
   }
 
-  async produce (first: AgentDefinition, messages: ChatTurn[], sink: ReplySink, options: ProduceOptions = {}): Promise<Answer> {
+  async produce (first: AgentDefinition, context: ChatTurn[], sink: ReplySink, options: ProduceOptions = {}): Promise<Answer> {
     const { agents, guard, llmMetrics, log } = this.options
+    const messages = options.priorTurns?.length ? [...options.priorTurns, ...context] : context
     const replyDeadline = deadline(this.options.llmTimeoutMs, options.signal ?? this.options.shutdownSignal)
     const { signal } = replyDeadline
     const tried = new Set<string>()
@@ -108,7 +116,14 @@ export class ReplyProducer {
           const { text, usage } = await guard.run({
             agent,
             provider,
-            request: { model: agent.model, systemPrompt: options.systemPrompt ?? agent.systemPrompt, messages, temperature: agent.temperature, maxTokens: agent.maxTokens, stream: sink.live },
+            request: {
+              model: agent.model,
+              systemPrompt: [options.systemPrompt ?? agent.systemPrompt, options.systemText].filter(Boolean).join('\n\n'),
+              messages,
+              temperature: options.temperature ?? agent.temperature,
+              maxTokens: options.maxTokens ?? agent.maxTokens,
+              stream: sink.live
+            },
             signal,
             deadlineAt: replyDeadline.at,
             onDelta: (text) => {
