@@ -3,7 +3,7 @@ import { DomainError } from '../../src/domain-errors.js'
 import { streamErrorBody, type ErrorBody } from '../../src/errors.js'
 import { ChunkFrames, completionBody, errorFrame, newCompletionMeta, openAiError, usageOf } from '../../src/openai/wire.js'
 import { SseStream } from '../sse.js'
-import { ChatCompletion, ChatCompletionBody, ChatCompletionHeaders, ModelList, openAiErrorResponses } from './schemas.js'
+import { ChatCompletion, ChatCompletionBody, ChatCompletionHeaders, Model, ModelList, ModelParams, openAiErrorResponses } from './schemas.js'
 
 const security = [{ bearerAuth: [] }]
 const tags = ['openai']
@@ -12,8 +12,8 @@ const isErrorBody = (payload: unknown): payload is ErrorBody =>
   typeof payload === 'object' && payload !== null && typeof (payload as ErrorBody).statusCode === 'number' && typeof (payload as ErrorBody).message === 'string'
 
 /**
- * The OpenAI-compatible API (DESIGN section 10), registered under /v1: `GET /models` and
- * `POST /chat/completions`. Every error these routes answer, whoever raised it (the API key check,
+ * The OpenAI-compatible API (DESIGN section 10), registered under /v1: `GET /models`,
+ * `GET /models/:model` and `POST /chat/completions`. Every error these routes answer, whoever raised it (the API key check,
  * validation, the body limit, a domain failure, an overload), leaves the service's error handler in
  * its usual shape and is rewritten here into OpenAI's, so that the SDKs' error classes apply.
  */
@@ -33,6 +33,20 @@ const openai: FastifyPluginAsyncTypebox = async (fastify) => {
       }
     },
     async () => ({ object: 'list' as const, data: fastify.openai.models.list() })
+  )
+
+  fastify.get(
+    '/models/:model',
+    {
+      schema: {
+        summary: 'One model of the OpenAI-compatible API',
+        tags,
+        security,
+        params: ModelParams,
+        response: { 200: Model, ...openAiErrorResponses(401, 404, 503) }
+      }
+    },
+    async (request) => fastify.openai.models.describe(request.params.model)
   )
 
   fastify.post(

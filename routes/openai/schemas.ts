@@ -55,10 +55,11 @@ export const ChatCompletion = Type.Object({
   usage: Usage
 })
 
-export const ModelList = Type.Object({
-  object: Type.Literal('list'),
-  data: Type.Array(Type.Object({ id: Type.String(), object: Type.Literal('model'), created: Type.Integer(), owned_by: Type.String() }))
-})
+export const Model = Type.Object({ id: Type.String(), object: Type.Literal('model'), created: Type.Integer({ description: 'Unix seconds' }), owned_by: Type.String() })
+
+export const ModelList = Type.Object({ object: Type.Literal('list'), data: Type.Array(Model) })
+
+export const ModelParams = Type.Object({ model: Type.String({ minLength: 1, maxLength: 200, description: 'A model id: an agent id' }) })
 
 export const OpenAiErrorBody = Type.Object(
   {

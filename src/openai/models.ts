@@ -25,7 +25,13 @@ export class ModelResolver {
   ) {}
 
   list (): ModelEntry[] {
-    return this.agents.definitions().map((agent) => ({ id: agent.id, object: 'model', created: this.created, owned_by: 'smalltalk' }))
+    return this.agents.definitions().map((agent) => this.entry(agent.id))
+  }
+
+  /** The entry of one model id, or a not_found naming the `model` parameter. */
+  describe (id: string): ModelEntry {
+    this.resolve(id)
+    return this.entry(id)
   }
 
   /** The target of a model id, or a not_found naming the `model` parameter. */
@@ -36,5 +42,9 @@ export class ModelResolver {
       code: 'MODEL_NOT_FOUND',
       details: [{ field: '/model' }]
     })
+  }
+
+  private entry (id: string): ModelEntry {
+    return { id, object: 'model', created: this.created, owned_by: 'smalltalk' }
   }
 }

@@ -14,6 +14,10 @@ t.test('models.list names one model per agent; a wrong key is the SDK\'s Authent
   for await (const model of sdk.models.list()) models.push(model)
   t.same(models.map((m) => m.id), ['assistant', 'coder'])
   t.match(models[0], { object: 'model', created: Number, owned_by: 'smalltalk' })
+  t.same(await sdk.models.retrieve('coder'), { ...models[1] }, 'models.retrieve')
+  const missing = await sdk.models.retrieve('gpt-4o').then(() => undefined, (e: unknown) => e)
+  t.ok(missing instanceof OpenAI.NotFoundError)
+  t.match(missing, { code: 'model_not_found', param: 'model' })
 
   const err = await client(base, 'not-a-key').models.list().then(() => undefined, (e: unknown) => e)
   t.ok(err instanceof OpenAI.AuthenticationError, 'AuthenticationError')
