@@ -79,7 +79,12 @@ const openai: FastifyPluginAsyncTypebox = async (fastify) => {
       const sessionId = request.headers['x-smalltalk-session-id']
       if (sessionId !== undefined) reply.header('x-smalltalk-session-id', sessionId)
       const meta = newCompletionMeta(body.model, fastify.sessions.now())
+      const clientGone = new AbortController()
+      reply.raw.once('close', () => {
+        if (!reply.raw.writableFinished) clientGone.abort(new DomainError('unavailable', 'The client closed the connection before the reply was finished', { code: 'CLIENT_GONE' }))
+      })
       const call = {
+        clientGone: clientGone.signal,
         tenant: request.tenant,
         request: body,
         sessionId,

@@ -43,6 +43,11 @@ export interface CompletionCall {
   idempotencyKey?: string | undefined
   /** Whether deltas reach the client as they come (a stream); else the provider is asked for the whole answer. */
   stream: boolean
+  /**
+   * Aborted when the client goes away: a stateless reply is then given up (nothing would receive
+   * it), while a stored one is finished and stored, as on the native path.
+   */
+  clientGone?: AbortSignal | undefined
   /** `store: true`: the session created for the exchange, before any delta. */
   onSession: (sessionId: string) => void
   delta: (text: string) => Promise<void> | void
@@ -105,7 +110,10 @@ export class OpenAiCompletions {
       temperature: request.temperature ?? undefined,
       maxTokens: request.max_completion_tokens ?? request.max_tokens ?? undefined
     }
-    if (mode === 'stateless') return this.stateless(target.agent, turns, overrides, call)
+    if (mode === 'stateless') {
+      const { shutdownSignal } = this.options
+      return this.stateless(target.agent, turns, { ...overrides, signal: call.clientGone ? AbortSignal.any([shutdownSignal, call.clientGone]) : shutdownSignal }, call)
+    }
 
     const newest = turns.at(-1) as ChatTurn
     const index = request.messages.length - 1

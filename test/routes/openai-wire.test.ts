@@ -164,3 +164,48 @@ t.test('the metrics: the route template label, the completions by mode, the prov
   t.match(text, /smalltalk_openai_completions_total\{mode="stateless",stream="false",outcome="error"\} 1/)
   t.match(text, /smalltalk_llm_requests_total\{provider="openai",model="gpt-test",outcome="ok"\} 3/)
 })
+
+t.test('a client that goes away ends a stateless reply\'s provider call; a stored reply is finished and stored', async (t) => {
+  const { base, stub, app, registry } = await openAiWorld(t)
+  for (const stream of [true, false]) {
+    stub.enqueue({ hang: true }, { when: chat })
+    const controller = new AbortController()
+    const pending = fetch(`${base}/v1/chat/completions`, { method: 'POST', headers: json, body: JSON.stringify({ model: 'assistant', messages: hi, stream }), signal: controller.signal }).catch((e: unknown) => e)
+    await stub.waitForRequests(stub.requests.length + 1)
+    t.equal(stub.inFlight, 1, 'the provider is being asked')
+    controller.abort()
+    await pending
+    await stub.idle()
+    t.pass(`stream ${stream}: the provider call was given up with the client`)
+  }
+  t.match(await registry.metrics(), /smalltalk_llm_requests_total\{provider="openai",model="gpt-test",outcome="cancelled"\} 2/)
+
+  let release!: () => void
+  stub.enqueue({ until: new Promise<void>((resolve) => { release = resolve }), text: 'kept anyway' }, { when: chat })
+  const controller = new AbortController()
+  const pending = fetch(`${base}/v1/chat/completions`, { method: 'POST', headers: json, body: JSON.stringify({ model: 'assistant', store: true, messages: [{ role: 'user', content: 'keep this' }] }), signal: controller.signal }).catch((e: unknown) => e)
+  await stub.waitForRequests(stub.requests.length + 1)
+  controller.abort()
+  await pending
+  release()
+  const auth = { authorization: `Bearer ${KEY}` }
+  const [session] = (await app.inject({ url: '/v1/sessions', headers: auth })).json().sessions
+  let contents: string[] = []
+  for (let i = 0; i < 100 && contents.length < 2; i++) {
+    contents = (await app.inject({ url: `/v1/sessions/${session.id}/messages`, headers: auth })).json().messages.map((m: { content: string }) => m.content)
+    if (contents.length < 2) await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  t.same(contents, ['keep this', 'kept anyway'])
+})
+
+t.test('at the shutdown deadline a running completion ends with a 503 shutting_down', async (t) => {
+  const { base, stub, lifecycle } = await openAiWorld(t)
+  stub.enqueue({ hang: true }, { when: chat })
+  const pending = post(base, { model: 'assistant', messages: hi })
+  await stub.waitForRequests(stub.requests.length + 1)
+  lifecycle.abortReplies()
+  const res = await pending
+  t.equal(res.status, 503)
+  t.equal(res.headers.get('retry-after'), '1')
+  t.match(await res.json(), { error: { type: 'server_error', code: 'shutting_down' } })
+})

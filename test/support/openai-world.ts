@@ -6,6 +6,7 @@ import OpenAI from 'openai'
 import { Registry } from 'prom-client'
 import { buildApp } from '../../src/app.js'
 import type { Environment } from '../../src/config.js'
+import { Lifecycle } from '../../src/lifecycle.js'
 import { REDIS_URL, tempDir, testEnv } from '../helper.js'
 import { LlmStub } from './llm-stub.js'
 
@@ -45,6 +46,8 @@ export interface OpenAiWorld {
   base: string
   /** The official client, with tenant a's key and no retries of its own. */
   client: OpenAI
+  /** The app's lifecycle (abortReplies: the shutdown deadline). */
+  lifecycle: Lifecycle
 }
 
 export async function openAiWorld (t: Test, env: Environment = {}): Promise<OpenAiWorld> {
@@ -54,9 +57,11 @@ export async function openAiWorld (t: Test, env: Environment = {}): Promise<Open
   const file = join(dir, 'agents.yaml')
   await writeFile(file, TEAM)
   const registry = new Registry()
+  const lifecycle = new Lifecycle()
   const app = await buildApp({
     logger: false,
     registry,
+    lifecycle,
     env: await testEnv(t, {
       REDIS_URL,
       AGENTS_FILE: file,
@@ -76,7 +81,7 @@ export async function openAiWorld (t: Test, env: Environment = {}): Promise<Open
     done()
   })
   const base = await app.listen({ port: 0, host: '127.0.0.1' })
-  return { stub, app, registry, base, client: client(base, KEY) }
+  return { stub, app, registry, base, client: client(base, KEY), lifecycle }
 }
 
 export const client = (base: string, apiKey: string): OpenAI => new OpenAI({ baseURL: `${base}/v1`, apiKey, maxRetries: 0 })
