@@ -39,6 +39,7 @@ export default fp(
       log: fastify.log,
       llmTimeoutMs: config.LLM_TIMEOUT_MS,
       maxMessageChars: config.MAX_MESSAGE_CHARS,
+      metadataMaxBytes: config.METADATA_MAX_BYTES,
       shutdownSignal
     })
     fastify.decorate('openai', { models, completions })

@@ -1,6 +1,6 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { AgentDefinition } from '../agents/agent.js'
-import { DomainError } from '../domain-errors.js'
+import { DomainError, assertMetadataSize, assertStorable } from '../domain-errors.js'
 import type { ConversationService, PostResult } from '../messages/conversation.js'
 import type { StoredOutcome } from '../messages/idempotency.js'
 import { describeReplyFailure } from '../messages/reply-failure.js'
@@ -74,6 +74,8 @@ export interface CompletionOptions {
   llmTimeoutMs: number
   /** MAX_MESSAGE_CHARS: the longest user message a stored exchange keeps. */
   maxMessageChars: number
+  /** METADATA_MAX_BYTES: the largest `metadata` a stored exchange keeps, as JSON. */
+  metadataMaxBytes: number
   shutdownSignal: AbortSignal
 }
 
@@ -124,12 +126,16 @@ export class OpenAiCompletions {
       throw invalid(`The user message of a stored exchange must have 1 to ${this.options.maxMessageChars} characters (MAX_MESSAGE_CHARS)`, `/messages/${index}/content`)
     }
     const metadata = { ...request.metadata, ...(request.user ? { user: request.user } : {}) }
+    // Checked here, before a session is created, so that a refused request leaves nothing behind.
+    assertStorable(`messages/${index}/content`, newest.content)
+    assertStorable('metadata', metadata)
+    assertMetadataSize('metadata', metadata, this.options.metadataMaxBytes)
     let sessionId = call.sessionId
     if (mode === 'store') {
       if (call.idempotencyKey !== undefined) {
         throw invalid('Idempotency-Key applies to requests that continue a session (x-smalltalk-session-id); a request that creates one cannot be replayed', '/idempotency-key')
       }
-      const session = await this.options.sessions.create(call.tenant, { agents: [target.agent.id], metadata })
+      const session = await this.options.sessions.create(call.tenant, { agents: [target.agent.id], metadata: request.metadata ?? {} })
       sessionId = session.id
       call.onSession(session.id)
       overrides.priorTurns = turns.slice(0, -1)

@@ -65,7 +65,7 @@ t.test('a stream is data-only frames: the role, the deltas, finish_reason, the u
 })
 
 t.test('every rejection has OpenAI\'s error shape on these routes, and only on these', async (t) => {
-  const { base } = await openAiWorld(t, { BODY_LIMIT: '2048' })
+  const { base, app } = await openAiWorld(t, { BODY_LIMIT: '2048', METADATA_MAX_BYTES: '64' })
   const shape = { error: { message: String, type: String } }
   const noKey = await fetch(`${base}/v1/models`)
   t.equal(noKey.status, 401)
@@ -89,6 +89,16 @@ t.test('every rejection has OpenAI\'s error shape on these routes, and only on t
   const media = await post(base, 'hi', { 'content-type': 'text/plain' })
   t.equal(media.status, 415)
   t.match(await media.json(), shape)
+
+  const heavy = await post(base, { model: 'assistant', store: true, metadata: { note: 'y'.repeat(100) }, messages: hi })
+  t.equal(heavy.status, 400)
+  t.match(await heavy.json(), { error: { param: 'metadata', code: 'metadata_too_large' } })
+  const nul = await post(base, { model: 'assistant', store: true, messages: [{ role: 'user', content: 'a\u0000b' }] })
+  t.match(await nul.json(), { error: { param: 'messages[0].content', code: 'nul_character' } })
+  const long = await post(base, { model: 'assistant', store: true, messages: [{ role: 'user', content: '' }] })
+  t.match(await long.json(), { error: { param: 'messages[0].content' } })
+  const sessions = (await app.inject({ url: '/v1/sessions', headers: { authorization: `Bearer ${KEY}` } })).json().sessions
+  t.same(sessions, [], 'a refused stored exchange leaves no session behind')
 
   const native = await fetch(`${base}/v1/agents`)
   t.match(await native.json(), { statusCode: 401, error: 'Unauthorized' }, 'the native routes keep their own shape')
