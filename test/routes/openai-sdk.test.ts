@@ -219,3 +219,18 @@ t.test('a second message while the session\'s reply runs is the SDK\'s ConflictE
   const wrongModel = await sdk.chat.completions.create({ model: 'coder', messages: [{ role: 'user', content: 'x' }] }, options).then(() => undefined, (e: unknown) => e)
   t.match(wrongModel, { status: 400, param: 'model', code: 'agent_not_in_session' }, 'the model must be one of the session\'s agents')
 })
+
+t.test('a 429 raised before the handler (as an admission check raises it) is the SDK\'s RateLimitError', async (t) => {
+  // A stand-in for the per-tenant limits: any hook that rejects with 429 gets OpenAI's shape here.
+  const { client: sdk } = await openAiWorld(t, {}, (app) => {
+    app.addHook('preHandler', async (request, reply) => {
+      if (request.headers['x-test-limit'] === undefined) return
+      reply.header('retry-after', '7')
+      throw app.httpErrors.tooManyRequests('Too many messages for this tenant')
+    })
+  })
+  const limited = await sdk.chat.completions.create({ model: 'assistant', messages: [{ role: 'user', content: 'hi' }] }, { headers: { 'x-test-limit': '1' } }).then(() => undefined, (e: unknown) => e)
+  t.ok(limited instanceof OpenAI.RateLimitError, 'RateLimitError')
+  t.match(limited, { status: 429, type: 'rate_limit_error', code: 'rate_limit_exceeded', message: /Too many messages/ })
+  t.equal((limited as InstanceType<typeof OpenAI.APIError>).headers?.get('retry-after'), '7')
+})

@@ -50,7 +50,7 @@ export interface OpenAiWorld {
   lifecycle: Lifecycle
 }
 
-export async function openAiWorld (t: Test, env: Environment = {}): Promise<OpenAiWorld> {
+export async function openAiWorld (t: Test, env: Environment = {}, prepare: (app: FastifyInstance) => void = () => undefined): Promise<OpenAiWorld> {
   const stub = await LlmStub.start()
   t.teardown(() => stub.close())
   const dir = await tempDir(t)
@@ -80,6 +80,7 @@ export async function openAiWorld (t: Test, env: Environment = {}): Promise<Open
     app.server.closeAllConnections()
     done()
   })
+  prepare(app)
   const base = await app.listen({ port: 0, host: '127.0.0.1' })
   return { stub, app, registry, base, client: client(base, KEY), lifecycle }
 }
