@@ -130,8 +130,10 @@ t.test('fields OpenAI has and these routes do not use are ignored, nulls include
 t.test('Idempotency-Key on a continuation replays the first answer; a request that creates a session refuses it', async (t) => {
   const { base, stub, app } = await openAiWorld(t)
   stub.setDefault({ text: 'first answer' })
-  const created = await post(base, { model: 'assistant', store: true, messages: [{ role: 'user', content: 'start' }] })
+  const created = await post(base, { model: 'assistant', store: true, stream: true, messages: [{ role: 'user', content: 'start' }] })
   const sessionId = created.headers.get('x-smalltalk-session-id')!
+  t.match(sessionId, /^[0-9a-f-]{36}$/, 'a stored stream has the session id in its headers')
+  t.match(await created.text(), /\[DONE\]/)
   const body = { model: 'assistant', messages: [{ role: 'user', content: 'once' }] }
   const headers = { 'x-smalltalk-session-id': sessionId, 'idempotency-key': 'k-1' }
   const one = await post(base, body, headers)
