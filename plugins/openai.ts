@@ -31,6 +31,7 @@ export default fp(
     })
     const models = new ModelResolver(fastify.agents, Math.floor(fastify.sessions.now() / 1000))
     const completions = new OpenAiCompletions({
+      agents: fastify.agents,
       models,
       producer,
       conversations: fastify.conversations,

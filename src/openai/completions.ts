@@ -1,7 +1,8 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { AgentDefinition } from '../agents/agent.js'
+import type { AgentRegistry } from '../agents/registry.js'
 import { DomainError, assertMetadataSize, assertStorable } from '../domain-errors.js'
-import type { ConversationService, PostResult } from '../messages/conversation.js'
+import type { ConversationService, PostResult, RoundResult } from '../messages/conversation.js'
 import type { StoredOutcome } from '../messages/idempotency.js'
 import { describeReplyFailure } from '../messages/reply-failure.js'
 import type { ProduceOptions, ReplyProducer, ReplySink } from '../messages/reply-producer.js'
@@ -63,6 +64,7 @@ export interface CompletionResult {
 }
 
 export interface CompletionOptions {
+  agents: AgentRegistry
   models: ModelResolver
   /** Asks the agents (retries, breakers, fallbacks, the LLM_TIMEOUT_MS deadline) for stateless replies. */
   producer: ReplyProducer
@@ -162,20 +164,40 @@ export class OpenAiCompletions {
         }
         throw err
       })
-    const { reply } = outcome.replayed ? replayedResult(outcome.outcome) : outcome.result
+    const result = outcome.replayed ? replayedResult(outcome.outcome) : outcome.result
+    if ('replies' in result) {
+      // A group session: the round's replies as one message, each labelled with its speaker.
+      const { agents } = this.options
+      return {
+        text: result.replies.map((reply, i) => speakerLabel(agents.get(reply.agent ?? '')?.name ?? reply.agent ?? '', i === 0) + reply.content).join(''),
+        usage: result.replies.reduce((sum, reply) => ({ inputTokens: sum.inputTokens + (reply.usage?.inputTokens ?? 0), outputTokens: sum.outputTokens + (reply.usage?.outputTokens ?? 0) }), { inputTokens: 0, outputTokens: 0 }),
+        agent: agent.id,
+        replayed: outcome.replayed
+      }
+    }
+    const { reply } = result
     return { text: reply.content, usage: reply.usage ?? { inputTokens: 0, outputTokens: 0 }, agent: reply.agent ?? agent.id, replayed: outcome.replayed }
   }
 }
 
 /** The first outcome of a request with the same Idempotency-Key: its result, or its failure again. */
-function replayedResult (outcome: StoredOutcome): PostResult {
+function replayedResult (outcome: StoredOutcome): PostResult | RoundResult {
   if (!outcome.ok) throw DomainError.from(outcome.failure)
-  return outcome.result as PostResult
+  return outcome.result as PostResult | RoundResult
 }
+
+/** Where a group round's speaker starts in the one assistant message: `**Name:** `, after a blank line from the second on. */
+const speakerLabel = (name: string, first: boolean): string => `${first ? '' : '\n\n'}**${name}:** `
 
 const noop = () => undefined
 
-const sinkOf = (call: CompletionCall): ReplySink => ({ live: call.stream, message: noop, agent: noop, delta: (text) => call.delta(text) })
+/** Deltas to the caller; in a group round, each turn's speaker label first, so the streamed text is the JSON one. */
+const sinkOf = (call: CompletionCall): ReplySink => ({
+  live: call.stream,
+  message: noop,
+  agent: (announcement) => announcement.turn === undefined ? undefined : call.delta(speakerLabel(announcement.name, announcement.turn === 1)),
+  delta: (text) => call.delta(text)
+})
 
 const invalid = (message: string, field: string): DomainError => new DomainError('invalid', message, { code: 'INVALID_REQUEST', details: [{ field, message }] })
 

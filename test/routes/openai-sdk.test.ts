@@ -234,3 +234,23 @@ t.test('a 429 raised before the handler (as an admission check raises it) is the
   t.match(limited, { status: 429, type: 'rate_limit_error', code: 'rate_limit_exceeded', message: /Too many messages/ })
   t.equal((limited as InstanceType<typeof OpenAI.APIError>).headers?.get('retry-after'), '7')
 })
+
+t.test('continuing a group session runs a round: one assistant message labelling each speaker, streamed alike', async (t) => {
+  const { app, stub, client: sdk } = await openAiWorld(t)
+  stub.setDefault((request) => ({ text: request.protocol === 'openai' ? 'I am the generalist.' : 'I write code.', usage: { inputTokens: 3, outputTokens: 4 } }))
+  const auth = { authorization: `Bearer ${KEY}` }
+  const created = await app.inject({ method: 'POST', url: '/v1/sessions', headers: auth, payload: { agents: ['assistant', 'coder'], mode: 'group', group: { strategy: 'round-robin', maxTurns: 2 } } })
+  t.equal(created.statusCode, 201, created.body)
+  const options = { headers: { 'x-smalltalk-session-id': created.json().id as string } }
+
+  const completion = await sdk.chat.completions.create({ model: 'assistant', messages: [{ role: 'user', content: 'Who are you both?' }] }, options)
+  t.equal(completion.choices[0]?.message.content, '**Assistant:** I am the generalist.\n\n**Coder:** I write code.')
+  t.same(completion.usage, { prompt_tokens: 6, completion_tokens: 8, total_tokens: 14 }, 'the turns\' usage added up')
+
+  const stream = await sdk.chat.completions.create({ model: 'assistant', messages: [{ role: 'user', content: 'Again?' }], stream: true }, options)
+  let text = ''
+  for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? ''
+  t.equal(text, '**Assistant:** I am the generalist.\n\n**Coder:** I write code.', 'the stream carries the same labels')
+  const stored = (await app.inject({ url: `/v1/sessions/${created.json().id}/messages`, headers: auth })).json().messages
+  t.same(stored.map((m: { agent?: string }) => m.agent ?? 'user'), ['user', 'assistant', 'coder', 'user', 'assistant', 'coder'], 'each turn stored as its own message')
+})
