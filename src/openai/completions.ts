@@ -88,7 +88,8 @@ export interface CompletionOptions {
  * messages follow it, in order, as one system text. With `store: true` a session of the caller's
  * tenant is created for the model's agent and the newest user message and the reply are stored in
  * it (the caller's earlier messages are context for that reply only); with a session id, the session
- * is continued through the native path, which takes only the newest user message.
+ * is continued through the native path, which takes only the newest user message (a group-mode
+ * session runs a round, answered as one message labelling each speaker).
  */
 export class OpenAiCompletions {
   constructor (private readonly options: CompletionOptions) {}
