@@ -29,7 +29,7 @@ export default fp(
       llmTimeoutMs: config.LLM_TIMEOUT_MS,
       shutdownSignal
     })
-    const models = new ModelResolver(fastify.agents, Math.floor(fastify.sessions.now() / 1000))
+    const models = new ModelResolver(fastify.agents, Math.floor(fastify.sessions.now() / 1000), fastify.groupPresets)
     const completions = new OpenAiCompletions({
       agents: fastify.agents,
       models,

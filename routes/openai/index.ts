@@ -26,7 +26,7 @@ const openai: FastifyPluginAsyncTypebox = async (fastify) => {
     '/models',
     {
       schema: {
-        summary: 'List the models of the OpenAI-compatible API: one per agent',
+        summary: 'List the models of the OpenAI-compatible API: one per agent, one per group preset (group:<preset id>)',
         tags,
         security,
         response: { 200: ModelList, ...openAiErrorResponses(401, 503) }

@@ -7,7 +7,8 @@ import type { NewEvent } from '../events/event-log.js'
 import type { Message } from '../messages/message-store.js'
 import { describeReplyFailure } from '../messages/reply-failure.js'
 import type { ReplyProducer, ReplySink } from '../messages/reply-producer.js'
-import type { Lease, ReplyRepository } from '../messages/reply-repository.js'
+import type { Lease, NewReply, ReplyRepository, StoredReply } from '../messages/reply-repository.js'
+import type { Failure } from '../domain-errors.js'
 import type { GroupMetrics, StopReason } from '../metrics/group-metrics.js'
 import { groupSystemPrompt, groupTurns, transcript } from './group-context.js'
 import type { GroupSettings, Strategy } from './group-settings.js'
@@ -41,6 +42,17 @@ export interface GroupRoundOptions {
   cacheTurn: (stored: { session: Lease['session']; reply: Message }) => Promise<void>
 }
 
+/**
+ * Where a round's turns go: the session's rows under its lease (ReplyRepository), or, for a
+ * stateless round (the OpenAI-compatible API's group models), nowhere but the answer.
+ */
+export interface RoundStore {
+  record(events: NewEvent[]): Promise<void>
+  storeTurn(lease: Lease, reply: NewReply, renewMs: number): Promise<StoredReply | undefined>
+  renewLease(lease: Lease, renewMs: number): Promise<boolean>
+  whyNotStored(lease: Lease): Promise<Failure>
+}
+
 export interface RoundInput {
   tenant: string
   lease: Lease
@@ -50,6 +62,8 @@ export interface RoundInput {
   sink: ReplySink
   /** The agent the client named (`agent` in the body): it speaks first, like a mention. */
   requested?: string | undefined
+  /** Default: the session's rows (the options' `replies`), each turn written to the cache too. */
+  store?: RoundStore | undefined
 }
 
 /** A round that cannot go on: the answer is this failure (the turns stored so far stay stored). */
@@ -76,7 +90,9 @@ export class GroupRound {
   constructor (private readonly options: GroupRoundOptions) {}
 
   async run (input: RoundInput): Promise<RoundResult> {
-    const { agents, producer, replies, metrics } = this.options
+    const { agents, producer, metrics } = this.options
+    const replies = input.store ?? this.options.replies
+    const persistent = input.store === undefined
     const { lease, sink, tenant } = input
     const session = lease.session
     const group = session.group as GroupSettings
@@ -141,7 +157,7 @@ export class GroupRound {
             // Deleted, expired, or the lease lost meanwhile: nothing more is stored.
             throw new RoundFailed(DomainError.from(await replies.whyNotStored(lease)), { turns, stop: 'error', replies: stored })
           }
-          await this.options.cacheTurn(turn)
+          if (persistent) await this.options.cacheTurn(turn)
           stored.push(turn.reply)
           history.push(turn.reply)
           await sink.turn?.(turn.reply)

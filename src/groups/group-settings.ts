@@ -127,6 +127,11 @@ export function assertGroupAgents (agents: string[]): void {
   if (repeated.length > 0) throw invalid('agents', `A group's agents must be distinct: ${[...new Set(repeated)].join(', ')} listed twice`)
 }
 
+/** A preset's settings as a group session gets them with nothing else asked. */
+export function presetSettings (preset: GroupPreset): GroupSettings {
+  return { strategy: 'round-robin', allowRepeat: false, ...fromPreset(preset), maxTurns: preset.maxTurns, preset: preset.id }
+}
+
 function fromPreset (preset: GroupPreset): Partial<GroupSettings> {
   const settings: Partial<GroupSettings> = { strategy: preset.strategy, maxTurns: preset.maxTurns }
   if (preset.manager !== undefined) settings.manager = preset.manager

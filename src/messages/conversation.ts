@@ -10,7 +10,9 @@ import { DomainError, assertMetadataSize, assertStorable } from '../domain-error
 import type { NewEvent } from '../events/event-log.js'
 import type { ConversationMetrics } from '../metrics/conversation-metrics.js'
 import type { LlmMetrics } from '../metrics/llm-metrics.js'
-import { GroupRound, RoundFailed, type RoundResult } from '../groups/group-round.js'
+import { randomUUID } from 'node:crypto'
+import { GroupRound, RoundFailed, type RoundResult, type RoundStore } from '../groups/group-round.js'
+import { presetSettings, type GroupPreset } from '../groups/group-settings.js'
 import { GroupManager } from '../groups/manager.js'
 import type { GroupMetrics } from '../metrics/group-metrics.js'
 import type { ChatTurn } from '../providers/provider.js'
@@ -208,6 +210,39 @@ export class ConversationService {
     metrics.replyLatency.observe({ agent: answer.agent.id, outcome: 'ok' }, latencyMs / 1000)
     await Promise.all([sessions.cacheRecord(stored.session), history.append(cached.id, stored.reply)])
     return { message, reply: stored.reply }
+  }
+
+  /**
+   * A round of a group preset with no session (the OpenAI-compatible API's stateless group models):
+   * `turns` (ending with the user message) are the context; nothing is stored, no lease is taken, no
+   * event is written; the round's metrics count it.
+   */
+  async statelessRound (tenant: string, preset: GroupPreset, turns: ChatTurn[], sink: ReplySink): Promise<RoundResult> {
+    const now = () => new Date(this.options.sessions.now()).toISOString()
+    const messages: Message[] = turns.map((turn, i) => ({ id: randomUUID(), seq: i + 1, role: turn.role === 'assistant' ? 'assistant' : 'user', content: turn.content, metadata: {}, createdAt: now() }))
+    const message = messages.at(-1) as Message
+    const at = now()
+    const session: SessionRecord = { id: randomUUID(), tenant, status: 'active', agents: preset.agents, mode: 'group', group: presetSettings(preset), metadata: {}, createdAt: at, updatedAt: at, expiresAt: null, version: 1, messageCount: messages.length, lastSeq: messages.length }
+    const lease: Lease = { session, message, token: randomUUID() }
+    let seq = messages.length
+    const store: RoundStore = {
+      record: async () => undefined,
+      storeTurn: async (_lease, reply) => ({
+        session,
+        reply: { id: randomUUID(), seq: ++seq, role: 'assistant', content: reply.content, metadata: {}, createdAt: now(), agent: reply.agent, provider: reply.provider, model: reply.model, usage: reply.usage, latencyMs: reply.latencyMs }
+      }),
+      renewLease: async () => true,
+      whyNotStored: async () => ({ kind: 'unavailable', message: 'A stateless round stores nothing' })
+    }
+    try {
+      const result = await this.rounds.run({ tenant, lease, before: messages.slice(0, -1), contextMessages: this.options.contextMessages, sink, store })
+      this.rounds.finishedEvents(tenant, lease, result.round)
+      return result
+    } catch (err) {
+      if (!(err instanceof RoundFailed)) throw err
+      this.rounds.finishedEvents(tenant, lease, err.result)
+      throw err.failure
+    }
   }
 
   /**

@@ -9,7 +9,8 @@ import type { ProduceOptions, ReplyProducer, ReplySink } from '../messages/reply
 import type { ChatTurn } from '../providers/provider.js'
 import type { SessionStore } from '../sessions/session-store.js'
 import type { OpenAiMetrics } from './metrics.js'
-import type { ModelResolver } from './models.js'
+import { GROUP_MODEL_PREFIX, type ModelResolver } from './models.js'
+import type { GroupPreset } from '../groups/group-settings.js'
 
 /** A content part of an OpenAI message: only `text` parts are understood. */
 export interface ContentPart {
@@ -115,7 +116,8 @@ export class OpenAiCompletions {
       temperature: request.temperature ?? undefined,
       maxTokens: request.max_completion_tokens ?? request.max_tokens ?? undefined
     }
-    if (mode === 'stateless') {
+    if (mode === 'stateless' && target.kind === 'group') return this.statelessRound(call, target.preset, turns)
+    if (mode === 'stateless' && target.kind === 'agent') {
       const { shutdownSignal } = this.options
       return this.stateless(target.agent, turns, { ...overrides, signal: call.clientGone ? AbortSignal.any([shutdownSignal, call.clientGone]) : shutdownSignal }, call)
     }
@@ -138,12 +140,28 @@ export class OpenAiCompletions {
       if (call.idempotencyKey !== undefined) {
         throw invalid('Idempotency-Key applies to requests that continue a session (x-smalltalk-session-id); a request that creates one cannot be replayed', '/idempotency-key')
       }
-      const session = await this.options.sessions.create(call.tenant, { agents: [target.agent.id], metadata: request.metadata ?? {} })
+      const session = await this.options.sessions.create(call.tenant, target.kind === 'group' ? { preset: target.preset.id, metadata: request.metadata ?? {} } : { agents: [target.agent.id], metadata: request.metadata ?? {} })
       sessionId = session.id
       call.onSession(session.id)
       overrides.priorTurns = turns.slice(0, -1)
     }
-    return this.stored(call, sessionId as string, target.agent, { content: newest.content, metadata, overrides })
+    return this.stored(call, sessionId as string, target.kind === 'agent' ? target.agent : undefined, { content: newest.content, metadata, overrides })
+  }
+
+  /** A group model with nothing stored: the caller's messages are the context of one round. */
+  private async statelessRound (call: CompletionCall, preset: GroupPreset, turns: ChatTurn[]): Promise<CompletionResult> {
+    if (turns.at(-1)?.role !== 'user') throw invalid('A group model answers a user message: the last of `messages` must have the role user', `/messages/${call.request.messages.length - 1}/role`)
+    const result = await this.options.conversations.statelessRound(call.tenant, preset, turns, sinkOf(call))
+    return { ...this.roundResult(result), agent: GROUP_MODEL_PREFIX + preset.id, replayed: false }
+  }
+
+  /** A round's replies as one message, each labelled with its speaker, usage summed. */
+  private roundResult (result: RoundResult): { text: string; usage: { inputTokens: number; outputTokens: number } } {
+    const { agents } = this.options
+    return {
+      text: result.replies.map((reply, i) => speakerLabel(agents.get(reply.agent ?? '')?.name ?? reply.agent ?? '', i === 0) + reply.content).join(''),
+      usage: result.replies.reduce((sum, reply) => ({ inputTokens: sum.inputTokens + (reply.usage?.inputTokens ?? 0), outputTokens: sum.outputTokens + (reply.usage?.outputTokens ?? 0) }), { inputTokens: 0, outputTokens: 0 })
+    }
   }
 
   private async stateless (agent: AgentDefinition, turns: ChatTurn[], overrides: ProduceOptions, call: CompletionCall): Promise<CompletionResult> {
@@ -156,28 +174,21 @@ export class OpenAiCompletions {
     }
   }
 
-  private async stored (call: CompletionCall, sessionId: string, agent: AgentDefinition, input: { content: string; metadata: Record<string, unknown>; overrides: ProduceOptions }): Promise<CompletionResult> {
+  /** Through the native path. `agent` (the model's agent) answers a single-mode session; a group model's session runs a round. */
+  private async stored (call: CompletionCall, sessionId: string, agent: AgentDefinition | undefined, input: { content: string; metadata: Record<string, unknown>; overrides: ProduceOptions }): Promise<CompletionResult> {
     const outcome = await this.options.conversations
-      .post(call.tenant, sessionId, { ...input, agent: agent.id }, sinkOf(call), call.idempotencyKey)
+      .post(call.tenant, sessionId, { ...input, ...(agent ? { agent: agent.id } : {}) }, sinkOf(call), call.idempotencyKey)
       .catch((err: unknown) => {
-        if (err instanceof DomainError && err.code === 'AGENT_NOT_IN_SESSION') {
+        if (agent && err instanceof DomainError && err.code === 'AGENT_NOT_IN_SESSION') {
           throw new DomainError('invalid', `The model \`${agent.id}\` is not one of this session's agents`, { code: err.code, details: [{ field: '/model' }] })
         }
         throw err
       })
     const result = outcome.replayed ? replayedResult(outcome.outcome) : outcome.result
-    if ('replies' in result) {
-      // A group session: the round's replies as one message, each labelled with its speaker.
-      const { agents } = this.options
-      return {
-        text: result.replies.map((reply, i) => speakerLabel(agents.get(reply.agent ?? '')?.name ?? reply.agent ?? '', i === 0) + reply.content).join(''),
-        usage: result.replies.reduce((sum, reply) => ({ inputTokens: sum.inputTokens + (reply.usage?.inputTokens ?? 0), outputTokens: sum.outputTokens + (reply.usage?.outputTokens ?? 0) }), { inputTokens: 0, outputTokens: 0 }),
-        agent: agent.id,
-        replayed: outcome.replayed
-      }
-    }
+    // A group session: the round's replies as one message, each labelled with its speaker.
+    if ('replies' in result) return { ...this.roundResult(result), agent: agent?.id ?? call.request.model, replayed: outcome.replayed }
     const { reply } = result
-    return { text: reply.content, usage: reply.usage ?? { inputTokens: 0, outputTokens: 0 }, agent: reply.agent ?? agent.id, replayed: outcome.replayed }
+    return { text: reply.content, usage: reply.usage ?? { inputTokens: 0, outputTokens: 0 }, agent: reply.agent ?? agent?.id ?? call.request.model, replayed: outcome.replayed }
   }
 }
 

@@ -8,11 +8,12 @@ import { KEY, OTHER_KEY, client, openAiWorld } from '../support/openai-world.js'
 
 const chat = (request: { kind: string }) => request.kind === 'chat'
 
-t.test('models.list names one model per agent; a wrong key is the SDK\'s AuthenticationError', async (t) => {
+t.test('models.list names one model per agent and one per group preset; a wrong key is the SDK\'s AuthenticationError', async (t) => {
   const { base, client: sdk } = await openAiWorld(t)
   const models = []
   for await (const model of sdk.models.list()) models.push(model)
-  t.same(models.map((m) => m.id), ['assistant', 'coder'])
+  t.same(models.map((m) => m.id), ['assistant', 'coder', 'group:pair'])
+  t.same(await sdk.models.retrieve('group:pair'), { ...models[2] }, 'a group model')
   t.match(models[0], { object: 'model', created: Number, owned_by: 'smalltalk' })
   t.same(await sdk.models.retrieve('coder'), { ...models[1] }, 'models.retrieve')
   const missing = await sdk.models.retrieve('gpt-4o').then(() => undefined, (e: unknown) => e)
@@ -253,4 +254,37 @@ t.test('continuing a group session runs a round: one assistant message labelling
   t.equal(text, '**Assistant:** I am the generalist.\n\n**Coder:** I write code.', 'the stream carries the same labels')
   const stored = (await app.inject({ url: `/v1/sessions/${created.json().id}/messages`, headers: auth })).json().messages
   t.same(stored.map((m: { agent?: string }) => m.agent ?? 'user'), ['user', 'assistant', 'coder', 'user', 'assistant', 'coder'], 'each turn stored as its own message')
+})
+
+t.test('a group model runs a round: stateless by default (nothing stored), or kept with store: true as a session of the preset', async (t) => {
+  const { app, stub, client: sdk } = await openAiWorld(t)
+  stub.setDefault((request) => ({ text: request.protocol === 'openai' ? 'Plan first.' : 'Then code.', usage: { inputTokens: 2, outputTokens: 2 } }))
+  const auth = { authorization: `Bearer ${KEY}` }
+  const sessionsBefore = (await app.inject({ url: '/v1/sessions', headers: auth })).json().sessions.length
+
+  const completion = await sdk.chat.completions.create({ model: 'group:pair', messages: [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Earlier' }, { role: 'assistant', content: 'Noted' }, { role: 'user', content: 'How do we start?' }] })
+  t.equal(completion.model, 'group:pair')
+  t.equal(completion.choices[0]?.message.content, '**Assistant:** Plan first.\n\n**Coder:** Then code.', 'each speaker labelled')
+  t.same(completion.usage, { prompt_tokens: 4, completion_tokens: 4, total_tokens: 8 })
+  const [first, second] = stub.chatRequests()
+  t.same(first!.messages.map((m) => m.content), ['Earlier', 'Noted', 'How do we start?'], 'the caller\'s messages are the context')
+  t.match(second!.messages.at(-1)!.content, /How do we start\?\n\n\[Assistant\]: Plan first\./, 'the second speaker sees the first one, by name')
+  t.equal((await app.inject({ url: '/v1/sessions', headers: auth })).json().sessions.length, sessionsBefore, 'stateless: no session stored')
+
+  const stream = await sdk.chat.completions.create({ model: 'group:pair', messages: [{ role: 'user', content: 'Streamed?' }], stream: true })
+  let text = ''
+  for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? ''
+  t.equal(text, '**Assistant:** Plan first.\n\n**Coder:** Then code.', 'streamed with the same labels')
+
+  const { data: kept, response } = await sdk.chat.completions.create({ model: 'group:pair', messages: [{ role: 'user', content: 'Keep this' }], store: true }).withResponse()
+  const id = response.headers.get('x-smalltalk-session-id') as string
+  t.ok(id, 'the session id')
+  t.match(kept.choices[0]?.message.content, /\*\*Coder:\*\* Then code\./)
+  const session = (await app.inject({ url: `/v1/sessions/${id}`, headers: auth })).json()
+  t.match(session, { mode: 'group', agents: ['assistant', 'coder'], group: { preset: 'pair', strategy: 'round-robin' } })
+  const stored = (await app.inject({ url: `/v1/sessions/${id}/messages`, headers: auth })).json().messages
+  t.same(stored.map((m: { agent?: string }) => m.agent ?? 'user'), ['user', 'assistant', 'coder'])
+
+  const missing = await sdk.chat.completions.create({ model: 'group:nope', messages: [{ role: 'user', content: 'x' }] }).then(() => undefined, (e: unknown) => e)
+  t.ok(missing instanceof OpenAI.NotFoundError, 'an unknown preset is an unknown model')
 })

@@ -36,6 +36,11 @@ agents:
     systemPrompt: You are Coder.
     expertise: [code]
     fallback: assistant
+groups:
+  - id: pair
+    name: Pair
+    agents: [assistant, coder]
+    strategy: round-robin
 `
 
 export interface OpenAiWorld {
