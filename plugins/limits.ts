@@ -1,0 +1,159 @@
+import fp from 'fastify-plugin'
+import rateLimit from '@fastify/rate-limit'
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import promClient from 'prom-client'
+import { RedisCache } from '../src/cache/redis-cache.js'
+import { systemClock, type Clock } from '../src/clock.js'
+import { DomainError } from '../src/domain-errors.js'
+import { counterStore } from '../src/limits/counter-store.js'
+import { RedisGate } from '../src/limits/redis-gate.js'
+import { StreamSlots } from '../src/limits/stream-slots.js'
+import { LimitTable, loadTenantOverrides } from '../src/limits/tenant-limits.js'
+import { secondsToUtcMidnight, tokensToday } from '../src/limits/usage.js'
+import { ErrorBody } from '../routes/sessions/schemas.js'
+
+type Guard = (request: FastifyRequest, reply: FastifyReply) => Promise<void>
+
+export interface Limits {
+  table: LimitTable
+  /**
+   * preHandler of every route that posts a message (a group round is one message): the tenant's
+   * message rate and token budget, then, for a request that asks for `text/event-stream`, a stream
+   * slot. A refused request gets a 429 before its handler runs: nothing is stored, no provider called.
+   */
+  messageGuard: Guard
+  /** preHandler of a streaming route: one of the tenant's open streams, released when the response closes. */
+  streamGuard: Guard
+  /** The stream slot of streamGuard, for a route that decides to stream from its body (`stream: true`). */
+  holdStream: Guard
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    limits: Limits
+  }
+}
+
+export interface LimitsPluginOptions {
+  clock?: Clock | undefined
+}
+
+/** What a client is told to wait when all its streams are taken: one of them may end at any time. */
+const STREAM_RETRY_AFTER_SECONDS = 5
+const MINUTE_MS = 60_000
+
+const wantsStream = (request: FastifyRequest) => /text\/event-stream/i.test(request.headers.accept ?? '')
+
+function rateHeaders (reply: FastifyReply, limit: number, remaining: number, resetSeconds: number): void {
+  reply.header('ratelimit-limit', limit).header('ratelimit-remaining', remaining).header('ratelimit-reset', resetSeconds)
+}
+
+/**
+ * Limits per tenant (DESIGN section 12), registered inside the /v1 scope after authentication: the
+ * request rate on every /v1 route (@fastify/rate-limit), the message rate and the daily token budget
+ * on message posts, and open streams. Counts are shared exactly across replicas in Redis; while
+ * Redis is unreachable each replica enforces its share (src/limits/redis-gate.ts).
+ */
+export default fp(
+  async function limits (fastify, opts: LimitsPluginOptions) {
+    const config = fastify.config
+    const clock = opts.clock ?? systemClock
+    const overrides = config.TENANTS_FILE ? await loadTenantOverrides(config.TENANTS_FILE) : new Map()
+    const table = new LimitTable({
+      rateLimitPerMinute: config.RATE_LIMIT_PER_MINUTE,
+      messageRatePerMinute: config.MESSAGE_RATE_PER_MINUTE,
+      maxStreams: config.MAX_STREAMS_PER_TENANT,
+      tokenBudgetPerDay: config.TOKEN_BUDGET_PER_DAY
+    }, overrides)
+    const cache = fastify.cache
+    const gate = new RedisGate(cache instanceof RedisCache ? cache.client : undefined, cache, clock, fastify.log)
+    const replicas = config.LIMIT_REPLICAS
+    const refusals = new promClient.Counter({
+      name: 'smalltalk_limit_refusals_total',
+      help: 'Requests refused with a 429 by a tenant limit: rate (requests), messages, streams or tokens (daily budget)',
+      labelNames: ['limit'],
+      registers: [fastify.metricsRegistry]
+    })
+    for (const limit of ['rate', 'messages', 'streams', 'tokens']) refusals.inc({ limit }, 0)
+
+    // Every /v1 route may answer 429 (a tenant's request rate): each one documents it.
+    fastify.addHook('onRoute', (route) => {
+      const responses = route.schema?.response as Record<string, unknown> | undefined
+      if (responses && !('429' in responses)) responses['429'] = ErrorBody
+    })
+
+    await fastify.register(rateLimit, {
+      global: table.anyLimits('rateLimitPerMinute'),
+      hook: 'onRequest',
+      enableDraftSpec: true,
+      timeWindow: MINUTE_MS,
+      store: counterStore({ gate, clock, replicas }),
+      keyGenerator: (request) => `rate:${request.tenant}`,
+      allowList: (request) => table.of(request.tenant).rateLimitPerMinute === 0,
+      max: (request) => table.of(request.tenant).rateLimitPerMinute,
+      onExceeded: () => refusals.inc({ limit: 'rate' }),
+      errorResponseBuilder: (_request, context) => new DomainError(
+        'limited',
+        `Rate limit exceeded: ${context.max} requests per minute for this tenant; retry in ${context.after}`,
+        { code: 'RATE_LIMITED', retryAfterSeconds: Math.max(1, Math.ceil(context.ttl / 1000)) }
+      )
+    })
+    const messageRate = fastify.createRateLimit({
+      keyGenerator: (request) => `messages:${request.tenant}`,
+      allowList: (request) => table.of(request.tenant).messageRatePerMinute === 0,
+      max: (request) => table.of(request.tenant).messageRatePerMinute
+    })
+
+    const slots = new StreamSlots({ gate, clock, replicas })
+    fastify.addHook('onClose', () => slots.close())
+
+    const holdStream: Guard = async (request, reply) => {
+      const max = table.of(request.tenant).maxStreams
+      if (max === 0) return
+      const release = await slots.acquire(request.tenant, max)
+      if (!release) {
+        refusals.inc({ limit: 'streams' })
+        rateHeaders(reply, max, 0, STREAM_RETRY_AFTER_SECONDS)
+        throw new DomainError('limited', `Too many open streams: this tenant may have ${max} open at once (SSE replies and event streams together); close one or retry later`, {
+          code: 'TOO_MANY_STREAMS',
+          retryAfterSeconds: STREAM_RETRY_AFTER_SECONDS
+        })
+      }
+      // 'close' follows the end of every response, and a client that goes away.
+      reply.raw.once('close', release)
+    }
+
+    const messageGuard: Guard = async (request, reply) => {
+      const tenant = table.of(request.tenant)
+      if (tenant.messageRatePerMinute > 0) {
+        const rate = await messageRate(request)
+        if (!rate.isAllowed && rate.isExceeded) {
+          refusals.inc({ limit: 'messages' })
+          const retryAfter = Math.max(1, rate.ttlInSeconds)
+          rateHeaders(reply, rate.max, 0, retryAfter)
+          throw new DomainError('limited', `Message rate exceeded: ${rate.max} messages per minute for this tenant; retry in ${retryAfter} s`, {
+            code: 'RATE_LIMITED',
+            retryAfterSeconds: retryAfter
+          })
+        }
+      }
+      if (tenant.tokenBudgetPerDay > 0) {
+        const now = clock.now()
+        const used = await tokensToday(fastify.pg.pool, request.tenant, now)
+        if (used >= tenant.tokenBudgetPerDay) {
+          refusals.inc({ limit: 'tokens' })
+          const retryAfter = secondsToUtcMidnight(now)
+          rateHeaders(reply, tenant.tokenBudgetPerDay, 0, retryAfter)
+          throw new DomainError('limited', `Token budget exhausted: this tenant used ${used} of its ${tenant.tokenBudgetPerDay} tokens for the UTC day; it renews at midnight UTC`, {
+            code: 'TOKEN_BUDGET_EXCEEDED',
+            retryAfterSeconds: retryAfter
+          })
+        }
+      }
+      if (wantsStream(request)) await holdStream(request, reply)
+    }
+
+    fastify.decorate('limits', { table, messageGuard, streamGuard: holdStream, holdStream })
+  },
+  { name: 'limits', dependencies: ['config', 'redis', 'postgres', 'metrics', 'auth'] }
+)
