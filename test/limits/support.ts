@@ -85,3 +85,28 @@ export async function refusals (app: FastifyInstance, limit: string): Promise<nu
   const metric = await app.metricsRegistry.getSingleMetric('smalltalk_limit_refusals_total')?.get()
   return metric?.values.find((v) => v.labels.limit === limit)?.value ?? 0
 }
+
+export interface OpenStream {
+  status: number
+  body: string
+  close: () => void
+}
+
+export async function baseOf (app: FastifyInstance): Promise<string> {
+  if (!app.server.listening) await app.listen({ port: 0, host: '127.0.0.1' })
+  return `http://127.0.0.1:${(app.server.address() as { port: number }).port}`
+}
+
+/** Opens GET /v1/events/stream and keeps it open until close(); a refusal comes back with its body. */
+export async function openEventStream (t: Test, base: string, tenant: keyof typeof KEYS): Promise<OpenStream> {
+  const controller = new AbortController()
+  const response = await fetch(`${base}/v1/events/stream`, { headers: auth(tenant), signal: controller.signal })
+  const close = () => controller.abort()
+  t.teardown(close)
+  if (response.status !== 200) return { status: response.status, body: await response.text(), close }
+  // Read the first frame, so the stream is known to be open on the server.
+  const reader = (response.body as ReadableStream<Uint8Array>).getReader()
+  await reader.read()
+  reader.read().catch(() => undefined)
+  return { status: 200, body: '', close }
+}
