@@ -1,6 +1,6 @@
 import fp from 'fastify-plugin'
 import rateLimit from '@fastify/rate-limit'
-import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import promClient from 'prom-client'
 import { RedisCache } from '../src/cache/redis-cache.js'
 import { systemClock, type Clock } from '../src/clock.js'
@@ -9,7 +9,8 @@ import { counterStore } from '../src/limits/counter-store.js'
 import { RedisGate } from '../src/limits/redis-gate.js'
 import { StreamSlots } from '../src/limits/stream-slots.js'
 import { LimitTable, loadTenantOverrides } from '../src/limits/tenant-limits.js'
-import { secondsToUtcMidnight, tokensToday } from '../src/limits/usage.js'
+import { secondsToUtcMidnight, tokensToday, tokensTodayByTenant } from '../src/limits/usage.js'
+import { OPEN_TENANT, parseApiKeys } from './auth.js'
 import { ErrorBody } from '../routes/sessions/schemas.js'
 
 type Guard = (request: FastifyRequest, reply: FastifyReply) => Promise<void>
@@ -41,11 +42,48 @@ export interface LimitsPluginOptions {
 /** What a client is told to wait when all its streams are taken: one of them may end at any time. */
 const STREAM_RETRY_AFTER_SECONDS = 5
 const MINUTE_MS = 60_000
+/** A scrape never waits longer than this for the day's usage: it shows the last figures instead. */
+const USAGE_SCRAPE_DEADLINE_MS = 2000
 
 const wantsStream = (request: FastifyRequest) => /text\/event-stream/i.test(request.headers.accept ?? '')
 
 function rateHeaders (reply: FastifyReply, limit: number, remaining: number, resetSeconds: number): void {
   reply.header('ratelimit-limit', limit).header('ratelimit-remaining', remaining).header('ratelimit-reset', resetSeconds)
+}
+
+/**
+ * Today's tokens and the daily budget of every tenant the configuration names (API_KEYS, or the
+ * open mode's one tenant, and TENANTS_FILE): a bounded label set, never taken from requests. Read
+ * from PostgreSQL at scrape time, so every replica shows the same shared figures.
+ */
+function tenantUsageGauges (fastify: FastifyInstance, table: LimitTable, clock: Clock): void {
+  const keyed = [...new Set(parseApiKeys(fastify.config.API_KEYS).values())]
+  const tenants = [...new Set([...(keyed.length > 0 ? keyed : [OPEN_TENANT]), ...table.namedTenants])]
+  const pool = fastify.pg.pool
+  let last = new Map<string, number>()
+  new promClient.Gauge({
+    name: 'smalltalk_tenant_token_budget',
+    help: 'Daily token budget of each configured tenant (TOKEN_BUDGET_PER_DAY or its TENANTS_FILE override; 0: unlimited)',
+    labelNames: ['tenant'],
+    registers: [fastify.metricsRegistry],
+    collect () {
+      for (const tenant of tenants) this.set({ tenant }, table.of(tenant).tokenBudgetPerDay)
+    }
+  })
+  new promClient.Gauge({
+    name: 'smalltalk_tenant_tokens_today',
+    help: 'Input + output tokens of each configured tenant\'s replies in the current UTC day (from PostgreSQL, shared by the replicas)',
+    labelNames: ['tenant'],
+    registers: [fastify.metricsRegistry],
+    async collect () {
+      let cancel = () => {}
+      const deadline = new Promise<undefined>((resolve) => { cancel = clock.setTimeout(() => resolve(undefined), USAGE_SCRAPE_DEADLINE_MS) })
+      const fresh = await Promise.race([tokensTodayByTenant(pool, tenants, clock.now()).catch(() => undefined), deadline])
+      cancel()
+      if (fresh) last = fresh
+      for (const tenant of tenants) this.set({ tenant }, last.get(tenant) ?? 0)
+    }
+  })
 }
 
 /**
@@ -75,6 +113,7 @@ export default fp(
       registers: [fastify.metricsRegistry]
     })
     for (const limit of ['rate', 'messages', 'streams', 'tokens']) refusals.inc({ limit }, 0)
+    tenantUsageGauges(fastify, table, clock)
 
     // Every /v1 route may answer 429 (a tenant's request rate): each one documents it.
     fastify.addHook('onRoute', (route) => {

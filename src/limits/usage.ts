@@ -23,6 +23,17 @@ export async function tokensToday (pool: pg.Pool, tenant: string, now: number): 
   return Number(rows[0]?.total ?? 0)
 }
 
+/** tokensToday for several tenants in one query (the metrics' scrape): tenant → tokens. */
+export async function tokensTodayByTenant (pool: pg.Pool, tenants: readonly string[], now: number): Promise<Map<string, number>> {
+  const start = utcDayStart(now)
+  const { rows } = await pool.query<{ tenant: string; total: string }>(
+    `SELECT tenant, sum(input_tokens + output_tokens)::text AS total
+       FROM reply_usage WHERE tenant = ANY($1) AND created_at >= $2 AND created_at < $3 GROUP BY tenant`,
+    [tenants, new Date(start), new Date(start + DAY_MS)]
+  )
+  return new Map(rows.map((row) => [row.tenant, Number(row.total)]))
+}
+
 export type UsageGroupBy = 'day' | 'agent' | 'model'
 
 export interface UsageRow {
