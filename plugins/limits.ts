@@ -9,7 +9,8 @@ import { counterStore } from '../src/limits/counter-store.js'
 import { RedisGate } from '../src/limits/redis-gate.js'
 import { StreamSlots } from '../src/limits/stream-slots.js'
 import { LimitTable, loadTenantOverrides } from '../src/limits/tenant-limits.js'
-import { secondsToUtcMidnight, tokensToday, tokensTodayByTenant } from '../src/limits/usage.js'
+import { DailyTokens } from '../src/limits/daily-tokens.js'
+import { secondsToUtcMidnight, tokensTodayByTenant } from '../src/limits/usage.js'
 import { OPEN_TENANT, parseApiKeys } from './auth.js'
 import { ErrorBody } from '../routes/sessions/schemas.js'
 
@@ -143,6 +144,7 @@ export default fp(
       max: (request) => table.of(request.tenant).messageRatePerMinute
     })
 
+    const dailyTokens = new DailyTokens(fastify.pg.pool, clock)
     const slots = new StreamSlots({ gate, clock, replicas })
     fastify.addHook('onClose', () => slots.close())
 
@@ -178,7 +180,7 @@ export default fp(
       }
       if (tenant.tokenBudgetPerDay > 0) {
         const now = clock.now()
-        const used = await tokensToday(fastify.pg.pool, request.tenant, now)
+        const used = await dailyTokens.used(request.tenant)
         if (used >= tenant.tokenBudgetPerDay) {
           refusals.inc({ limit: 'tokens' })
           const retryAfter = secondsToUtcMidnight(now)
