@@ -94,3 +94,19 @@ t.test('TENANTS_FILE overrides: a tenant of its own, unlimited or tighter', { sk
   t.same(acme, [200, 200, 429, 429, 429, 429], 'acme: its override of 2')
   t.same(globex, [200, 200, 200, 200, 200, 200], 'globex: 0 is unlimited')
 })
+
+t.test('a group round is one message, however many agents answer in it; its replies all count as usage', { skip: redisUnavailable() }, async (t) => {
+  const { env, stub } = await limitsEnv(t, { MESSAGE_RATE_PER_MINUTE: '2' })
+  stub.setDefault({ text: 'my turn', usage: { inputTokens: 4, outputTokens: 2 } })
+  const app = await replica(t, env)
+  const created = await app.inject({ method: 'POST', url: '/v1/sessions', headers: auth('acme'), payload: { agents: ['assistant', 'writer'], mode: 'group' } })
+  t.equal(created.statusCode, 201)
+  const id = created.json().id
+  t.equal((await post(app, 'acme', id)).statusCode, 201, 'round 1')
+  t.equal((await post(app, 'acme', id)).statusCode, 201, 'round 2')
+  t.equal(stub.chatRequests().length, 4, 'two agents answered in each round')
+  t.equal((await post(app, 'acme', id)).statusCode, 429, 'the third round is over 2 messages per minute')
+  const usage = (await app.inject({ url: '/v1/usage?groupBy=agent', headers: auth('acme') })).json()
+  t.same(usage.totals, { inputTokens: 16, outputTokens: 8, replies: 4 })
+  t.same(usage.rows.map((row: { key: string }) => row.key), ['assistant', 'writer'])
+})

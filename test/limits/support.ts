@@ -24,6 +24,13 @@ agents:
     model: gpt-test
     systemPrompt: You are Assistant.
     maxTokens: 100
+  - id: writer
+    name: Writer
+    description: Writes prose.
+    provider: openai
+    model: gpt-test
+    systemPrompt: You are Writer.
+    maxTokens: 100
 `
 
 export const auth = (tenant: keyof typeof KEYS) => ({ authorization: `Bearer ${KEYS[tenant]}` })
