@@ -15,6 +15,7 @@ import agents from '../plugins/agents.js'
 import conversations from '../plugins/conversations.js'
 import agentHealth from '../plugins/agent-health.js'
 import openai from '../plugins/openai.js'
+import limits from '../plugins/limits.js'
 import rootRoutes from '../routes/root/index.js'
 import chatRoutes from '../routes/chat/index.js'
 import agentRoutes from '../routes/agents/index.js'
@@ -23,6 +24,7 @@ import messageRoutes from '../routes/messages/index.js'
 import eventRoutes from '../routes/events/index.js'
 import groupRoutes from '../routes/groups/index.js'
 import openaiRoutes from '../routes/openai/index.js'
+import usageRoutes from '../routes/usage/index.js'
 import type { Clock } from './clock.js'
 import type { Environment } from './config.js'
 import { AccessLog } from './access-log.js'
@@ -125,12 +127,15 @@ export async function buildApp (opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(
     async function v1 (api) {
       api.addHook('onRequest', api.authenticate)
+      // After authentication (the limits are per tenant), before the routes (it adds their hooks).
+      await api.register(limits, { clock: opts.clock })
       await api.register(agentRoutes, { prefix: '/agents' })
       await api.register(groupRoutes, { prefix: '/groups' })
       await api.register(sessionRoutes, { prefix: '/sessions' })
       await api.register(messageRoutes, { prefix: '/sessions' })
       await api.register(eventRoutes, { prefix: '/events' })
       await api.register(openaiRoutes)
+      await api.register(usageRoutes, { prefix: '/usage', clock: opts.clock })
     },
     { prefix: '/v1' }
   )

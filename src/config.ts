@@ -53,6 +53,14 @@ export const EnvSchema = Type.Object({
   METADATA_MAX_BYTES: Positive(16_384),
   SSE_DRAIN_TIMEOUT_MS: Positive(30_000),
 
+  // Limits per tenant (DESIGN section 12; 0 means unlimited)
+  RATE_LIMIT_PER_MINUTE: Type.Integer({ minimum: 0, default: 0 }),
+  MESSAGE_RATE_PER_MINUTE: Type.Integer({ minimum: 0, default: 0 }),
+  MAX_STREAMS_PER_TENANT: Type.Integer({ minimum: 0, default: 0 }),
+  TOKEN_BUDGET_PER_DAY: Type.Integer({ minimum: 0, default: 0 }),
+  TENANTS_FILE: Type.Optional(Type.String({ minLength: 1 })),
+  LIMIT_REPLICAS: Positive(1),
+
   // Sessions
   SESSION_TTL: Positive(86_400),
   SESSION_CLEANUP_INTERVAL: Positive(300),

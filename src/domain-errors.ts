@@ -8,6 +8,7 @@ export type DomainErrorKind =
   | 'not_acceptable' // no answer in a media type the client accepts
   | 'conflict'
   | 'busy' // try again shortly (retryAfterSeconds)
+  | 'limited' // over a tenant's limit (retryAfterSeconds)
   | 'gone' // ended for good
   | 'precondition_failed'
   | 'precondition_required'

@@ -43,6 +43,7 @@ const STATUS_OF_KIND: Record<DomainErrorKind, number> = {
   not_acceptable: 406,
   conflict: 409,
   busy: 409,
+  limited: 429,
   gone: 410,
   precondition_failed: 412,
   precondition_required: 428,

@@ -54,6 +54,7 @@ const events: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.get(
     '/stream',
     {
+      preHandler: fastify.limits.streamGuard,
       schema: {
         summary: 'Follow the event log live (Server-Sent Events)',
         description:

@@ -37,6 +37,7 @@ const messages: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.post(
     '/:id/messages',
     {
+      preHandler: fastify.limits.messageGuard,
       schema: {
         summary: 'Post a message and get the reply, as JSON or streamed as Server-Sent Events',
         description:

@@ -12,7 +12,7 @@ import { createTestDatabase, eventually, testEnv } from '../helper.js'
 import { freePort } from '../support/server-process.js'
 
 const silent = pino({ level: 'silent' })
-const EXPECTED_TABLES = ['agent_health', 'agent_states', 'chat_messages', 'event_logs', 'health_checks', 'idempotency_keys', 'schema_migrations', 'sessions']
+const EXPECTED_TABLES = ['agent_health', 'agent_states', 'chat_messages', 'event_logs', 'health_checks', 'idempotency_keys', 'reply_usage', 'schema_migrations', 'sessions']
 // Every migration this build ships, from the folder itself.
 const SHIPPED = readdirSync(MIGRATIONS_DIR).filter((file) => /^\d+\.do\..*\.sql$/.test(file)).sort()
 const LATEST = Math.max(...SHIPPED.map((file) => Number(file.split('.')[0])))
