@@ -148,9 +148,11 @@ export default fp(
     const slots = new StreamSlots({ gate, clock, replicas })
     fastify.addHook('onClose', () => slots.close())
 
+    // A request holds one slot at most, however many of its hooks ask for one.
+    const holding = new WeakSet<FastifyRequest>()
     const holdStream: Guard = async (request, reply) => {
       const max = table.of(request.tenant).maxStreams
-      if (max === 0) return
+      if (max === 0 || holding.has(request)) return
       const release = await slots.acquire(request.tenant, max)
       if (!release) {
         refusals.inc({ limit: 'streams' })
@@ -160,6 +162,7 @@ export default fp(
           retryAfterSeconds: STREAM_RETRY_AFTER_SECONDS
         })
       }
+      holding.add(request)
       // 'close' follows the end of every response, and a client that goes away.
       reply.raw.once('close', release)
     }

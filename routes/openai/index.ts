@@ -71,8 +71,9 @@ const openai: FastifyPluginAsyncTypebox = async (fastify) => {
           ...openAiErrorResponses(400, 401, 404, 409, 410, 413, 415, 429, 502, 503, 504)
         }
       },
-      // Admission checks of the caller's tenant (rate, budget) go here, before any provider is asked.
-      preHandler: []
+      // The caller's tenant's limits (message rate, token budget, a stream slot for `stream: true`),
+      // before any provider is asked.
+      preHandler: [fastify.limits.messageGuard, async (request, reply) => { if (request.body.stream === true) await fastify.limits.holdStream(request, reply) }]
     },
     async (request, reply) => {
       const body = request.body

@@ -110,3 +110,23 @@ t.test('a group round is one message, however many agents answer in it; its repl
   t.same(usage.totals, { inputTokens: 16, outputTokens: 8, replies: 4 })
   t.same(usage.rows.map((row: { key: string }) => row.key), ['assistant', 'writer'])
 })
+
+t.test('the OpenAI-compatible route counts as a message post: refused with OpenAI\'s 429 shape, before any provider call', { skip: redisUnavailable() }, async (t) => {
+  const { env, stub } = await limitsEnv(t, { MESSAGE_RATE_PER_MINUTE: '1', MAX_STREAMS_PER_TENANT: '1' })
+  const app = await replica(t, env)
+  const complete = (stream: boolean) => app.inject({
+    method: 'POST',
+    url: '/v1/chat/completions',
+    headers: { ...auth('acme'), accept: 'text/event-stream' },
+    payload: { model: 'assistant', stream, messages: [{ role: 'user', content: 'hi' }] }
+  })
+  t.equal((await complete(true)).statusCode, 200, 'a stream, holding one slot (not two: its Accept asks for a stream too)')
+  const calls = stub.chatRequests().length
+  const refused = await complete(false)
+  t.equal(refused.statusCode, 429)
+  t.match(refused.json(), { error: { type: 'rate_limit_error', code: 'rate_limited' } })
+  t.ok(Number(refused.headers['retry-after']) >= 1)
+  t.equal(stub.chatRequests().length, calls, 'no provider called')
+  t.equal(await refusals(app, 'messages'), 1)
+  t.equal(await refusals(app, 'streams'), 0)
+})
