@@ -62,6 +62,6 @@ export async function takeLeaseAsService (client: pg.PoolClient | pg.Client, ses
  */
 export async function storeReplyAsService (client: pg.PoolClient | pg.Client, sessionId: string, token: string): Promise<void> {
   const selected = JSON.stringify({ reason: 'default', matched: [], score: 0 })
-  const { rows } = await client.query(STORE_REPLY, [sessionId, 'default', 'Echo (gpt-4o-mini): How do I make this query faster?', 'assistant', 'echo', 'gpt-4o-mini', 30, 12, 5, selected, token, 'assistant', null, new Date()])
+  const { rows } = await client.query(STORE_REPLY, [sessionId, 'default', 'Echo (gpt-4o-mini): How do I make this query faster?', 'assistant', 'echo', 'gpt-4o-mini', 30, 12, 5, selected, token, 'assistant', null, new Date(), null])
   if (!rows[0]) throw new Error(`session ${sessionId}: reply not stored`)
 }
