@@ -1,4 +1,3 @@
-import { createRequire } from 'node:module'
 import type { FastifyRateLimitStore, FastifyRateLimitStoreCtor } from '@fastify/rate-limit'
 import type { Redis } from 'ioredis'
 import type { Clock } from '../clock.js'
@@ -7,9 +6,11 @@ import type { RedisGate } from './redis-gate.js'
 type Result = { current: number; ttl: number }
 type Callback = (error: Error | null, result?: Result) => void
 
-// @fastify/rate-limit's own Redis store (an atomic INCR + PEXPIRE script): its module has no types.
-const require = createRequire(import.meta.url)
-const RedisStore = require('@fastify/rate-limit/store/RedisStore.js') as new (
+// @fastify/rate-limit's own Redis store (an atomic INCR + PEXPIRE script): its module has no types
+// (declared in rate-limit-store.d.ts). A static import, so that the image's bundle (esbuild) has it.
+import RedisStoreModule from '@fastify/rate-limit/store/RedisStore.js'
+
+const RedisStore = RedisStoreModule as unknown as new (
   continueExceeding: boolean, exponentialBackoff: boolean, redis: Redis, key: string
 ) => Pick<FastifyRateLimitStore, 'incr'>
 
