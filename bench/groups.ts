@@ -10,17 +10,15 @@
 //   3. 20 connections over 100 sessions: rounds per second beside single-mode replies per second
 //      (interleaved runs).
 // Usage: npm run bench:groups (DATABASE_URL and REDIS_URL default to the local servers).
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import type OpenAI from 'openai'
 import type { AgentDefinition } from '../src/agents/agent.js'
 import { bestByExpertise, mentionedAgents, nextInTurn } from '../src/groups/speakers.js'
 import { PROJECT_ROOT } from '../src/paths.js'
-import { createOpenAiClient } from '../src/providers/openai.js'
 import { LlmStub } from '../test/support/llm-stub.js'
-import { postMessages, startBenchServer, type BenchServer, type LoadResult } from './conversation-load.js'
+import { postMessages, type BenchServer, type LoadResult } from './conversation-load.js'
+import { MODEL, QUESTION, directWholeCall, startStubServer, type ChatMessages } from './openai-stub.js'
 import { prepareDatabase } from './database.js'
 import { median } from './report.js'
 
@@ -29,9 +27,6 @@ const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379'
 const RUNS = Number(process.env.BENCH_RUNS ?? 3)
 const DURATION = Number(process.env.BENCH_DURATION ?? 8)
 const REQUESTS = Number(process.env.BENCH_REPLIES ?? 120)
-const MODEL = 'bench-model'
-const KEY = 'sk-bench-not-a-secret'
-const QUESTION = 'How do I make this query faster? It scans the whole table.'
 const REPLY = 'The stub answers at once with a short reply of a dozen words or so.'
 
 const MANIFEST = `agents:
@@ -78,14 +73,6 @@ function selectionFigures (): Record<string, number> {
   return figures
 }
 
-type ChatMessages = Array<{ role: 'system' | 'user' | 'assistant'; content: string }>
-
-async function directCall (client: OpenAI, messages: ChatMessages): Promise<number> {
-  const started = performance.now()
-  await client.chat.completions.create({ model: MODEL, messages, temperature: 0.7, max_completion_tokens: 256, stream: false })
-  return performance.now() - started
-}
-
 async function createSession (url: string, body: Record<string, unknown>): Promise<string> {
   const response = await fetch(`${url}/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
   if (response.status !== 201) throw new Error(`POST /v1/sessions answered ${response.status}: ${await response.text()}`)
@@ -121,16 +108,9 @@ const stub = await LlmStub.start()
 stub.setDefault((request) => (request.model === MODEL && /FINISH|speaks next/.test(JSON.stringify(request.body)) ? { text: 'b' } : { text: REPLY }))
 let server: BenchServer | undefined
 try {
-  const dir = mkdtempSync(join(tmpdir(), 'smalltalk-bench-'))
-  const agentsFile = join(dir, 'agents.yaml')
-  writeFileSync(agentsFile, MANIFEST)
-  server = await startBenchServer({
-    databaseUrl: database.url,
-    redisUrl: REDIS_URL,
-    poolSize: 10,
-    env: { AGENTS_FILE: agentsFile, OPENAI_API_KEY: KEY, OPENAI_BASE_URL: stub.openaiBaseUrl }
-  })
-  const client = createOpenAiClient({ apiKey: KEY, baseUrl: stub.openaiBaseUrl })
+  const started = await startStubServer({ databaseUrl: database.url, redisUrl: REDIS_URL, poolSize: 10, stub, manifest: MANIFEST })
+  server = started.server
+  const { client } = started
   const single = await sessions(server.url, 20, { agents: ['a'] })
   const group = await sessions(server.url, 20, { agents: ['a', 'b', 'c'], group: { strategy: 'round-robin', maxTurns: 3 } })
   const managed = await sessions(server.url, 20, { agents: ['a', 'b', 'c'], group: { strategy: 'manager', manager: 'boss', maxTurns: 3 } })
@@ -148,7 +128,7 @@ try {
     const manageds: number[] = []
     for (let batch = 0; batch < REQUESTS / 20; batch++) {
       stub.requests.length = 0
-      for (let i = 0; i < 20; i++) direct.push(await directCall(client, messages))
+      for (let i = 0; i < 20; i++) direct.push(await directWholeCall(client, messages))
       singles.push(...(await posts(server.url, single, 20, 1)))
       groups.push(...(await posts(server.url, group, 20, 3)))
       manageds.push(...(await posts(server.url, managed, 20, 3)))

@@ -9,16 +9,15 @@
 //   2. Replies per second at 50 connections: stateless completions, beside native JSON replies
 //      (50 connections over 100 sessions), interleaved runs.
 // Usage: npm run bench:openai (DATABASE_URL and REDIS_URL default to the local servers).
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import autocannon from 'autocannon'
 import type OpenAI from 'openai'
 import { PROJECT_ROOT } from '../src/paths.js'
-import { createOpenAiClient } from '../src/providers/openai.js'
 import { LlmStub } from '../test/support/llm-stub.js'
-import { createSessions, postMessages, startBenchServer, type BenchServer, type LoadResult } from './conversation-load.js'
+import { createSessions, postMessages, type BenchServer, type LoadResult } from './conversation-load.js'
+import { MODEL, QUESTION, directWholeCall, lastServiceMessages, startStubServer, type ChatMessages } from './openai-stub.js'
 import { prepareDatabase } from './database.js'
 import { median } from './report.js'
 
@@ -30,9 +29,6 @@ const REPLIES = Number(process.env.BENCH_REPLIES ?? 400)
 const POOL = 10
 const WARMUP = 50
 const BATCH = 20
-const MODEL = 'bench-model'
-const KEY = 'sk-bench-not-a-secret'
-const QUESTION = 'How do I make this query faster? It scans the whole table.'
 const COMPLETION = JSON.stringify({ model: 'assistant', messages: [{ role: 'user', content: QUESTION }] })
 
 const MANIFEST = `agents:
@@ -46,29 +42,15 @@ const MANIFEST = `agents:
     maxTokens: 256
 `
 
-type ChatMessages = Array<{ role: 'system' | 'user' | 'assistant'; content: string }>
-
 const percentile = (values: number[], p: number) => {
   const sorted = [...values].sort((a, b) => a - b)
   return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] ?? 0
 }
 
-/** The messages of the newest chat request the service sent the stub; the stub's record is emptied. */
-function lastServiceMessages (stub: LlmStub): ChatMessages {
-  const body = stub.chatRequests().at(-1)?.body as { messages?: ChatMessages } | undefined
-  if (!body?.messages) throw new Error('the service sent the stub no chat request')
-  stub.requests.length = 0
-  return body.messages
-}
-
 /** The stub called directly, as the service calls it for a JSON answer (the whole answer, the same messages). */
 async function directCalls (client: OpenAI, messages: ChatMessages, count: number): Promise<number[]> {
   const latencies: number[] = []
-  for (let i = 0; i < count; i++) {
-    const started = performance.now()
-    await client.chat.completions.create({ model: MODEL, messages, temperature: 0.7, max_completion_tokens: 256, stream: false })
-    latencies.push(performance.now() - started)
-  }
+  for (let i = 0; i < count; i++) latencies.push(await directWholeCall(client, messages))
   return latencies
 }
 
@@ -110,16 +92,9 @@ const database = await prepareDatabase(DATABASE_URL)
 const stub = await LlmStub.start()
 let server: BenchServer | undefined
 try {
-  const dir = mkdtempSync(join(tmpdir(), 'smalltalk-bench-'))
-  const agentsFile = join(dir, 'agents.yaml')
-  writeFileSync(agentsFile, MANIFEST)
-  server = await startBenchServer({
-    databaseUrl: database.url,
-    redisUrl: REDIS_URL,
-    poolSize: POOL,
-    env: { AGENTS_FILE: agentsFile, OPENAI_API_KEY: KEY, OPENAI_BASE_URL: stub.openaiBaseUrl }
-  })
-  const client = createOpenAiClient({ apiKey: KEY, baseUrl: stub.openaiBaseUrl })
+  const started = await startStubServer({ databaseUrl: database.url, redisUrl: REDIS_URL, poolSize: POOL, stub, manifest: MANIFEST })
+  server = started.server
+  const { client } = started
   stub.setDefault({ text: 'The stub answers at once with a short reply of a dozen words or so.' })
   const sessions = await createSessions(server.url, 20)
 

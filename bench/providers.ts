@@ -21,9 +21,9 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type OpenAI from 'openai'
 import pg from 'pg'
 import { PROJECT_ROOT } from '../src/paths.js'
-import { createOpenAiClient } from '../src/providers/openai.js'
 import { LlmStub } from '../test/support/llm-stub.js'
-import { createSessions, postMessages, postSseReply, rawReplyLoad, startBenchServer, type BenchServer, type LoadResult } from './conversation-load.js'
+import { createSessions, postMessages, postSseReply, rawReplyLoad, type BenchServer, type LoadResult } from './conversation-load.js'
+import { MODEL, QUESTION, directWholeCall, lastServiceMessages, startStubServer, type ChatMessages } from './openai-stub.js'
 import { prepareDatabase } from './database.js'
 import { commitReplyRows, commitReplyRowsAsService, storeReplyAsService, takeLeaseAsService } from './raw-pg.js'
 import { startServer, stopServer, type RunningServer } from './throughput.js'
@@ -38,9 +38,6 @@ const POOL = 10
 const REPLIES = Number(process.env.BENCH_REPLIES ?? 400)
 const STREAMS = Number(process.env.BENCH_STREAMS ?? 400)
 const WARMUP = 50
-const MODEL = 'bench-model'
-const KEY = 'sk-bench-not-a-secret'
-const QUESTION = 'How do I make this query faster? It scans the whole table.'
 const TOKENS_100 = Array.from({ length: 100 }, (_, i) => (i === 0 ? 'token0' : ` token${i}`))
 
 const MANIFEST = `agents:
@@ -56,30 +53,6 @@ const MANIFEST = `agents:
 
 const percentile = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] ?? 0
 const sortedCopy = (values: number[]) => [...values].sort((a, b) => a - b)
-
-type ChatMessages = Array<{ role: 'system' | 'user' | 'assistant'; content: string }>
-
-/**
- * The messages of the newest chat request the service sent the stub (its system prompt and the
- * session's context, up to CONTEXT_MESSAGES): the direct calls send the very same request. The
- * stub's record is emptied, so that it does not grow over the run.
- */
-function lastServiceMessages (stub: LlmStub): ChatMessages {
-  const body = stub.chatRequests().at(-1)?.body as { messages?: ChatMessages } | undefined
-  if (!body?.messages) throw new Error('the service sent the stub no chat request')
-  stub.requests.length = 0
-  return body.messages
-}
-
-/**
- * The stub called directly with the SDK the service uses, as the service calls it for a JSON reply
- * (the whole answer in one response, the same messages): the provider's own latency as a client sees it.
- */
-async function directWholeCall (client: OpenAI, messages: ChatMessages): Promise<number> {
-  const started = performance.now()
-  await client.chat.completions.create({ model: MODEL, messages, temperature: 0.7, max_completion_tokens: 256, stream: false })
-  return performance.now() - started
-}
 
 /** The same, streamed, as for an SSE reply: total time and time to the first token. */
 async function directCall (client: OpenAI, messages: ChatMessages): Promise<{ totalMs: number; firstTokenMs: number }> {
@@ -172,16 +145,9 @@ try {
   const dir = mkdtempSync(join(tmpdir(), 'smalltalk-bench-'))
   bare = await startServer(VARIANTS.find((variant) => variant.name === 'bare')!, {}, dir)
   const bareUrl = `http://127.0.0.1:${bare.port}/`
-  const agentsFile = join(dir, 'agents.yaml')
-  writeFileSync(agentsFile, MANIFEST)
-  server = await startBenchServer({
-    databaseUrl: database.url,
-    redisUrl: REDIS_URL,
-    poolSize: POOL,
-    env: { AGENTS_FILE: agentsFile, OPENAI_API_KEY: KEY, OPENAI_BASE_URL: stub.openaiBaseUrl }
-  })
-  // The client the service builds for its agents (same SDK options, same HTTP transport).
-  const client = createOpenAiClient({ apiKey: KEY, baseUrl: stub.openaiBaseUrl })
+  const started = await startStubServer({ databaseUrl: database.url, redisUrl: REDIS_URL, poolSize: POOL, stub, manifest: MANIFEST })
+  server = started.server
+  const { client } = started
   const sessions = await createSessions(server.url, 20)
   const rawSessions = await createSessions(server.url, 20)
   const pgClient = new pg.Client({ connectionString: database.url })
