@@ -46,7 +46,8 @@ const MINUTE_MS = 60_000
 /** A scrape never waits longer than this for the day's usage: it shows the last figures instead. */
 const USAGE_SCRAPE_DEADLINE_MS = 2000
 
-const wantsStream = (request: FastifyRequest) => /text\/event-stream/i.test(request.headers.accept ?? '')
+/** An SSE answer: asked for with Accept (the native API) or with `stream: true` (the OpenAI-compatible API). */
+const wantsStream = (request: FastifyRequest) => /text\/event-stream/i.test(request.headers.accept ?? '') || (request.body as { stream?: unknown } | undefined)?.stream === true
 
 function rateHeaders (reply: FastifyReply, limit: number, remaining: number, resetSeconds: number): void {
   reply.header('ratelimit-limit', limit).header('ratelimit-remaining', remaining).header('ratelimit-reset', resetSeconds)
@@ -148,11 +149,9 @@ export default fp(
     const slots = new StreamSlots({ gate, clock, replicas })
     fastify.addHook('onClose', () => slots.close())
 
-    // A request holds one slot at most, however many of its hooks ask for one.
-    const holding = new WeakSet<FastifyRequest>()
     const holdStream: Guard = async (request, reply) => {
       const max = table.of(request.tenant).maxStreams
-      if (max === 0 || holding.has(request)) return
+      if (max === 0) return
       const release = await slots.acquire(request.tenant, max)
       if (!release) {
         refusals.inc({ limit: 'streams' })
@@ -162,7 +161,6 @@ export default fp(
           retryAfterSeconds: STREAM_RETRY_AFTER_SECONDS
         })
       }
-      holding.add(request)
       // 'close' follows the end of every response, and a client that goes away.
       reply.raw.once('close', release)
     }

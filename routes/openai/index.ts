@@ -73,7 +73,7 @@ const openai: FastifyPluginAsyncTypebox = async (fastify) => {
       },
       // The caller's tenant's limits (message rate, token budget, a stream slot for `stream: true`),
       // before any provider is asked.
-      preHandler: [fastify.limits.messageGuard, async (request, reply) => { if (request.body.stream === true) await fastify.limits.holdStream(request, reply) }]
+      preHandler: fastify.limits.messageGuard
     },
     async (request, reply) => {
       const body = request.body
