@@ -2,7 +2,7 @@ import { CircuitState, ConsecutiveBreaker, ExponentialBackoff, circuitBreaker, h
 import type { FastifyBaseLogger } from 'fastify'
 import { sleep, systemClock, type Clock } from '../clock.js'
 import type { BreakerState, LlmMetrics, LlmOutcome } from '../metrics/llm-metrics.js'
-import { ProviderError, type ChatRequest, type Provider } from '../providers/provider.js'
+import { ProviderError, type ChatRequest, type Provider, type ToolCallRequest } from '../providers/provider.js'
 import type { AgentDefinition } from './agent.js'
 
 export interface ProviderGuardOptions {
@@ -69,6 +69,8 @@ export interface GuardedCall {
 export interface GuardedResult {
   text: string
   usage: { inputTokens: number; outputTokens: number }
+  /** The tool calls the model asked for at the end of this step (empty: the text is its answer). */
+  toolCalls: ToolCallRequest[]
 }
 
 interface Breaker {
@@ -150,6 +152,7 @@ export class ProviderGuard {
       const result = await breaker.policy.execute(async () => {
         let text = ''
         let usage = { inputTokens: 0, outputTokens: 0 }
+        let toolCalls: ToolCallRequest[] = []
         try {
           for await (const chunk of provider.stream({ ...call.request, signal })) {
             if (chunk.type === 'delta') {
@@ -160,6 +163,8 @@ export class ProviderGuard {
               }
               text += chunk.text
               await call.onDelta(chunk.text)
+            } else if (chunk.type === 'tool_calls') {
+              toolCalls = chunk.calls
             } else {
               usage = { inputTokens: chunk.inputTokens, outputTokens: chunk.outputTokens }
             }
@@ -169,7 +174,7 @@ export class ProviderGuard {
         } catch (err) {
           throw stoppedByCaller(call) ? new CallerStopped(err) : err
         }
-        return { text, usage }
+        return { text, usage, toolCalls }
       })
       const seconds = (performance.now() - started) / 1000
       this.options.metrics.requests.inc({ ...labels, outcome: 'ok' })

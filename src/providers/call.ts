@@ -62,7 +62,7 @@ export function alternatingTurns (systemPrompt: string, messages: ChatTurn[]): C
   const system = [systemPrompt, ...messages.filter((m) => m.role === 'system').map((m) => m.content)].filter((s) => s !== '').join('\n\n')
   const turns: ConversationTurns['turns'] = []
   for (const message of messages) {
-    if (message.role === 'system') continue
+    if (message.role === 'system' || message.role === 'tool') continue
     if (turns.length === 0 && message.role === 'assistant') continue
     const last = turns.at(-1)
     if (last && last.role === message.role) last.content = `${last.content}\n\n${message.content}`

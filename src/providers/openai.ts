@@ -62,7 +62,7 @@ export class OpenAiProvider implements Provider {
     const messages: ChatCompletionMessageParam[] = []
     if (request.systemPrompt !== '') messages.push({ role: 'system', content: request.systemPrompt })
     for (const turn of request.messages) {
-      messages.push(turn.name !== undefined && turn.role === 'user' ? { role: 'user', content: turn.content, name: openAiName(turn.name) } : { role: turn.role, content: turn.content })
+      messages.push(turn.name !== undefined && turn.role === 'user' ? { role: 'user', content: turn.content, name: openAiName(turn.name) } : { role: turn.role as 'user' | 'assistant' | 'system', content: turn.content })
     }
     if (request.stream === false) {
       yield * this.whole(request, messages, context)

@@ -3,13 +3,38 @@
  * reply is the concatenation of the same deltas an SSE reply sends as they arrive.
  */
 export interface ChatTurn {
-  role: 'user' | 'assistant' | 'system'
+  role: 'user' | 'assistant' | 'system' | 'tool'
+  /** The text; for a `tool` turn, the tool's result text (already cut at TOOL_RESULT_MAX_CHARS). */
   content: string
   /**
    * In a group conversation, the agent that said a `user` turn (another agent's message, its text
    * prefixed with "[Name]: "): sent as OpenAI's `name` field; the other wire formats have none.
    */
   name?: string
+  /** An `assistant` turn in which the model asked for tool calls (its `content` the text before them, often ''). */
+  toolCalls?: ToolCallRequest[]
+  /** A `tool` turn: which call it answers (follows the assistant turn that asked for it). */
+  toolResult?: { callId: string; name: string; isError: boolean }
+}
+
+/** A tool offered to the model, under the name the model sees (^[a-zA-Z0-9_-]{1,64}$, unique in the request). */
+export interface ToolDefinition {
+  name: string
+  description: string
+  /** A JSON Schema of type object (the MCP tool's inputSchema). */
+  inputSchema: Record<string, unknown>
+}
+
+/** A tool call the model asked for. */
+export interface ToolCallRequest {
+  /** The provider's call id (OpenAI `call_…`, Anthropic `toolu_…`); Gemini has none: the adapter makes one. */
+  id: string
+  /** The ToolDefinition name the model used. */
+  name: string
+  /** The arguments, parsed; {} when the model sent none or they were not a JSON object (see argumentsError). */
+  arguments: Record<string, unknown>
+  /** Set when the model's arguments could not be parsed as a JSON object: the call gets an error result. */
+  argumentsError?: string
 }
 
 export interface ChatRequest {
@@ -26,6 +51,11 @@ export interface ChatRequest {
    * Default true (tokens as they come, for SSE clients).
    */
   stream?: boolean
+  /**
+   * The tools the model may call (absent or empty: none are offered, and the messages hold no tool
+   * turns: the caller renders earlier tool exchanges as text for a request without tools).
+   */
+  tools?: ToolDefinition[]
   /** Aborted when the reply's deadline (LLM_TIMEOUT_MS) passes or the service shuts down. */
   signal: AbortSignal
 }
@@ -33,6 +63,12 @@ export interface ChatRequest {
 export type ChatChunk =
   | { type: 'delta'; text: string }
   | { type: 'usage'; inputTokens: number; outputTokens: number }
+  /**
+   * The model stopped to call tools (OpenAI finish_reason tool_calls, Anthropic stop_reason tool_use,
+   * Gemini functionCall parts): every call of the step at once, after its text deltas, before usage.
+   * A streamed call is yielded only once assembled from its deltas.
+   */
+  | { type: 'tool_calls'; calls: ToolCallRequest[] }
 
 /** How the health monitor probes a model: list the models (free) or ask for a 1-token completion. */
 export type ProbeMode = 'models' | 'completion'
