@@ -8,6 +8,7 @@ import { ProviderGuard } from '../src/agents/provider-guard.js'
 import { AgentRegistry } from '../src/agents/registry.js'
 import { LlmMetrics } from '../src/metrics/llm-metrics.js'
 import { PROJECT_ROOT } from '../src/paths.js'
+import type { McpServerConfig } from '../src/tools/tools.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -18,6 +19,8 @@ declare module 'fastify' {
     llmMetrics: LlmMetrics
     /** Retries and circuit breakers around every provider call; the health monitor listens to its traffic. */
     providerGuard: ProviderGuard
+    /** The manifest's `mcpServers:` (validated; headers resolved from the environment): plugins/tools.ts connects them. */
+    mcpServerConfigs: readonly McpServerConfig[]
   }
 }
 
@@ -42,10 +45,11 @@ export default fp(
   async function agents (fastify) {
     const config = fastify.config
     const file = resolveAgentsFile(config.AGENTS_FILE)
-    const { agents: definitions, groups } = await loadManifest(file, { env: config })
+    const { agents: definitions, groups, mcpServers } = await loadManifest(file, { env: config, environment: fastify.environment })
     const registry = new AgentRegistry(definitions, config)
     fastify.decorate('agents', registry)
     fastify.decorate('groupPresets', new Map(groups.map((group) => [group.id, group])))
+    fastify.decorate('mcpServerConfigs', mcpServers)
     // The SDKs of the agents' providers, loaded before the service reports ready.
     fastify.addHook('onReady', async () => registry.preload())
     const llmMetrics = new LlmMetrics(

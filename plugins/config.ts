@@ -6,6 +6,11 @@ import { parseApiKeys } from './auth.js'
 declare module 'fastify' {
   interface FastifyInstance {
     config: Config
+    /**
+     * The environment the service was started with (process.env, or a test's object): read only where
+     * the manifest names variables (MCP servers' headers and passed-through variables).
+     */
+    environment: Readonly<Environment>
   }
 }
 
@@ -28,6 +33,7 @@ export default fp(
     // API_KEYS is checked by its parser, whose message names the bad entry: run it here as well, so
     // that a bad value stops start-up before anything is opened, as the schema's checks do.
     parseApiKeys(fastify.config.API_KEYS)
+    fastify.decorate('environment', opts.env)
   },
   { name: 'config' }
 )

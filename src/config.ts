@@ -85,6 +85,9 @@ export const EnvSchema = Type.Object({
   GROUP_MAX_TURNS: Type.Integer({ minimum: 1, maximum: 50, default: 10 }),
   GROUP_ROUND_TIMEOUT_MS: Positive(180_000),
   GROUP_MANAGER_TIMEOUT_MS: Positive(5_000),
+  // Tools: MCP servers of the manifest (DESIGN section 14)
+  TOOL_TIMEOUT_MS: Positive(30_000),
+  TOOL_RESULT_MAX_CHARS: Positive(20_000),
   AGENT_HEALTH_CHECK_INTERVAL: Positive(60),
   HEALTH_CHECK_RETENTION_DAYS: Positive(7),
   AGENT_HEALTH_PROBE: Type.Enum(['models', 'completion'], { default: 'models' }),

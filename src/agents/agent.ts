@@ -11,6 +11,10 @@ export interface AgentDefinition {
   expertise: string[]
   fallback?: string
   baseUrl?: string
+  /** MCP tools the agent may call: `<server id>` (all its tools) or `<server id>/<tool name>`; [] for none. */
+  tools?: string[]
+  /** The most tool steps (model asks, service calls) of one reply before it must answer (1 to 20, default 5). */
+  maxToolSteps?: number
 }
 
 export type AgentStatus = 'healthy' | 'degraded' | 'down'

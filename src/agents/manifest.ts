@@ -3,6 +3,8 @@ import { Type, type Static } from 'typebox'
 import { Compile } from 'typebox/compile'
 import { parse as parseYaml } from 'yaml'
 import { GROUP_MAX_AGENTS, GROUP_MIN_AGENTS, STRATEGIES, type GroupPreset } from '../groups/group-settings.js'
+import { DEFAULT_MAX_TOOL_STEPS, MAX_TOOL_STEPS, checkToolRefs, parseMcpServers } from '../tools/manifest-servers.js'
+import type { McpServerConfig } from '../tools/tools.js'
 import type { AgentDefinition } from './agent.js'
 
 export const PROVIDERS = ['openai', 'anthropic', 'gemini', 'openai-compatible', 'echo'] as const satisfies readonly AgentDefinition['provider'][]
@@ -25,20 +27,23 @@ const AgentEntry = Type.Object(
     maxTokens: Type.Optional(Type.Integer({ minimum: 1 })),
     expertise: Type.Optional(Type.Array(Type.String({ minLength: 1 }))),
     fallback: Type.Optional(Type.String({ minLength: 1 })),
-    baseUrl: Type.Optional(Type.String())
+    baseUrl: Type.Optional(Type.String()),
+    tools: Type.Optional(Type.Array(Type.String({ minLength: 1 }))),
+    maxToolSteps: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_TOOL_STEPS }))
   },
   { additionalProperties: false }
 )
 type AgentEntry = Static<typeof AgentEntry>
 
 const FIELDS = Object.keys(AgentEntry.properties)
-const OPTIONAL_FIELDS = new Set(['description', 'systemPrompt', 'temperature', 'maxTokens', 'expertise', 'fallback', 'baseUrl'])
+const OPTIONAL_FIELDS = new Set(['description', 'systemPrompt', 'temperature', 'maxTokens', 'expertise', 'fallback', 'baseUrl', 'tools', 'maxToolSteps'])
 const checkAgent = Compile(AgentEntry)
 
 /** What a rule failure means, in words, for the fields whose schema message would not say it. */
 const FIELD_HINTS: Record<string, Partial<Record<string, string>>> = {
   id: { pattern: 'must be URL-safe: lowercase letters, digits, "-" and "_", starting with a letter or digit', maxLength: 'must be at most 64 characters' },
-  provider: { enum: `must be one of ${PROVIDERS.join(', ')}` }
+  provider: { enum: `must be one of ${PROVIDERS.join(', ')}` },
+  maxToolSteps: { minimum: 'must be at least 1', maximum: `must be at most ${MAX_TOOL_STEPS}` }
 }
 
 /** A manifest that cannot be used: the message names the file, the agent and the field. */
@@ -49,12 +54,16 @@ export class ManifestError extends Error {
 export interface ManifestOptions {
   /** OPENAI_BASE_URL: lets openai-compatible agents leave out their own baseUrl; GROUP_MAX_TURNS bounds a preset's maxTurns. */
   env?: { OPENAI_BASE_URL?: string | undefined; GROUP_MAX_TURNS?: number | undefined }
+  /** The process environment: MCP servers' header values name its variables (`${VAR}`). */
+  environment?: Record<string, string | undefined>
 }
 
 /** A validated manifest: its agents, and its group presets (the `groups:` list, may be absent). */
 export interface Manifest {
   agents: AgentDefinition[]
   groups: GroupPreset[]
+  /** The `mcpServers:` list (may be absent): the only MCP servers whose tools agents can call. */
+  mcpServers: McpServerConfig[]
 }
 
 /** Reads, parses and validates an agents manifest; throws a ManifestError saying what is wrong. */
@@ -93,11 +102,16 @@ export function parseManifest (text: string, source: string, options: ManifestOp
     if (found.length > 0) problems.push(...found.map((problem) => `${label}: ${problem}`))
     else agents.push(toDefinition(withoutNulls(entry as Record<string, unknown>) as AgentEntry))
   })
+  const mcpServers = parseMcpServers(document.mcpServers, options.environment ?? {})
+  if (!Array.isArray(mcpServers)) throw new ManifestError(`${source}: ${mcpServers.problems.join('; ')}`)
   if (problems.length === 0) problems.push(...checkReferences(agents, entries))
+  agents.forEach((agent, index) => {
+    problems.push(...checkToolRefs(agent.tools ?? [], mcpServers).map((problem) => `${agentLabel(entries[index], index)}: ${problem}`))
+  })
   if (problems.length > 0) throw new ManifestError(`${source}: ${problems.join('; ')}`)
   const groups = parseGroups(document.groups, agents, options.env?.GROUP_MAX_TURNS ?? 10)
   if (!Array.isArray(groups)) throw new ManifestError(`${source}: ${groups.problems.join('; ')}`)
-  return { agents, groups }
+  return { agents, groups, mcpServers }
 }
 
 const GroupEntry = Type.Object(
@@ -270,7 +284,9 @@ function toDefinition (entry: AgentEntry): AgentDefinition {
     systemPrompt: entry.systemPrompt ?? AGENT_DEFAULTS.systemPrompt,
     temperature: entry.temperature ?? AGENT_DEFAULTS.temperature,
     maxTokens: entry.maxTokens ?? AGENT_DEFAULTS.maxTokens,
-    expertise: entry.expertise ?? []
+    expertise: entry.expertise ?? [],
+    tools: entry.tools ?? [],
+    maxToolSteps: entry.maxToolSteps ?? DEFAULT_MAX_TOOL_STEPS
   }
   if (entry.fallback !== undefined) definition.fallback = entry.fallback
   if (entry.baseUrl !== undefined) definition.baseUrl = entry.baseUrl
