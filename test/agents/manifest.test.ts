@@ -58,7 +58,9 @@ t.test('optional fields take their defaults; null means absent', async (t) => {
     systemPrompt: '',
     temperature: 0.7,
     maxTokens: 1024,
-    expertise: []
+    expertise: [],
+    tools: [],
+    maxToolSteps: 5
   })
 })
 
