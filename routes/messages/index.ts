@@ -41,7 +41,7 @@ const messages: FastifyPluginAsyncTypebox = async (fastify) => {
       schema: {
         summary: 'Post a message and get the reply, as JSON or streamed as Server-Sent Events',
         description:
-          'With `Accept: text/event-stream` the answer is an SSE stream of events `message` (the stored user message), `agent` (who answers and why), `delta` (`{ text }`, many), then `done` (the stored reply) or `error` (an error body). Every event has an id.\n\nOne reply at a time per session: a post while a reply runs is a 409 `SESSION_BUSY` with `Retry-After`, stores nothing and calls no provider. The reply is stored only while the session is active and this request still holds its lease: a session deleted or expired meanwhile gives 410 (SSE: an `error` event, no `done`), a lost lease 409 `REPLY_LEASE_LOST`; the user message stays stored.\n\nIn a group session (mode `group`) the message starts a round: JSON `{ message, replies, round: { turns, stop } }`; SSE `message`, then per turn `agent` (with `turn`), `delta`..., `turn` (the stored reply of that turn), and `done` with `{ replies, round }`. A failed turn is an `error` event with its `turn`, and the round goes on.',
+          'With `Accept: text/event-stream` the answer is an SSE stream of events `message` (the stored user message), `agent` (who answers and why), `delta` (`{ text }`, many), then `done` (the stored reply) or `error` (an error body). Every event has an id.\n\nWhen the agent has tools (DESIGN section 14) and its model calls them, each call is an SSE `tool_call` (`{ callId, tool, server, arguments }`) and, once its result is stored as a `role: "tool"` message, a `tool_result` (`{ callId, isError, content }`), before the deltas of the model step that follows; the JSON answer lists them in `toolCalls`.\n\nOne reply at a time per session: a post while a reply runs is a 409 `SESSION_BUSY` with `Retry-After`, stores nothing and calls no provider. The reply is stored only while the session is active and this request still holds its lease: a session deleted or expired meanwhile gives 410 (SSE: an `error` event, no `done`), a lost lease 409 `REPLY_LEASE_LOST`; the user message stays stored.\n\nIn a group session (mode `group`) the message starts a round: JSON `{ message, replies, round: { turns, stop } }`; SSE `message`, then per turn `agent` (with `turn`), `delta`..., `turn` (the stored reply of that turn), and `done` with `{ replies, round }`. A failed turn is an `error` event with its `turn`, and the round goes on.',
         tags,
         security,
         params: SessionParams,
@@ -79,6 +79,8 @@ const messages: FastifyPluginAsyncTypebox = async (fastify) => {
         agent: (selection) => send('agent', selection),
         delta: (text) => send('delta', { text }),
         turn: (message) => send('turn', message),
+        toolCall: (call) => send('tool_call', call),
+        toolResult: (result) => send('tool_result', result),
         turnFailed: (turn, failure) => send('error', { ...streamErrorBody(failure), turn })
       }
       try {
@@ -136,9 +138,19 @@ async function replay (send: (event: string, data: unknown) => Promise<void>, ou
   const result = outcome.result as PostResult | RoundResult
   setSeq(result.message.seq)
   await send('message', result.message)
+  // Outcomes stored before tools existed have no toolCalls.
+  const toolCalls = result.toolCalls ?? []
+  const sendTools = async (agent?: string) => {
+    for (const call of toolCalls.filter((c) => agent === undefined || c.agent === agent)) {
+      await send('tool_call', { callId: call.callId, tool: call.tool, server: call.server, arguments: call.arguments })
+      await send('tool_result', { callId: call.callId, isError: call.isError, content: call.content })
+    }
+  }
   if ('replies' in result) {
     for (const [index, reply] of result.replies.entries()) {
       await send('agent', { agent: reply.agent, reason: 'replayed', provider: reply.provider, model: reply.model, turn: index + 1 })
+      // A group's calls are replayed before the first turn of the agent that made them.
+      if (result.replies.findIndex((r) => r.agent === reply.agent) === index) await sendTools(reply.agent)
       await send('delta', { text: reply.content })
       await send('turn', reply)
     }
@@ -147,6 +159,7 @@ async function replay (send: (event: string, data: unknown) => Promise<void>, ou
   }
   const { reply } = result
   await send('agent', { agent: reply.agent, reason: 'replayed', provider: reply.provider, model: reply.model })
+  await sendTools()
   await send('delta', { text: reply.content })
   await send('done', reply)
 }

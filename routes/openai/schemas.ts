@@ -2,7 +2,8 @@ import { Type, type TSchema } from 'typebox'
 import { Metadata, PostMessageHeaders } from '../sessions/schemas.js'
 
 // The OpenAI chat-completions shapes (DESIGN section 10). Requests keep OpenAI's other fields
-// (tools, response_format, seed...): they are ignored, as OpenAI ignores what a model does not use.
+// (response_format, seed...): they are ignored, as OpenAI ignores what a model does not use, except
+// `tools` and `functions`: a 400, since the agents' tools are the manifest's and run server-side.
 
 const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()])
 
@@ -31,7 +32,8 @@ export const ChatCompletionBody = Type.Object({
   n: Type.Optional(Nullable(Type.Integer({ minimum: 1, maximum: 1, description: 'Only 1' }))),
   user: Type.Optional(Nullable(Type.String({ maxLength: 256, description: 'Stored as `metadata.user` on the messages of a stored exchange' }))),
   metadata: Type.Optional(Nullable(Metadata)),
-  store: Type.Optional(Nullable(Type.Boolean({ description: 'true: the exchange is kept in a new session of the caller\'s tenant, its id in the x-smalltalk-session-id response header' })))
+  store: Type.Optional(Nullable(Type.Boolean({ description: 'true: the exchange is kept in a new session of the caller\'s tenant, its id in the x-smalltalk-session-id response header' }))),
+  tools: Type.Optional(Type.Unknown({ description: 'Not accepted (400): the agent\'s own tools (its manifest\'s MCP tools, GET /v1/tools) run on this server, and the answer is the final text' }))
 })
 
 export const ChatCompletionHeaders = Type.Object({

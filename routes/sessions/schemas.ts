@@ -112,7 +112,9 @@ export const IfMatchHeaders = Type.Object({
 export const Message = Type.Object({
   id: Type.String({ format: 'uuid' }),
   seq: Type.Integer(),
-  role: Type.Union([Type.Literal('user'), Type.Literal('assistant'), Type.Literal('system')]),
+  role: Type.Union([Type.Literal('user'), Type.Literal('assistant'), Type.Literal('system'), Type.Literal('tool')], {
+    description: '`tool`: a tool call of a reply and its result (content the result text; metadata `{ callId, tool, server, arguments, isError, latencyMs, outcome, step }`), stored between the user message and the reply'
+  }),
   content: Type.String(),
   metadata: Metadata,
   createdAt: Type.String({ format: 'date-time' }),
@@ -142,15 +144,29 @@ export const RoundSummary = Type.Object(
   { description: 'How a group round went' }
 )
 
+export const ToolCall = Type.Object(
+  {
+    callId: Type.String({ description: 'The model\'s id of the call' }),
+    tool: Type.String({ description: 'The tool\'s own name on its server' }),
+    server: Type.String({ description: 'The MCP server (manifest id); empty when the agent does not have the tool the model asked for' }),
+    arguments: Type.Record(Type.String(), Type.Unknown(), { description: 'The arguments the model gave' }),
+    isError: Type.Boolean({ description: 'The result is an error (the tool failed, timed out, was refused or got invalid arguments): the model was told so' }),
+    content: Type.String({ description: 'The result text the model got (untrusted: shown as text, never as HTML), cut at TOOL_RESULT_MAX_CHARS' }),
+    agent: Type.Optional(Type.String({ description: 'In a group round: the agent whose turn called it' }))
+  },
+  { description: 'A tool call of the reply and its result, as stored (role `tool` messages)' }
+)
+
 export const PostReply = Type.Object(
   {
     message: Message,
     reply: Type.Optional(Message),
+    toolCalls: Type.Optional(Type.Array(ToolCall, { description: 'The tool calls the agents made for this reply (or round), in order; empty when none' })),
     replies: Type.Optional(Type.Array(Message, { description: 'Group mode: each turn\'s stored assistant message, in seq order' })),
     round: Type.Optional(RoundSummary)
   },
   {
-    description: 'Single mode: `{ message, reply }`. Group mode: `{ message, replies, round }`.',
+    description: 'Single mode: `{ message, reply, toolCalls }`. Group mode: `{ message, replies, round, toolCalls }`.',
     examples: [
       { message: { id: '5b0c7a55-4a0e-4c5e-9d0e-0a6f1c2b3d4e', seq: 1, role: 'user', content: 'Review this plan', metadata: {}, createdAt: '2026-12-02T08:00:00.000Z' }, replies: [], round: { turns: 3, stop: 'max_turns' } }
     ]

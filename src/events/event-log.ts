@@ -14,6 +14,8 @@ export type EventType =
   | 'agent.status_changed'
   | 'round.started'
   | 'round.finished'
+  | 'tool.called'
+  | 'tool.finished'
 
 export interface NewEvent {
   type: EventType

@@ -1,6 +1,6 @@
 import type { AgentDefinition } from '../agents/agent.js'
 import type { Message } from '../messages/message-store.js'
-import type { ChatTurn } from '../providers/provider.js'
+import { contextTurnOf, describeExchange, exchangeOf, type ContextTurn } from '../tools/tool-steps.js'
 
 /**
  * What one speaker of a group is sent: the shared history with every message attributed. The user's
@@ -9,8 +9,10 @@ import type { ChatTurn } from '../providers/provider.js'
  * field). The Anthropic and Gemini adapters merge consecutive user turns into one, as those
  * formats expect, so each agent's words stay labelled there too.
  */
-export function groupTurns (history: Message[], speaker: AgentDefinition, nameOf: (agentId: string) => string): ChatTurn[] {
-  return history.map((message): ChatTurn => {
+export function groupTurns (history: Message[], speaker: AgentDefinition, nameOf: (agentId: string) => string): ContextTurn[] {
+  return history.map((message): ContextTurn => {
+    // Tool exchanges are rendered per speaker: its own in its provider's tool format, others' in words.
+    if (message.role === 'tool') return contextTurnOf(message)
     if (message.role !== 'assistant' || message.agent === undefined) return { role: 'user', content: message.content }
     if (message.agent === speaker.id) return { role: 'assistant', content: message.content }
     const name = nameOf(message.agent)
@@ -33,8 +35,10 @@ export function groupSystemPrompt (speaker: AgentDefinition, members: AgentDefin
 export function transcript (history: Message[], nameOf: (agentId: string) => string, maxCharsPerMessage = 2000): string {
   return history
     .map((message) => {
-      const speaker = message.role === 'assistant' && message.agent !== undefined ? nameOf(message.agent) : 'User'
-      const text = message.content.length > maxCharsPerMessage ? `${message.content.slice(0, maxCharsPerMessage)}…` : message.content
+      const speaker = (message.role === 'assistant' || message.role === 'tool') && message.agent !== undefined ? nameOf(message.agent) : 'User'
+      const exchange = exchangeOf(message)
+      const content = exchange ? describeExchange(exchange) : message.content
+      const text = content.length > maxCharsPerMessage ? `${content.slice(0, maxCharsPerMessage)}…` : content
       return `[${speaker}]: ${text}`
     })
     .join('\n\n')

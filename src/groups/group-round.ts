@@ -10,6 +10,8 @@ import type { ReplyProducer, ReplySink } from '../messages/reply-producer.js'
 import type { Lease, NewReply, ReplyRepository, StoredReply } from '../messages/reply-repository.js'
 import type { Failure } from '../domain-errors.js'
 import type { GroupMetrics, StopReason } from '../metrics/group-metrics.js'
+import { leaseToolSteps, type ToolMessageRepository } from '../messages/tool-step-store.js'
+import { toolCallView, type ToolCallView } from '../tools/tool-steps.js'
 import { groupSystemPrompt, groupTurns, transcript } from './group-context.js'
 import type { GroupSettings, Strategy } from './group-settings.js'
 import type { GroupManager } from './manager.js'
@@ -20,6 +22,8 @@ export interface RoundResult {
   message: Message
   replies: Message[]
   round: { turns: number; stop: StopReason }
+  /** The turns' tool calls and results, in order, each with the agent whose turn called it. */
+  toolCalls: ToolCallView[]
 }
 
 export interface GroupRoundOptions {
@@ -40,13 +44,15 @@ export interface GroupRoundOptions {
   shuttingDown: () => boolean
   /** Writes a stored turn to the cache (history list, session record), in order. */
   cacheTurn: (stored: { session: Lease['session']; reply: Message }) => Promise<void>
+  /** Writes a turn's stored tool messages to the cached history, in order. */
+  cacheToolMessages: (sessionId: string, messages: Message[]) => Promise<void>
 }
 
 /**
  * Where a round's turns go: the session's rows under its lease (ReplyRepository), or, for a
  * stateless round (the OpenAI-compatible API's group models), nowhere but the answer.
  */
-export interface RoundStore {
+export interface RoundStore extends ToolMessageRepository {
   record(events: NewEvent[]): Promise<void>
   storeTurn(lease: Lease, reply: NewReply, renewMs: number): Promise<StoredReply | undefined>
   renewLease(lease: Lease, renewMs: number): Promise<boolean>
@@ -100,6 +106,12 @@ export class GroupRound {
     const nameOf = (id: string) => agents.get(id)?.name ?? id
     const history = [...input.before, lease.message]
     const stored: Message[] = []
+    const toolCalls: ToolCallView[] = []
+    // A turn's tool messages join the shared history (and the cache) as they are stored, before its reply.
+    const toolSteps = leaseToolSteps(replies, tenant, lease, async (messages) => {
+      if (persistent) await this.options.cacheToolMessages(session.id, messages)
+      history.push(...messages)
+    })
     const failed = new Set<string>()
     const spoke = new Set<string>()
     const named = members.find((agent) => agent.id === input.requested)
@@ -142,8 +154,10 @@ export class GroupRound {
           const answer = await producer.produce(agent, groupTurns(history.slice(-input.contextMessages), agent, nameOf), sink, {
             systemPrompt: groupSystemPrompt(agent, members, group.preset),
             useFallbacks: false,
-            signal: roundDeadline.signal
+            signal: roundDeadline.signal,
+            toolSteps
           })
+          toolCalls.push(...answer.toolCalls.map((call) => toolCallView(call.exchange, call.agent)))
           const turn = await replies.storeTurn(lease, {
             content: answer.text,
             agent: agent.id,
@@ -198,7 +212,7 @@ export class GroupRound {
       )
     }
     if (stored.length === 0 && lastFailure) throw new RoundFailed(lastFailure, { ...round, replies: stored })
-    return { message: lease.message, replies: stored, round }
+    return { message: lease.message, replies: stored, round, toolCalls }
   }
 
   /** The events that end a round (its lease is released with them). */

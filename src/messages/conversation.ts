@@ -20,7 +20,10 @@ import type { SessionRecord, SessionStore } from '../sessions/session-store.js'
 import { requestHash, type IdempotencyKeys, type StoredOutcome } from './idempotency.js'
 import type { Message, MessageHistory } from './message-store.js'
 import { describeReplyFailure } from './reply-failure.js'
-import { ReplyProducer, type Answer, type ProduceOptions, type ReplySink } from './reply-producer.js'
+import { contextTurnOf, toolCallView, type ToolCallView } from '../tools/tool-steps.js'
+import type { ToolCatalog } from '../tools/tools.js'
+import { ReplyProducer, type Answer, type ProduceOptions, type ProducerOptions, type ReplySink } from './reply-producer.js'
+import { leaseToolSteps, transientToolMessages } from './tool-step-store.js'
 import { ReplyRepository, type Lease } from './reply-repository.js'
 
 export type { ReplySink } from './reply-producer.js'
@@ -37,6 +40,8 @@ export interface PostMessageInput {
 export interface PostResult {
   message: Message
   reply: Message
+  /** The reply's tool calls and results, in order (empty when no tool was called). */
+  toolCalls: ToolCallView[]
 }
 
 export type { RoundResult } from '../groups/group-round.js'
@@ -68,6 +73,9 @@ export interface ConversationOptions {
   /** GROUP_ROUND_TIMEOUT_MS and GROUP_MANAGER_TIMEOUT_MS. */
   groupRoundTimeoutMs: number
   groupManagerTimeoutMs: number
+  /** The MCP servers' tools (absent: agents are offered none). */
+  tools?: ToolCatalog | undefined
+  toolMetrics?: ProducerOptions['toolMetrics']
 }
 
 /**
@@ -104,6 +112,7 @@ export class ConversationService {
       leaseMs: this.roundLeaseMs,
       shutdownSignal: options.shutdownSignal,
       shuttingDown: options.shuttingDown,
+      cacheToolMessages: (sessionId, messages) => this.cacheToolMessages(sessionId, messages),
       cacheTurn: async (stored) => {
         this.options.metrics.messages.inc({ role: 'assistant' })
         await Promise.all([options.sessions.cacheRecord(stored.session), options.history.append(stored.session.id, stored.reply)])
@@ -157,6 +166,10 @@ export class ConversationService {
 
     const { lease, cacheWrites } = await this.takeLease(tenant, cached, leaseMs, input, idempotencyKey)
     const { message } = lease
+    const toolSteps = leaseToolSteps(this.replies, tenant, lease, async (messages) => {
+      await cacheWrites
+      await this.cacheToolMessages(cached.id, messages)
+    })
 
     let selection: AgentSelection | undefined
     let answer: Answer
@@ -165,9 +178,11 @@ export class ConversationService {
       selection = await this.select(lease.session, input)
       await sink.agent(this.producer.announce(selection.agent, selection.reason, selection.matched))
       const context = await this.context(lease, cached, list, cacheWrites)
-      answer = await this.producer.produce(selection.agent, turnsOf(context), sink, input.overrides)
+      answer = await this.producer.produce(selection.agent, context.map(contextTurnOf), sink, { ...input.overrides, toolSteps })
     } catch (err) {
       await cacheWrites
+      // Tool messages were stored: the cached record no longer knows the session's last seq.
+      if (toolSteps.stored) await sessions.forget(cached.id).catch(() => undefined)
       const agent = selection?.agent ?? this.candidates(lease.session)[0] as AgentDefinition
       const failure = describeReplyFailure(err, { agent, messageId: message.id, llmTimeoutMs: this.options.llmTimeoutMs, shuttingDown: this.options.shutdownSignal.aborted, log: this.options.log })
       const events: NewEvent[] = [{ type: 'agent.failed', tenant, sessionId: cached.id, agentId: agent.id, data: { code: failure.code, message: failure.message, ...(failure.details as object) } }]
@@ -188,9 +203,10 @@ export class ConversationService {
       selection: { agent: selection.agent.id, data: selectionData(selection) },
       fallback: answer.fallbackFrom ? { reason: 'fallback', fallbackFrom: answer.fallbackFrom.id } : undefined
     }
+    const toolCalls = answer.toolCalls.map((call) => toolCallView(call.exchange))
     const recordOutcome = idempotencyKey === undefined
       ? undefined
-      : (db: pg.PoolClient, stored: { reply: Message }) => this.options.idempotency.complete(db, tenant, idempotencyKey, { ok: true, result: { message, reply: stored.reply } })
+      : (db: pg.PoolClient, stored: { reply: Message }) => this.options.idempotency.complete(db, tenant, idempotencyKey, { ok: true, result: { message, reply: stored.reply, toolCalls } })
     const stored = await this.replies.storeReply(lease, reply, recordOutcome).catch((err) => {
       // The database went away after the model answered: free the session as soon as it is back,
       // rather than at the lease's expiry.
@@ -199,6 +215,7 @@ export class ConversationService {
     })
     await cacheWrites
     if (!stored) {
+      if (toolSteps.stored) await sessions.forget(cached.id).catch(() => undefined)
       // The session was deleted or expired meanwhile, or the lease was lost: nothing is stored.
       const failure = DomainError.from(await this.replies.whyNotStored(lease))
       const events: NewEvent[] = [{ type: 'reply.discarded', tenant, sessionId: cached.id, agentId: answer.agent.id, data: { messageId: message.id, code: failure.code, message: failure.message } }]
@@ -209,7 +226,13 @@ export class ConversationService {
     metrics.messages.inc({ role: 'assistant' })
     metrics.replyLatency.observe({ agent: answer.agent.id, outcome: 'ok' }, latencyMs / 1000)
     await Promise.all([sessions.cacheRecord(stored.session), history.append(cached.id, stored.reply)])
-    return { message, reply: stored.reply }
+    return { message, reply: stored.reply, toolCalls }
+  }
+
+  /** A tool step's messages into the cached history, in seq order (after the user message's write). */
+  private async cacheToolMessages (sessionId: string, messages: Message[]): Promise<void> {
+    this.options.metrics.messages.inc({ role: 'tool' }, messages.length)
+    for (const message of messages) await this.options.history.append(sessionId, message)
   }
 
   /**
@@ -231,6 +254,7 @@ export class ConversationService {
         session,
         reply: { id: randomUUID(), seq: ++seq, role: 'assistant', content: reply.content, metadata: {}, createdAt: now(), agent: reply.agent, provider: reply.provider, model: reply.model, usage: reply.usage, latencyMs: reply.latencyMs }
       }),
+      storeToolMessages: async (_lease, agentId, exchanges) => transientToolMessages(agentId, exchanges, () => ++seq, this.options.sessions.now),
       renewLease: async () => true,
       whyNotStored: async () => ({ kind: 'unavailable', message: 'A stateless round stores nothing' })
     }
@@ -344,8 +368,6 @@ export class ConversationService {
     }
   }
 }
-
-const turnsOf = (messages: Message[]): ChatTurn[] => messages.map((m) => ({ role: m.role, content: m.content }))
 
 const selectionData = (selection: AgentSelection): Record<string, unknown> => ({ reason: selection.reason, matched: selection.matched, score: selection.score })
 

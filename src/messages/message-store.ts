@@ -4,11 +4,15 @@ import type { Queryable } from '../db/transaction.js'
 import type { ConversationMetrics } from '../metrics/conversation-metrics.js'
 import { HistoryPages } from './history-pages.js'
 
-/** A stored message as the API shows it. Assistant messages carry the provider fields. */
+/**
+ * A stored message as the API shows it. Assistant messages carry the provider fields; tool messages
+ * (a tool call and its result, DESIGN section 14) the agent that called it and the call's latency,
+ * the call itself in their metadata.
+ */
 export interface Message {
   id: string
   seq: number
-  role: 'user' | 'assistant' | 'system'
+  role: 'user' | 'assistant' | 'system' | 'tool'
   content: string
   metadata: Record<string, unknown>
   createdAt: string
@@ -50,6 +54,9 @@ export function toMessage (row: MessageRow): Message {
     message.provider = row.provider ?? undefined
     message.model = row.model ?? undefined
     message.usage = { inputTokens: row.input_tokens ?? 0, outputTokens: row.output_tokens ?? 0 }
+    message.latencyMs = row.latency_ms ?? 0
+  } else if (row.role === 'tool') {
+    message.agent = row.agent ?? undefined
     message.latencyMs = row.latency_ms ?? 0
   }
   return message

@@ -3,6 +3,7 @@ import { afterCommit, withTransaction, type Queryable } from '../db/transaction.
 import { DomainError, type Failure } from '../domain-errors.js'
 import { NOTIFY_PAYLOAD, announce, recordEvents, type NewEvent } from '../events/event-log.js'
 import { SESSION_COLUMNS, assertActive, notFound, toRecord, withLiveStatus, type SessionRecord, type SessionRow } from '../sessions/session-store.js'
+import { exchangeMetadata, type ToolExchange } from '../tools/tool-steps.js'
 import { MESSAGE_COLUMNS, toMessage, type Message, type MessageRow } from './message-store.js'
 
 /**
@@ -79,6 +80,31 @@ export class ReplyRepository {
       if (stored) await onStored(client, stored)
       return stored
     })
+  }
+
+  /**
+   * Stores a tool step's exchanges as `role: "tool"` messages at the next seqs, in order, with a
+   * tool.finished event each: one statement, only under this lease in an active session (the lease
+   * itself is kept for the reply). Undefined when nothing was stored (see `whyNotStored`).
+   */
+  async storeToolMessages (lease: Lease, agentId: string, exchanges: ToolExchange[]): Promise<Message[] | undefined> {
+    const { rows } = await this.pool.query<MessageRow & { notify_payload: string }>({
+      name: 'smalltalk-store-tool-messages',
+      text: STORE_TOOL_MESSAGES,
+      values: [
+        lease.session.id,
+        lease.session.tenant,
+        lease.token,
+        new Date(this.now()),
+        agentId,
+        exchanges.map((exchange) => exchange.content),
+        exchanges.map((exchange) => JSON.stringify(exchangeMetadata(exchange))),
+        exchanges.map((exchange) => exchange.latencyMs)
+      ]
+    })
+    if (rows.length === 0) return undefined
+    announce(this.pool, (rows[0] as { notify_payload: string }).notify_payload)
+    return rows.map(toMessage)
   }
 
   /**
@@ -279,3 +305,29 @@ WITH s AS (
 )
 SELECT s.*, ${PREFIXED_MESSAGE_COLUMNS}, (SELECT ${NOTIFY_PAYLOAD} FROM e) AS notify_payload
   FROM s, m`
+
+/**
+ * Store a tool step: $6 contents, $7 metadata (JSON texts), $8 latencies, in order, at the seqs after
+ * the session's last, as role 'tool' of agent $5, only under lease $3 in an active session (expiry
+ * judged at $4); a tool.finished event per message. No row back: nothing stored.
+ */
+export const STORE_TOOL_MESSAGES = `
+WITH s AS (
+  UPDATE sessions
+     SET last_seq = last_seq + cardinality($6::text[]), message_count = message_count + cardinality($6::text[])
+   WHERE id = $1 AND reply_lease_token = $3::uuid AND status = 'active' AND (expires_at IS NULL OR expires_at > $4)
+  RETURNING id, last_seq - cardinality($6::text[]) AS base_seq
+), m AS (
+  INSERT INTO chat_messages (session_id, seq, role, agent, content, metadata, latency_ms)
+  SELECT s.id, s.base_seq + t.n, 'tool', $5, t.content, t.metadata::jsonb, t.latency
+    FROM s, unnest($6::text[], $7::text[], $8::int[]) WITH ORDINALITY AS t(content, metadata, latency, n)
+  RETURNING ${MESSAGE_COLUMNS}, session_id
+), e AS (
+  INSERT INTO event_logs (type, tenant, session_id, agent_id, data)
+  SELECT 'tool.finished', $2, m.session_id, $5,
+         jsonb_build_object('callId', m.metadata->'callId', 'tool', m.metadata->'tool', 'server', m.metadata->'server',
+                            'isError', m.metadata->'isError', 'messageId', m.id, 'seq', m.seq)
+    FROM m ORDER BY m.seq
+  RETURNING id, type
+)
+SELECT ${MESSAGE_COLUMNS}, (SELECT ${NOTIFY_PAYLOAD} FROM e) AS notify_payload FROM m ORDER BY seq`

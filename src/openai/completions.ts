@@ -5,6 +5,7 @@ import { DomainError, assertMetadataSize, assertStorable } from '../domain-error
 import type { ConversationService, PostResult, RoundResult } from '../messages/conversation.js'
 import type { StoredOutcome } from '../messages/idempotency.js'
 import { describeReplyFailure } from '../messages/reply-failure.js'
+import { ephemeralToolSteps } from '../messages/tool-step-store.js'
 import type { ProduceOptions, ReplyProducer, ReplySink } from '../messages/reply-producer.js'
 import type { ChatTurn } from '../providers/provider.js'
 import type { SessionStore } from '../sessions/session-store.js'
@@ -33,6 +34,9 @@ export interface CompletionRequest {
   user?: string | null | undefined
   metadata?: Record<string, unknown> | null | undefined
   store?: boolean | null | undefined
+  /** Refused: the agents' tools are the manifest's, run by the service (DESIGN section 14). */
+  tools?: unknown
+  functions?: unknown
 }
 
 export type CompletionMode = 'stateless' | 'store' | 'continue'
@@ -109,6 +113,11 @@ export class OpenAiCompletions {
 
   private async run (mode: CompletionMode, call: CompletionCall): Promise<CompletionResult> {
     const { request } = call
+    for (const field of ['tools', 'functions'] as const) {
+      if (request[field] !== undefined && request[field] !== null) {
+        throw invalid(`\`${field}\` is not accepted: an agent's tools are its manifest's MCP tools, run by this server, and the answer is the final text (GET /v1/tools lists them)`, `/${field}`)
+      }
+    }
     const target = this.options.models.resolve(request.model)
     const { systemText, turns } = readMessages(request.messages)
     const overrides: ProduceOptions = {
@@ -167,7 +176,8 @@ export class OpenAiCompletions {
   private async stateless (agent: AgentDefinition, turns: ChatTurn[], overrides: ProduceOptions, call: CompletionCall): Promise<CompletionResult> {
     const { producer, llmTimeoutMs, shutdownSignal, log } = this.options
     try {
-      const answer = await producer.produce(agent, turns, sinkOf(call), overrides)
+      // The agent's tools run here too; their calls are kept nowhere, like the rest of the exchange.
+      const answer = await producer.produce(agent, turns, sinkOf(call), { ...overrides, toolSteps: ephemeralToolSteps(Date.now) })
       return { text: answer.text, usage: answer.usage, agent: answer.agent.id, replayed: false }
     } catch (err) {
       throw describeReplyFailure(err, { agent, llmTimeoutMs, shuttingDown: shutdownSignal.aborted, log })

@@ -468,7 +468,7 @@ t.test('an idempotent retry over SSE replays the first reply and stores nothing 
   const json = await post(app, id, body, headers)
   t.equal(json.statusCode, 201)
   t.equal(json.headers['idempotent-replayed'], 'true')
-  t.same(json.json(), { message: firstMessage, reply: firstDone })
+  t.same(json.json(), { message: firstMessage, reply: firstDone, toolCalls: [] })
 
   t.same(await messages(app, id), [firstMessage, firstDone], 'stored once')
   t.equal((await session(app, id)).messageCount, 2)

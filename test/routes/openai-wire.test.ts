@@ -109,7 +109,7 @@ t.test('fields OpenAI has and these routes do not use are ignored, nulls include
   const res = await post(base, {
     model: 'assistant',
     messages: [{ role: 'developer', content: 'Be terse.', name: 'ops' }, { role: 'user', content: 'hi', name: 'ann' }],
-    tools: [{ type: 'function', function: { name: 'f', parameters: {} } }],
+    tools: null,
     response_format: { type: 'text' },
     seed: 7,
     presence_penalty: 0,
@@ -125,6 +125,18 @@ t.test('fields OpenAI has and these routes do not use are ignored, nulls include
   t.equal((await res.json()).object, 'chat.completion')
   t.match(stub.chatRequests().at(-1), { system: 'You are Assistant.\n\nBe terse.', temperature: 0.3, maxTokens: 200 })
   t.notOk(res.headers.get('x-smalltalk-session-id'), 'nothing stored')
+})
+
+t.test('a request that brings its own tools is a 400 that says the agent\'s tools run here; nothing is called', async (t) => {
+  const { base, stub } = await openAiWorld(t)
+  for (const field of ['tools', 'functions']) {
+    const res = await post(base, { model: 'assistant', messages: [{ role: 'user', content: 'hi' }], [field]: [{ type: 'function', function: { name: 'f', parameters: {} } }] })
+    t.equal(res.status, 400)
+    const body = await res.json()
+    t.equal(body.error.param, field)
+    t.match(body.error.message, /run by this server/)
+  }
+  t.equal(stub.chatRequests().length, 0, 'no provider call')
 })
 
 t.test('Idempotency-Key on a continuation replays the first answer; a request that creates a session refuses it', async (t) => {
