@@ -1,5 +1,5 @@
 import Anthropic, { APIConnectionError, APIConnectionTimeoutError, APIError } from '@anthropic-ai/sdk'
-import { alternatingTurns, callController, NO_SDK_TIMEOUT_MS, singleCall, toolCallOf, type AlternatingTurn } from './call.js'
+import { alternatingTurns, callController, NO_SDK_TIMEOUT_MS, singleCall, toolCallFromJson, toolCallFromValue, type AlternatingTurn } from './call.js'
 import { providerFetch } from './http.js'
 import { failure, fromHttpFailure, fromStreamError, fromTransportError, invalidResponse, streamEndedEarly, timedOut, type CallContext } from './errors.js'
 import type { ChatChunk, ChatRequest, ProbeRequest, Provider, ProviderError, ToolCallRequest, ToolDefinition } from './provider.js'
@@ -108,7 +108,7 @@ export class AnthropicProvider implements Provider {
     if (request.signal.aborted) throw request.signal.reason
     if (!stopped) throw events === 0 ? invalidResponse(context, 'an empty event stream') : streamEndedEarly(context, 'message_stop')
     // A tool_use block with no input_json_delta is a call without parameters: its input is {}.
-    const calls = [...toolBlocks.entries()].sort(([a], [b]) => a - b).map(([, block]) => toolCallOf(block.id, block.name, block.json === '' ? {} : block.json))
+    const calls = [...toolBlocks.entries()].sort(([a], [b]) => a - b).map(([, block]) => toolCallFromJson(block.id, block.name, block.json))
     if (calls.length > 0) yield { type: 'tool_calls', calls }
     yield { type: 'usage', inputTokens: usage.input + usage.cacheCreation + usage.cacheRead, outputTokens: usage.output }
   }
@@ -125,7 +125,7 @@ export class AnthropicProvider implements Provider {
     const calls: ToolCallRequest[] = []
     for (const block of message.content) {
       if (block.type === 'text') text += block.text
-      else if (block.type === 'tool_use') calls.push(toolCallOf(block.id, block.name, block.input))
+      else if (block.type === 'tool_use') calls.push(toolCallFromValue(block.id, block.name, block.input))
     }
     if (text !== '') yield { type: 'delta', text }
     if (calls.length > 0) yield { type: 'tool_calls', calls }

@@ -159,24 +159,25 @@ export function sleep (ms: number, signal: AbortSignal): Promise<void> {
 }
 
 /**
- * A tool call as the model asked for it, its arguments parsed: a JSON text (OpenAI, Anthropic's
- * streamed input) or an already parsed value (Anthropic's whole input, Gemini's args). Arguments
- * that are not a JSON object become {} with `argumentsError` saying why: the call then gets an
- * error result the model can act on, instead of failing the reply.
+ * A tool call whose arguments came as JSON text (OpenAI, Anthropic's streamed input, echo). Text
+ * that is not JSON, or JSON that is not an object, gives {} and `argumentsError` saying why: the
+ * call then gets an error result the model can act on, instead of failing the reply.
  */
-export function toolCallOf (id: string, name: string, raw: unknown): ToolCallRequest {
-  // Gemini leaves args out of a call with no parameters.
-  if (raw === undefined) return { id, name, arguments: {} }
-  let value = raw
-  if (typeof raw === 'string') {
-    // A call with no parameters may come with no arguments at all.
-    if (raw.trim() === '') return { id, name, arguments: {} }
-    try {
-      value = JSON.parse(raw)
-    } catch (err) {
-      return { id, name, arguments: {}, argumentsError: `the arguments are not valid JSON (${(err as Error).message})` }
-    }
+export function toolCallFromJson (id: string, name: string, json: string): ToolCallRequest {
+  // A call with no parameters may come with no arguments at all.
+  if (json.trim() === '') return { id, name, arguments: {} }
+  let value: unknown
+  try {
+    value = JSON.parse(json)
+  } catch (err) {
+    return { id, name, arguments: {}, argumentsError: `the arguments are not valid JSON (${(err as Error).message})` }
   }
+  return toolCallFromValue(id, name, value)
+}
+
+/** A tool call whose arguments came parsed (Anthropic's whole input, Gemini's args); none at all is {}. */
+export function toolCallFromValue (id: string, name: string, value: unknown): ToolCallRequest {
+  if (value === undefined) return { id, name, arguments: {} }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     const what = value === null ? 'null' : Array.isArray(value) ? 'an array' : `a ${typeof value}`
     return { id, name, arguments: {}, argumentsError: `the arguments are ${what}, not a JSON object` }

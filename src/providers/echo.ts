@@ -1,4 +1,4 @@
-import { sleep, toolCallOf } from './call.js'
+import { sleep, toolCallFromJson } from './call.js'
 import type { ChatChunk, ChatRequest, ProbeRequest, Provider, ToolCallRequest, ToolDefinition } from './provider.js'
 
 export interface EchoProviderOptions {
@@ -49,7 +49,7 @@ export class EchoProvider implements Provider {
     const lines = last.content.split('\n').map((line) => line.trim()).filter((line) => line !== '')
     const asked = lines.map((line) => TOOL_LINE.exec(line))
     if (asked.length === 0 || asked.some((match) => match === null)) return undefined
-    return asked.map((match, i) => toolCallOf(`echo_call_${i + 1}`, offeredName(match![1]!, request.tools!), match![2] ?? '{}'))
+    return asked.map((match, i) => toolCallFromJson(`echo_call_${i + 1}`, offeredName(match![1]!, request.tools!), match![2] ?? '{}'))
   }
 
   /** The deltas of a reply text, in order: their concatenation is exactly the text. */

@@ -1,5 +1,5 @@
 import { GoogleGenAI, type Content, type GenerateContentConfig, type GenerateContentResponse, type Part, type Tool } from '@google/genai'
-import { alternatingTurns, callController, singleCall, toolCallOf, type AlternatingTurn } from './call.js'
+import { alternatingTurns, callController, singleCall, toolCallFromValue, type AlternatingTurn } from './call.js'
 import { providerFetch } from './http.js'
 import { failure, fromHttpFailure, fromStreamError, fromTransportError, invalidResponse, streamEndedEarly, type CallContext } from './errors.js'
 import type { ChatChunk, ChatRequest, ProbeRequest, Provider, ProviderError, ToolCallRequest, ToolDefinition } from './provider.js'
@@ -206,7 +206,7 @@ function addCalls (calls: ToolCallRequest[], chunk: GenerateContentResponse): vo
   for (const part of chunk.candidates?.[0]?.content?.parts ?? []) {
     const call = part.functionCall
     if (!call) continue
-    calls.push(toolCallOf(call.id || `call_${calls.length + 1}`, call.name ?? '', call.args))
+    calls.push(toolCallFromValue(call.id || `call_${calls.length + 1}`, call.name ?? '', call.args))
   }
 }
 

@@ -1,6 +1,6 @@
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError } from 'openai'
 import type { ChatCompletion, ChatCompletionCreateParamsStreaming, ChatCompletionFunctionTool, ChatCompletionMessageParam } from 'openai/resources/chat/completions'
-import { callController, NO_SDK_TIMEOUT_MS, pairedToolTurns, singleCall, toolCallOf } from './call.js'
+import { callController, NO_SDK_TIMEOUT_MS, pairedToolTurns, singleCall, toolCallFromJson } from './call.js'
 import { providerFetch } from './http.js'
 import { failure, fromHttpFailure, fromStreamError, fromTransportError, invalidResponse, streamEndedEarly, timedOut, type CallContext } from './errors.js'
 import type { ChatChunk, ChatRequest, ChatTurn, ProbeRequest, Provider, ProviderError, ToolCallRequest, ToolDefinition } from './provider.js'
@@ -121,7 +121,7 @@ export class OpenAiProvider implements Provider {
     if (typeof text === 'string' && text !== '') yield { type: 'delta', text }
     const calls: ToolCallRequest[] = []
     for (const toolCall of choice.message?.tool_calls ?? []) {
-      if (toolCall.type === 'function') calls.push(toolCallOf(toolCall.id || `call_${calls.length + 1}`, toolCall.function.name, toolCall.function.arguments))
+      if (toolCall.type === 'function') calls.push(toolCallFromJson(toolCall.id || `call_${calls.length + 1}`, toolCall.function.name, toolCall.function.arguments))
     }
     if (calls.length > 0) yield { type: 'tool_calls', calls }
     yield { type: 'usage', inputTokens: completion.usage?.prompt_tokens ?? 0, outputTokens: completion.usage?.completion_tokens ?? 0 }
@@ -211,7 +211,7 @@ class StreamedToolCalls {
   assembled (): ToolCallRequest[] {
     return [...this.byIndex.entries()]
       .sort(([a], [b]) => a - b)
-      .map(([, call], i) => toolCallOf(call.id || `call_${i + 1}`, call.name, call.arguments))
+      .map(([, call], i) => toolCallFromJson(call.id || `call_${i + 1}`, call.name, call.arguments))
   }
 }
 
