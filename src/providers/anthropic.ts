@@ -35,7 +35,8 @@ interface Usage {
 /**
  * Anthropic's Messages API through the official `@anthropic-ai/sdk`, streamed: text from
  * `content_block_delta` (text_delta) events, usage from `message_start` and `message_delta`, and
- * `message_stop` as the end of the reply. The manifest's temperature is not sent: API version
+ * `message_stop` as the end of the reply; tool calls from `tool_use` blocks, their input assembled
+ * from `input_json_delta` pieces. The manifest's temperature is not sent: API version
  * 2026-10-21 (the one SDK 1.x speaks) removed the sampling parameters and answers 400 to any of them.
  */
 export class AnthropicProvider implements Provider {

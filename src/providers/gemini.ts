@@ -57,7 +57,8 @@ export interface GeminiProviderOptions {
 
 /**
  * Gemini through Google's official `@google/genai` SDK: models.generateContentStream (SSE), text from
- * the candidate's parts, usage from usageMetadata, a finishReason as the end of the reply. The SDK's
+ * the candidate's parts, tool calls from its functionCall parts, usage from usageMetadata, a
+ * finishReason as the end of the reply. The SDK's
  * automatic continuation (it reopens a broken stream by itself) is off: that would be a retry.
  */
 export class GeminiProvider implements Provider {

@@ -41,7 +41,8 @@ export interface OpenAiProviderOptions {
 /**
  * OpenAI chat completions through the official `openai` SDK, streamed with usage
  * (`stream_options.include_usage`). The same adapter serves any OpenAI-compatible server through
- * its base URL.
+ * its base URL. Offered tools go as function tools; the calls of an answer come back from
+ * `tool_calls` (assembled from their deltas when streamed) as one tool_calls chunk.
  */
 export class OpenAiProvider implements Provider {
   readonly name: 'openai' | 'openai-compatible'
@@ -194,16 +195,19 @@ function openAiMessage (turn: ChatTurn): ChatCompletionMessageParam {
 
 /**
  * Streamed tool calls arrive as pieces keyed by `index`: the first piece of a call has its id and
- * name, the arguments come as JSON text in fragments (a call's pieces need not be contiguous).
+ * name, the arguments come as JSON text in fragments (a call's pieces need not be contiguous). Some
+ * OpenAI-compatible servers repeat the id and name in every piece, or send each call whole in one
+ * piece without an index: both are read as the calls they are.
  */
 class StreamedToolCalls {
   private readonly byIndex = new Map<number, { id: string; name: string; arguments: string }>()
 
-  add (piece: { index: number; id?: string; function?: { name?: string; arguments?: string } }): void {
-    let call = this.byIndex.get(piece.index)
-    if (!call) this.byIndex.set(piece.index, (call = { id: '', name: '', arguments: '' }))
+  add (piece: { index?: number; id?: string; function?: { name?: string; arguments?: string } }): void {
+    const index = typeof piece.index === 'number' ? piece.index : this.byIndex.size
+    let call = this.byIndex.get(index)
+    if (!call) this.byIndex.set(index, (call = { id: '', name: '', arguments: '' }))
     if (piece.id) call.id = piece.id
-    if (piece.function?.name) call.name += piece.function.name
+    if (piece.function?.name) call.name = piece.function.name
     if (piece.function?.arguments) call.arguments += piece.function.arguments
   }
 

@@ -256,3 +256,48 @@ t.test('the stub streams arguments in fragments, so the adapters are seen assemb
   const gemini = await post('/v1beta/models/m:streamGenerateContent?alt=sse', { contents: [{ role: 'user', parts: [{ text: 'x' }] }] })
   t.match(gemini, /"functionCall":\{"name":"calc__add","args":\{"a":2,"b":3\}\}/, 'Gemini: a functionCall part without id')
 })
+
+t.test('openai-compatible: calls sent whole without an index, or with the name repeated in every piece, are read as they are', async (t) => {
+  const stub = await startStub(t)
+  const chunk = (delta: unknown, finish: string | null = null) =>
+    `data: ${JSON.stringify({ id: 'x', object: 'chat.completion.chunk', created: 1, model: 'm', choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`
+  const body =
+    chunk({ role: 'assistant', tool_calls: [{ id: 'a', type: 'function', function: { name: 'calc__add', arguments: '{"a":1}' } }] }) +
+    chunk({ tool_calls: [{ id: 'b', type: 'function', function: { name: 'clock__now', arguments: '{}' } }] }) +
+    chunk({ tool_calls: [{ index: 7, id: 'c', type: 'function', function: { name: 'calc__add', arguments: '{"a":' } }] }) +
+    chunk({ tool_calls: [{ index: 7, id: 'c', type: 'function', function: { name: 'calc__add', arguments: '2}' } }] }) +
+    chunk({}, 'tool_calls') + 'data: [DONE]\n\n'
+  stub.enqueue({ raw: { contentType: 'text/event-stream', body } })
+  const { chunks, error } = await collect(providerFor(t, stub, definition('openai-compatible')).stream(chat(undefined, { tools: TOOLS })))
+  t.error(error)
+  t.same(toolCallsOf(chunks), [[
+    { id: 'a', name: 'calc__add', arguments: { a: 1 } },
+    { id: 'b', name: 'clock__now', arguments: {} },
+    { id: 'c', name: 'calc__add', arguments: { a: 2 } }
+  ]])
+})
+
+t.test('openai-compatible: a server that sends calls without ids gets call_<n> ids, unique in the answer', async (t) => {
+  const stub = await startStub(t)
+  const completion = {
+    id: 'x',
+    object: 'chat.completion',
+    created: 1,
+    model: 'm',
+    choices: [{ index: 0, finish_reason: 'tool_calls', message: { role: 'assistant', content: null, tool_calls: [{ type: 'function', function: { name: 'clock__now', arguments: '' } }, { type: 'function', function: { name: 'clock__now', arguments: '{}' } }] } }]
+  }
+  stub.enqueue({ raw: { contentType: 'application/json', body: JSON.stringify(completion) } })
+  const { chunks, error } = await collect(providerFor(t, stub, definition('openai-compatible')).stream(chat(undefined, { tools: TOOLS, stream: false })))
+  t.error(error)
+  t.same(toolCallsOf(chunks), [[{ id: 'call_1', name: 'clock__now', arguments: {} }, { id: 'call_2', name: 'clock__now', arguments: {} }]])
+})
+
+t.test('gemini: a functionCall that has an id keeps it, streamed and whole', async (t) => {
+  const stub = await startStub(t)
+  for (const stream of [true, false]) {
+    stub.enqueue({ toolCalls: [{ id: 'gem-1', name: 'clock__now', arguments: {} }, { name: 'clock__now', arguments: {} }] })
+    const { chunks, error } = await collect(providerFor(t, stub, definition('gemini')).stream(chat(undefined, { tools: TOOLS, stream })))
+    t.error(error)
+    t.same(toolCallsOf(chunks)[0]!.map((call) => call.id), ['gem-1', 'call_2'], stream ? 'streamed' : 'whole')
+  }
+})
