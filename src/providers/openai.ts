@@ -181,7 +181,8 @@ function openAiTools (tools: ToolDefinition[] | undefined): OpenAiTools {
 }
 
 function openAiMessage (turn: ChatTurn): ChatCompletionMessageParam {
-  if (turn.role === 'tool') return { role: 'tool', tool_call_id: turn.toolResult!.callId, content: turn.content }
+  // A tool message has no error flag in this format: an error result's text says it is one.
+  if (turn.role === 'tool') return { role: 'tool', tool_call_id: turn.toolResult!.callId, content: turn.toolResult!.isError ? `Error: ${turn.content}` : turn.content }
   if (turn.role === 'assistant' && turn.toolCalls?.length) {
     return {
       role: 'assistant',

@@ -172,13 +172,13 @@ for (const provider of PROVIDERS) {
             ]
           },
           { role: 'tool', tool_call_id: 'call_a', content: '5' },
-          { role: 'tool', tool_call_id: 'call_b', content: 'clock server is down' },
+          { role: 'tool', tool_call_id: 'call_b', content: 'Error: clock server is down' },
           { role: 'user', content: 'thanks' }
-        ], 'the assistant turn with tool_calls, then one role tool message per call, in order')
+        ], 'the assistant turn with tool_calls, then one role tool message per call, in order (an error result says so in its text)')
       }
       const normalised = request.messages.filter((m) => m.toolCalls || m.toolResults)
       t.same(normalised.flatMap((m) => m.toolCalls?.map((call) => [call.id, call.name, call.arguments]) ?? []), [['call_a', 'calc__add', { a: 2, b: 3 }], ['call_b', 'clock__now', {}]], 'the stub records the calls sent')
-      t.same(normalised.flatMap((m) => m.toolResults?.map((result) => [result.callId, result.content]) ?? []), [['call_a', '5'], ['call_b', 'clock server is down']], 'and the results')
+      t.same(normalised.flatMap((m) => m.toolResults?.map((result) => [result.callId, result.content.replace(/^Error: /, '')]) ?? []), [['call_a', '5'], ['call_b', 'clock server is down']], 'and the results')
     })
 
     t.test(`${provider} ${mode}: a history that ends with the results asks the model to go on; an assistant turn of calls only has no text`, async (t) => {
