@@ -2,7 +2,7 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js'
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
 import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js'
-import { ToolListChangedNotificationSchema } from '@modelcontextprotocol/sdk/types.js'
+import { ErrorCode, McpError, ToolListChangedNotificationSchema } from '@modelcontextprotocol/sdk/types.js'
 import type { FastifyBaseLogger } from 'fastify'
 import { systemClock, type Clock } from '../clock.js'
 import { UNKNOWN_LABEL, type ToolMetrics } from '../metrics/tool-metrics.js'
@@ -106,6 +106,9 @@ export class McpServers implements ToolCatalog {
     } catch (err) {
       if (deadline.signal.aborted) return finish('timeout', `Tool "${tool}" did not answer within ${timeoutMs} ms.`)
       if (signal.aborted) return finish('cancelled', `The call of tool "${tool}" was cancelled.`)
+      // A JSON-RPC error is the server answering; anything else (a closed pipe, a refused HTTP
+      // connection) means it is gone: an http server has no process whose exit would tell us.
+      if (!(err instanceof McpError) || err.code === ErrorCode.ConnectionClosed) connection.failed((err as Error).message)
       return finish('error', `Tool "${tool}" failed: ${(err as Error).message}`)
     } finally {
       cancelDeadline()
@@ -238,6 +241,11 @@ class ServerConnection {
       cursor = page.nextCursor
     } while (cursor !== undefined)
     if (attempt === this.attempt) this.tools = tools
+  }
+
+  /** A call found the server unreachable. */
+  failed (reason: string): void {
+    this.lost(this.attempt, reason)
   }
 
   /** The attempt failed or its connection ended: the server is down until the next attempt succeeds. */

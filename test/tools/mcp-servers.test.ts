@@ -162,6 +162,18 @@ t.test('an http server: headers sent, connect, call; one that is unreachable rep
   t.match(await servers.call('nowhere', 'add', { a: 1, b: 1 }, never), { outcome: 'unavailable' })
 })
 
+t.test('an http server that goes away while connected: the call is an error and the server is down', async (t) => {
+  const http = await startHttpMcpServer()
+  const { servers, registry } = start(t, [{ id: 'remote', transport: 'http', url: http.url }])
+  await until(servers, 'remote', connected)
+  await http.close()
+  const failed = await servers.call('remote', 'echo', { text: 'anyone?' }, never)
+  t.match(failed, { outcome: 'error', isError: true, content: /Tool "echo" failed/ })
+  t.not(servers.servers()[0]!.status, 'connected', 'no longer offered')
+  t.match(await servers.call('remote', 'echo', { text: 'x' }, never), { outcome: 'unavailable' })
+  t.match(await registry.getSingleMetricAsString('smalltalk_mcp_server_up'), /server="remote"\} 0/)
+})
+
 t.test('close ends the stdio children and stops reconnecting', async (t) => {
   const { servers } = start(t, [stdio('child'), { id: 'missing', transport: 'stdio', command: '/nonexistent/mcp-server' }])
   await until(servers, 'child', connected)
