@@ -171,17 +171,15 @@ t.test('parallel calls run together; errors, invalid arguments and unknown tools
     ]
   }, { when: chat })
   stub.enqueue({ text: 'Done.' }, { when: chat })
-  const started = performance.now()
   const res = await post(app, id, { content: 'do many things' })
-  const elapsed = performance.now() - started
   t.equal(res.statusCode, 201, res.body)
-  t.ok(elapsed < 1500, `two 400 ms calls at once, not one after the other (${Math.round(elapsed)} ms)`)
   const toolCalls = res.json().toolCalls
   t.same(toolCalls.map((c: any) => [c.tool, c.isError]), [['slow', false], ['slow', false], ['fail', true], ['add', true], ['delete_everything', true], ['echo', true]])
   t.match(toolCalls[3].content, /a|invalid|must be number/i, 'the schema error says what is wrong')
   t.match(toolCalls[4].content, /not one of this agent's tools/)
   t.match(toolCalls[5].content, /not a JSON object/)
   const counts = await calls(app, 'local')
+  t.equal(counts.slowConcurrentMax, 2, 'the two slow calls ran at the same time, not one after the other')
   t.equal(counts.add, undefined, 'invalid arguments never reach the server')
   t.equal(counts.echo, undefined, 'broken arguments never reach the server')
   const second = stub.chatRequests()[1]!

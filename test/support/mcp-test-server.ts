@@ -15,7 +15,8 @@ import { z } from 'zod'
 //   echo {text}, add {a, b}, slow {ms}, fail (an isError result), env {name} (the variable's value,
 //   to prove which variables a stdio server was given), mixed (an image and a resource), grow (adds
 //   the tool `grown`: the server announces tools/list_changed), calls (the number of calls per tool,
-//   as JSON), and over stdio only crash (the process exits in the middle of the call).
+//   and slowConcurrentMax: the most slow calls at once, as JSON), and over stdio only crash (the
+//   process exits in the middle of the call).
 
 /** This file, as a stdio server's arguments to `node`. */
 export const MCP_TEST_SERVER_ARGS = ['--import', 'tsx', fileURLToPath(import.meta.url)]
@@ -35,9 +36,14 @@ function buildServer (counts: Counts, withCrash: boolean): McpServer {
     counted('add')
     return text(String(a + b))
   })
+  // How many slow calls ran at the same time at most (counts.slowConcurrentMax): proves parallel calls.
+  let slowRunning = 0
   server.registerTool('slow', { description: 'Answers after ms milliseconds', inputSchema: { ms: z.number() } }, async ({ ms }, extra) => {
     counted('slow')
+    slowRunning++
+    counts.slowConcurrentMax = Math.max(counts.slowConcurrentMax ?? 0, slowRunning)
     await sleep(ms, undefined, { signal: extra.signal }).catch(() => {})
+    slowRunning--
     return text(`waited ${ms} ms`)
   })
   server.registerTool('fail', { description: 'Always an error result' }, async () => {

@@ -146,12 +146,11 @@ t.test('an http server: headers sent, connect, call; one that is unreachable rep
   const http = await startHttpMcpServer()
   t.teardown(() => http.close())
   const port = await freePort()
-  const startedAt = Date.now()
   const { servers } = start(t, [
     { id: 'remote', transport: 'http', url: http.url, headers: { authorization: 'Bearer s3cret' }, allow: ['add', 'echo'] },
     { id: 'nowhere', transport: 'http', url: `http://127.0.0.1:${port}/mcp` }
   ])
-  t.ok(Date.now() - startedAt < 1_000, 'start does not wait for any server')
+  t.same(servers.servers().map((server) => server.status), ['connecting', 'connecting'], 'start returns before any server answers')
   const remote = await until(servers, 'remote', connected)
   t.same(remote.tools.map((tool) => tool.name).sort(), ['add', 'echo'])
   t.equal(http.lastHeaders().authorization, 'Bearer s3cret', 'the configured headers are sent')
@@ -178,9 +177,7 @@ t.test('close ends the stdio children and stops reconnecting', async (t) => {
   const { servers } = start(t, [stdio('child'), { id: 'missing', transport: 'stdio', command: '/nonexistent/mcp-server' }])
   await until(servers, 'child', connected)
   const pid = await childPid()
-  const started = Date.now()
   await servers.close()
-  t.ok(Date.now() - started < 6_000, 'close is bounded')
   t.throws(() => process.kill(pid, 0), 'the child process is gone')
   t.same(servers.servers().map((server) => server.status), ['down', 'down'])
   await sleep(300)
