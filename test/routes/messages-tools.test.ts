@@ -298,3 +298,21 @@ t.test('the OpenAI-compatible route runs the agent\'s tools and answers the fina
   t.equal(res.status, 200)
   t.equal((await res.json()).choices[0].message.content, 'Two.')
 })
+
+t.test('a reply that fails after a tool step: the stored call stays, the history shows it, the next reply sees it', async (t) => {
+  const { stub, app } = await world(t)
+  const id = await createSession(app, ['assistant'])
+  t.equal((await post(app, id, { content: 'warm the cache' })).statusCode, 201)
+  await history(app, id)
+  stub.reset()
+  stub.enqueue({ toolCalls: [{ name: 'add', arguments: { a: 1, b: 2 } }] }, { when: chat })
+  stub.enqueue({ status: 400, errorMessage: 'context too long' }, { when: chat })
+  const failed = await post(app, id, { content: 'add then fail' })
+  t.equal(failed.statusCode, 502, failed.body)
+  t.same((await history(app, id)).map((m) => m.role), ['user', 'assistant', 'user', 'tool'], 'the tool message is read back at once (no stale cached record)')
+  stub.reset()
+  stub.setDefault({ text: 'ok' })
+  t.equal((await post(app, id, { content: 'go on' })).statusCode, 201)
+  const sent = stub.chatRequests().at(-1)!
+  t.ok(sent.messages.some((m) => m.toolResults?.[0]?.content === '3'), 'the next reply\'s context has the stored result')
+})
