@@ -121,14 +121,20 @@ export interface PlannedCall {
 export const planCalls = (calls: ToolCallRequest[], toolset: AgentTool[]): PlannedCall[] =>
   calls.map((request) => ({ request, target: toolset.find((tool) => tool.definition.name === request.name) }))
 
+/** The most calls of one model step that run (the rest get an error result): bounds a reply's work and memory. */
+export const MAX_CALLS_PER_STEP = 10
+
 /**
  * Runs a step's calls at once (the model asked for them together), each through the catalog, which
  * never throws; a call the agent may not make, or whose arguments were not a JSON object, is refused
  * without reaching a server, as an error result the model can act on.
  */
 export async function runCalls (catalog: ToolCatalog, planned: PlannedCall[], step: number, signal: AbortSignal): Promise<ToolExchange[]> {
-  return Promise.all(planned.map(async ({ request, target }): Promise<ToolExchange> => {
+  return Promise.all(planned.map(async ({ request, target }, index): Promise<ToolExchange> => {
     const base = { callId: request.id, arguments: request.arguments, step }
+    if (index >= MAX_CALLS_PER_STEP) {
+      return { ...base, server: target?.server ?? '', tool: target?.tool ?? request.name, content: `At most ${MAX_CALLS_PER_STEP} tool calls run per step; this one was not run: ask for it again in the next step`, isError: true, outcome: 'refused', latencyMs: 0 }
+    }
     if (!target) {
       return { ...base, server: '', tool: request.name, content: `Tool ${request.name} is not one of this agent's tools; it was not called`, isError: true, outcome: 'refused', latencyMs: 0 }
     }

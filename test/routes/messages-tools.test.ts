@@ -330,3 +330,17 @@ t.test('a reply that fails after a tool step: the stored call stays, the history
   const sent = stub.chatRequests().at(-1)!
   t.ok(sent.messages.some((m) => m.toolResults?.[0]?.content === '3'), 'the next reply\'s context has the stored result')
 })
+
+t.test('at most 10 calls of one step run; the rest are error results the model reads', async (t) => {
+  const { stub, app } = await world(t)
+  const id = await createSession(app, ['assistant'])
+  stub.enqueue({ toolCalls: Array.from({ length: 12 }, (_, i) => ({ name: 'echo', arguments: { text: `n${i}` } })) }, { when: chat })
+  stub.enqueue({ text: 'Done.' }, { when: chat })
+  const res = await post(app, id, { content: 'twelve at once' })
+  t.equal(res.statusCode, 201, res.body)
+  const toolCalls = res.json().toolCalls as Array<{ isError: boolean; content: string }>
+  t.same(toolCalls.map((c) => c.isError), [...Array(10).fill(false), true, true])
+  t.match(toolCalls[11]!.content, /At most 10 tool calls run per step/)
+  t.equal((await calls(app, 'local')).echo, 10, 'the server got ten')
+  t.equal(stub.chatRequests()[1]!.messages.filter((m) => m.toolResults).length, 12, 'every call of the step has its result for the model')
+})
