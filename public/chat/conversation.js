@@ -2,8 +2,11 @@
 // and streamed replies go through the same code: a single reply is a round of one turn, so the
 // events of a single reply (message, agent, delta..., done) and of a group round (message, then per
 // turn agent, delta..., turn, and done with { replies, round }) are applied by one function.
+// A reply's tool calls (tool_call, tool_result; stored as role "tool" messages before the reply)
+// are shown in its article, before its text.
 
 import { renderMarkdown } from './markdown.js'
+import { abandonToolCalls, addStoredToolCall, addToolCall, findToolCall, setToolResult } from './tool-calls.js'
 
 let nextId = 0
 
@@ -54,20 +57,52 @@ export class Conversation {
 
   /** Stored messages, appended in seq order (one already shown is left as it is). */
   append (messages) {
-    for (const message of messages) {
-      if (!this.articles.has(message.id)) this.log.append(this.storedArticle(message))
-    }
+    const { articles, unanswered } = this.storedArticles(messages)
+    this.log.append(...articles)
+    // Calls with no reply after them (it failed, or is still being written): an article of their own.
+    if (unanswered.length > 0) this.log.append(this.toolsArticle(unanswered))
   }
 
   /** An older page of stored messages, put before the first message shown. */
   prepend (messages) {
     const first = this.log.querySelector('article')
+    const { articles, unanswered } = this.storedArticles(messages)
+    if (first) first.before(...articles)
+    else this.log.append(...articles)
+    if (unanswered.length === 0) return
+    // The page ends inside an exchange: its calls belong to the reply already shown after them.
+    if (first?.classList.contains('assistant')) {
+      const calls = unanswered.map((message) => this.trackTool(addStoredToolCall(first, message), message))
+      first.querySelector(':scope > .tools').prepend(...calls)
+    } else if (first) {
+      first.before(this.toolsArticle(unanswered))
+    } else {
+      this.log.append(this.toolsArticle(unanswered))
+    }
+  }
+
+  /**
+   * The articles of stored messages not shown yet, in order, each reply with the tool calls stored
+   * before it (since the previous message that was not a tool call); `unanswered`: the calls after
+   * the last reply.
+   */
+  storedArticles (messages) {
+    const articles = []
+    let calls = []
     for (const message of messages) {
       if (this.articles.has(message.id)) continue
-      const article = this.storedArticle(message)
-      if (first) first.before(article)
-      else this.log.append(article)
+      if (message.role === 'tool') {
+        calls.push(message)
+        continue
+      }
+      if (message.role !== 'assistant' && calls.length > 0) {
+        articles.push(this.toolsArticle(calls))
+        calls = []
+      }
+      articles.push(this.storedArticle(message, message.role === 'assistant' ? calls : []))
+      if (message.role === 'assistant') calls = []
     }
+    return { articles, unanswered: calls }
   }
 
   /** The user's message as sent, shown at once; the `message` event replaces it with the stored one. */
@@ -110,6 +145,12 @@ export class Conversation {
         this.log.append(article)
         this.pending = { article, agent: data.agent, turn: data.turn, text: '', finished: false }
       }
+    } else if (event === 'tool_call') {
+      if (!this.pending || this.pending.finished) return
+      addToolCall(this.pending.article, data)
+    } else if (event === 'tool_result') {
+      const call = findToolCall(this.log, data.callId)
+      if (call) setToolResult(call, data)
     } else if (event === 'delta') {
       if (!this.pending || this.pending.finished) return
       this.pending.text += data.text
@@ -153,6 +194,7 @@ export class Conversation {
     pending.article.classList.remove('streaming')
     pending.article.classList.add('failed')
     pending.article.removeAttribute('aria-busy')
+    abandonToolCalls(pending.article)
     const note = this.doc.createElement('p')
     note.className = 'failure'
     note.textContent = `No reply: ${error.message ?? 'the reply failed'}`
@@ -168,12 +210,32 @@ export class Conversation {
     this.log.append(note)
   }
 
-  storedArticle (message) {
+  /** A stored message's article; a reply's shows the tool calls stored before it first. */
+  storedArticle (message, toolMessages = []) {
     const user = message.role === 'user'
     const article = this.article(user ? 'You' : this.speakerName(message.agent), user ? 'user' : 'assistant', message.agent)
     this.adopt(article, message)
+    for (const call of toolMessages) this.trackTool(addStoredToolCall(article, call), call)
     this.setContent(article, message.content, !user)
     return article
+  }
+
+  /** Tool calls stored with no reply after them: shown under the agent that made them, with no text. */
+  toolsArticle (toolMessages) {
+    const last = toolMessages.at(-1)
+    const article = this.article(this.speakerName(last.agent), 'assistant', last.agent)
+    article.classList.add('tools-only')
+    this.adopt(article, last)
+    delete article.dataset.id
+    delete article.dataset.seq
+    for (const call of toolMessages) this.trackTool(addStoredToolCall(article, call), call)
+    return article
+  }
+
+  /** A stored call shown: its message counts as shown (a later page does not show it again). */
+  trackTool (details, message) {
+    this.articles.set(message.id, details)
+    return details
   }
 
   /** An article whose accessible name is its speaker (the header's name element labels it). */
