@@ -72,6 +72,16 @@ function callsIn (article: Locator): Promise<CallShown[]> {
   }))
 }
 
+/** The calls' markup, as the live and the history paths must both draw it (a stored call also carries its message id). */
+function callMarkup (article: Locator): Promise<string[]> {
+  return article.locator('details.tool-call').evaluateAll((nodes) => nodes.map((node) => {
+    const copy = node.cloneNode(true) as HTMLElement
+    copy.removeAttribute('data-id')
+    copy.removeAttribute('open')
+    return copy.outerHTML
+  }))
+}
+
 /** The children of an article in order, by class: the tool calls must come before the reply's text. */
 function layout (article: Locator): Promise<string[]> {
   return article.evaluate((node) => [...node.children].map((child) => child.className || child.tagName.toLowerCase()))
@@ -94,6 +104,7 @@ async function send (page: Page, text: string): Promise<Event[]> {
 }
 
 let calcSession = ''
+let liveMarkup: string[] = []
 
 t.test('live: the call shows collapsed in its reply, before the text, and opens to its arguments and result', async (t) => {
   const { page, errors, shot } = await openPage(t, browser)
@@ -126,11 +137,12 @@ t.test('live: the call shows collapsed in its reply, before the text, and opens 
 
   await reply.locator('details.tool-call > summary').press('Enter')
   t.equal((await callsIn(reply))[0]!.open, false, 'Enter on the focused summary closes it again (keyboard)')
+  liveMarkup = await callMarkup(reply)
   t.same(errors, [], 'no errors on the page')
 })
 
-t.test('history: the reload shows the same, from the role tool messages', async (t) => {
-  const { page, errors, shot } = await openPage(t, browser)
+t.test('history: the reload shows the same, from the role tool messages (in the dark scheme)', async (t) => {
+  const { page, errors, shot } = await openPage(t, browser, { colorScheme: 'dark' })
   await page.goto(`${server.url}/chat?session=${calcSession}`)
   await finished(page, 1)
   const stored = await storedMessages(calcSession)
@@ -142,6 +154,7 @@ t.test('history: the reload shows the same, from the role tool messages', async 
   let [call] = await callsIn(reply)
   t.match(call, { open: false, detailVisible: false, error: false, id: stored[1]!.id })
   t.match(call!.summary, /^🔧\s*calculator · builtin ✓ done$/u, 'the same summary')
+  t.same(await callMarkup(reply), liveMarkup, 'drawn exactly as the live answer drew it')
   await reply.locator('details.tool-call > summary').click()
   ;[call] = await callsIn(reply)
   t.equal(call!.args, JSON.stringify({ expression: '2+3' }, null, 2), 'the same arguments')
@@ -185,6 +198,32 @@ t.test('tool output is text: markup in arguments and results creates no element;
   await finished(page, 1)
   await check('from history')
   await shot('05-errors-history')
+  t.same(errors, [], 'no errors on the page')
+})
+
+t.test('a replayed answer (Idempotency-Key) draws the calls as the live one did', async (t) => {
+  const { page, errors } = await openPage(t, browser)
+  const { id } = (await server.app.inject({ method: 'POST', url: '/v1/sessions', payload: { agents: ['calc'] } })).json()
+  await page.goto(`${server.url}/chat`)
+  const url = `${server.url}/v1/sessions/${id}/messages`
+  const content = '/tool calculator {"expression":"2+3"}\n/tool calculator {"expression":"1/0"}'
+  // The page's own SSE reader and renderer, fed the first answer and then its replay.
+  const drawn = await page.evaluate(async ({ url, content }) => {
+    const { SseParser } = await import('/chat/api.js' as string)
+    const { Conversation } = await import('/chat/conversation.js' as string)
+    const draw = async () => {
+      const log = document.createElement('div')
+      const conversation = new Conversation(log, { speakerName: (agent: string) => agent, onError: () => undefined })
+      const response = await fetch(url, { method: 'POST', headers: { accept: 'text/event-stream', 'content-type': 'application/json', 'idempotency-key': 'tools-once' }, body: JSON.stringify({ content }) })
+      for (const { event, data } of new SseParser().feed(await response.text())) conversation.apply(event, data)
+      return { replayed: response.headers.get('idempotent-replayed'), calls: [...log.querySelectorAll('.tool-call')].map((node) => node.outerHTML), text: log.querySelector('article.assistant .body')?.textContent }
+    }
+    return [await draw(), await draw()]
+  }, { url, content })
+  t.same(drawn.map((answer) => answer.replayed), [null, 'true'], 'the second answer is the replay')
+  t.equal(drawn[0]!.calls.length, 2, 'both calls drawn')
+  t.match(drawn[0]!.calls[1], /class="tool-call error"[\s\S]*division by zero/, 'the division by zero is an error result')
+  t.same(drawn[1], { ...drawn[0], replayed: 'true' }, 'the replay draws the same calls and text')
   t.same(errors, [], 'no errors on the page')
 })
 
