@@ -323,3 +323,45 @@ t.test("the page's renderer: a failed reply's pending call, several calls, and a
   await shot('09-renderer')
   t.same(errors, [], 'no errors on the page')
 })
+
+t.test("the page's renderer: calls stay with the agent that made them when another agent answers (a fallback, a failed turn)", async (t) => {
+  const { page, errors } = await openPage(t, browser)
+  await page.goto(`${server.url}/chat`)
+  const result = await page.evaluate(async () => {
+    const { Conversation } = await import('/chat/conversation.js' as string)
+    const at = new Date().toISOString()
+    const draw = (log: HTMLElement) => [...log.querySelectorAll('article')].map((article) => ({
+      who: article.querySelector('.who')!.textContent,
+      classes: [...article.classList].filter((name) => name !== 'message').sort(),
+      calls: article.querySelectorAll('.tool-call').length,
+      text: article.querySelector('.body')!.textContent
+    }))
+    const conversation = (log: HTMLElement) => new Conversation(log, { speakerName: (id: string) => id.toUpperCase(), onError: () => undefined })
+    // Live: calc calls a tool, then fails; its fallback (the same turn, announced again) answers.
+    const live = document.createElement('div')
+    const liveConversation = conversation(live)
+    liveConversation.apply('message', { id: 'u1', seq: 1, role: 'user', content: 'go', createdAt: at })
+    liveConversation.apply('agent', { agent: 'calc' })
+    liveConversation.apply('tool_call', { callId: 'c1', tool: 'calculator', server: 'builtin', arguments: {} })
+    liveConversation.apply('tool_result', { callId: 'c1', isError: false, content: '1' })
+    liveConversation.apply('agent', { agent: 'plain', reason: 'fallback' })
+    liveConversation.apply('delta', { text: 'answer' })
+    liveConversation.apply('done', { id: 'a1', seq: 3, role: 'assistant', agent: 'plain', content: 'answer', createdAt: at })
+    // History: the same exchange as stored.
+    const stored = document.createElement('div')
+    conversation(stored).append([
+      { id: 'u1', seq: 1, role: 'user', content: 'go', createdAt: at },
+      { id: 't1', seq: 2, role: 'tool', agent: 'calc', content: '1', createdAt: at, metadata: { callId: 'c1', tool: 'calculator', server: 'builtin', arguments: {}, isError: false } },
+      { id: 'a1', seq: 3, role: 'assistant', agent: 'plain', content: 'answer', createdAt: at }
+    ])
+    return { live: draw(live), stored: draw(stored) }
+  })
+  const expected = [
+    { who: 'You', classes: ['user'], calls: 0, text: 'go' },
+    { who: 'CALC', classes: ['assistant', 'tools-only'], calls: 1, text: '' },
+    { who: 'PLAIN', classes: ['assistant'], calls: 0, text: 'answer' }
+  ]
+  t.same(result.live, expected, "live: the call under calc's name, the answer under its fallback's")
+  t.same(result.stored, expected, 'from history: the same')
+  t.same(errors, [], 'no errors on the page')
+})
