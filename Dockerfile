@@ -47,6 +47,8 @@ ENV NODE_ENV=production \
 # package.json: the service reads its version from it and finds its root by it.
 COPY package.json ./
 COPY --from=builder /app/dist/bundle ./dist/bundle
+# The built-in MCP server (agents/default.yaml starts it), bundled on its own by scripts/bundle.ts.
+COPY --from=builder /app/dist/src/tools/builtin/server.js ./dist/src/tools/builtin/server.js
 COPY --from=builder /app/db ./db
 COPY --from=builder /app/agents ./agents
 # The web chat page's static files (served at /chat).

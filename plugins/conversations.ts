@@ -85,7 +85,9 @@ export default fp(
       shuttingDown: () => opts.lifecycle.phase === 'stopping',
       groupMetrics: new GroupMetrics(fastify.metricsRegistry),
       groupRoundTimeoutMs: config.GROUP_ROUND_TIMEOUT_MS,
-      groupManagerTimeoutMs: config.GROUP_MANAGER_TIMEOUT_MS
+      groupManagerTimeoutMs: config.GROUP_MANAGER_TIMEOUT_MS,
+      tools: fastify.tools,
+      toolMetrics: fastify.toolMetrics
     })
     fastify.decorate('sessions', sessions)
     fastify.decorate('history', history)
@@ -114,5 +116,5 @@ export default fp(
     // onClose hooks run in reverse order of registration: this one before the pool closes.
     fastify.addHook('onClose', async () => eventFeed.stop())
   },
-  { name: 'conversations', dependencies: ['config', 'postgres', 'redis', 'metrics', 'agents'] }
+  { name: 'conversations', dependencies: ['config', 'postgres', 'redis', 'metrics', 'agents', 'tools'] }
 )

@@ -1,7 +1,7 @@
 import fp from 'fastify-plugin'
 import { Type } from 'typebox'
 import type { Lifecycle } from '../src/lifecycle.js'
-import { EventLoopMonitor, checkAgents, checkCache, checkMemory, checkPostgres, type CheckResult } from '../src/health/checks.js'
+import { EventLoopMonitor, checkAgents, checkCache, checkMemory, checkPostgres, checkTools, type CheckResult } from '../src/health/checks.js'
 import { SERVICE_VERSION } from '../src/paths.js'
 
 export interface HealthPluginOptions {
@@ -19,13 +19,17 @@ const Service = Type.Object({
   message: Type.Optional(Type.String()),
   latencyMs: Type.Optional(Type.Number())
 })
+const ToolsService = Type.Object({
+  ...Service.properties,
+  servers: Type.Record(Type.String(), Type.String(), { description: 'Each MCP server of the manifest: connected, connecting or down' })
+})
 const HealthBody = Type.Object({
   status: Type.Union([Type.Literal('healthy'), Type.Literal('degraded'), Type.Literal('unhealthy')]),
   phase: Type.String(),
   uptime: Type.Number(),
   version: Type.String(),
   timestamp: Type.String(),
-  services: Type.Object({ postgres: Service, redis: Service, memory: Service, eventLoop: Service, agents: Service })
+  services: Type.Object({ postgres: Service, redis: Service, memory: Service, eventLoop: Service, agents: Service, tools: ToolsService })
 })
 
 const READY_WORD: Record<CheckResult['status'], string> = { up: 'ok', degraded: 'degraded', down: 'error', disabled: 'disabled' }
@@ -97,10 +101,12 @@ export default fp(
           redis,
           memory: checkMemory(config.HEALTH_HEAP_WARN_RATIO),
           eventLoop: sinceReady().check(config.HEALTH_EVENT_LOOP_DELAY_WARN_MS),
-          agents: deps ? checkAgents(deps.agents) : starting
+          agents: deps ? checkAgents(deps.agents) : starting,
+          tools: deps ? checkTools(deps.tools) : { ...starting, servers: {} }
         }
         const unhealthy = !deps || lifecycle.phase === 'stopping' || postgres.status === 'down'
-        const degraded = Object.values(services).some((service) => service.status === 'degraded')
+        // Tools are optional: MCP servers that are all down degrade the service, never more.
+        const degraded = Object.values(services).some((service) => service.status === 'degraded') || services.tools.status === 'down'
         const status = unhealthy ? 'unhealthy' : degraded ? 'degraded' : 'healthy'
         return reply.code(unhealthy ? 503 : 200).send({
           status,

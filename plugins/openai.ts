@@ -27,7 +27,9 @@ export default fp(
       llmMetrics: fastify.llmMetrics,
       log: fastify.log,
       llmTimeoutMs: config.LLM_TIMEOUT_MS,
-      shutdownSignal
+      shutdownSignal,
+      tools: fastify.tools,
+      toolMetrics: fastify.toolMetrics
     })
     const models = new ModelResolver(fastify.agents, Math.floor(fastify.sessions.now() / 1000), fastify.groupPresets)
     const completions = new OpenAiCompletions({

@@ -22,6 +22,13 @@ export interface BundleOptions {
 /** The entry points, as the image runs them: `node <outdir>/server.js`, `node <outdir>/migrate.js`. */
 export const ENTRY_POINTS = { server: 'src/server.js', migrate: 'src/db/migrate-cli.js' } as const
 
+/**
+ * The built-in MCP server (a child process the service starts, agents/default.yaml): bundled on its
+ * own, without chunks, over tsc's output in place, so the manifest's one path
+ * (dist/src/tools/builtin/server.js) runs the same program in development and in the image.
+ */
+export const BUILTIN_MCP_SERVER = 'src/tools/builtin/server.js'
+
 // Each output file (all of them sit in outdir) gets a require for the bundled CommonJS code and its
 // own directory. __dirname is left undefined on purpose: a package that reads files beside its code
 // fails loudly (a ReferenceError) until it is handled here, as Swagger UI's assets are below. pino
@@ -87,6 +94,16 @@ export async function bundle ({ compiled, outdir }: BundleOptions): Promise<void
     format: 'cjs',
     outExtension: { '.js': '.cjs' }
   })
+  await build({
+    ...common,
+    outdir: undefined,
+    entryPoints: [join(compiled, BUILTIN_MCP_SERVER)],
+    outfile: join(compiled, BUILTIN_MCP_SERVER),
+    allowOverwrite: true,
+    format: 'esm',
+    banner: { js: BANNER }
+  })
+  await rm(join(compiled, `${BUILTIN_MCP_SERVER}.map`), { force: true })
   await cp(join(SWAGGER_UI_ROOT, 'static'), join(outdir, 'swagger-ui', 'static'), { recursive: true })
   await writeFile(join(outdir, 'THIRD-PARTY-NOTICES.txt'), await notices([app.metafile, workers.metafile]))
 }

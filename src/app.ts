@@ -12,6 +12,7 @@ import redis from '../plugins/redis.js'
 import metrics from '../plugins/metrics.js'
 import auth from '../plugins/auth.js'
 import agents from '../plugins/agents.js'
+import tools from '../plugins/tools.js'
 import conversations from '../plugins/conversations.js'
 import agentHealth from '../plugins/agent-health.js'
 import openai from '../plugins/openai.js'
@@ -19,6 +20,7 @@ import limits from '../plugins/limits.js'
 import rootRoutes from '../routes/root/index.js'
 import chatRoutes from '../routes/chat/index.js'
 import agentRoutes from '../routes/agents/index.js'
+import toolRoutes from '../routes/tools/index.js'
 import sessionRoutes from '../routes/sessions/index.js'
 import messageRoutes from '../routes/messages/index.js'
 import eventRoutes from '../routes/events/index.js'
@@ -51,7 +53,7 @@ export interface BuildOptions {
 /**
  * The public API instance: one factory for the server, the tests and the benchmarks. Registration
  * order is spelled out: config, sensible, postgres, redis, under-pressure, metrics, domain (auth,
- * agents, conversations), docs, routes.
+ * agents, tools, conversations), docs, routes.
  */
 export async function buildApp (opts: BuildOptions): Promise<FastifyInstance> {
   const lifecycle = opts.lifecycle ?? new Lifecycle()
@@ -103,6 +105,7 @@ export async function buildApp (opts: BuildOptions): Promise<FastifyInstance> {
   await app.register(metrics, { registry })
   await app.register(auth)
   await app.register(agents)
+  await app.register(tools)
   await app.register(conversations, { lifecycle })
   await app.register(agentHealth, { clock: opts.clock })
   await app.register(openai, { lifecycle })
@@ -130,6 +133,7 @@ export async function buildApp (opts: BuildOptions): Promise<FastifyInstance> {
       // After authentication (the limits are per tenant), before the routes (it adds their hooks).
       await api.register(limits, { clock: opts.clock })
       await api.register(agentRoutes, { prefix: '/agents' })
+      await api.register(toolRoutes, { prefix: '/tools' })
       await api.register(groupRoutes, { prefix: '/groups' })
       await api.register(sessionRoutes, { prefix: '/sessions' })
       await api.register(messageRoutes, { prefix: '/sessions' })
@@ -141,7 +145,7 @@ export async function buildApp (opts: BuildOptions): Promise<FastifyInstance> {
   )
 
   app.addHook('onReady', async () => {
-    lifecycle.attach({ pool: app.pg.pool, cache: app.cache, migrations: app.migrations, databaseKind: app.databaseKind, agents: app.agents })
+    lifecycle.attach({ pool: app.pg.pool, cache: app.cache, migrations: app.migrations, databaseKind: app.databaseKind, agents: app.agents, tools: app.tools })
   })
   return app
 }

@@ -2,6 +2,7 @@ import { setMaxListeners } from 'node:events'
 import type pg from 'pg'
 import type { AgentRegistry } from './agents/registry.js'
 import type { Cache } from './cache/cache.js'
+import type { ToolCatalog } from './tools/tools.js'
 
 export type Phase = 'starting' | 'ready' | 'stopping'
 
@@ -35,6 +36,8 @@ export interface ServiceDependencies {
   migrations: { version: number; expected: number }
   databaseKind: 'external' | 'embedded'
   agents: AgentRegistry
+  /** The MCP servers, for /health (absent where an app is built without the tools plugin). */
+  tools?: ToolCatalog
 }
 
 /**

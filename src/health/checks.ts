@@ -3,6 +3,7 @@ import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks'
 import type pg from 'pg'
 import type { AgentRegistry } from '../agents/registry.js'
 import type { Cache } from '../cache/cache.js'
+import type { ServerStatus, ToolCatalog } from '../tools/tools.js'
 
 export type ServiceStatus = 'up' | 'degraded' | 'down' | 'disabled'
 
@@ -90,4 +91,26 @@ export function checkAgents (agents: AgentRegistry): CheckResult {
   const message = `${list.length} agents: ${healthy} healthy, ${degraded} degraded, ${down} down${onEcho ? ` (${onEcho} on the offline echo provider)` : ''}`
   const status = down === list.length ? 'down' : healthy === list.length ? 'up' : 'degraded'
   return { status, message }
+}
+
+export interface ToolsCheckResult extends CheckResult {
+  /** Each MCP server of the manifest and its status. */
+  servers: Record<string, ServerStatus>
+}
+
+/**
+ * The MCP servers: up when none is down, down when all are, degraded in between. A server still
+ * connecting counts as up (the service has just started, or is reconnecting right now): it is named in
+ * the message. Tools are optional, so this never takes the service out of rotation.
+ */
+export function checkTools (tools: ToolCatalog | undefined): ToolsCheckResult {
+  const snapshots = tools?.servers() ?? []
+  const servers = Object.fromEntries(snapshots.map((server) => [server.id, server.status]))
+  if (snapshots.length === 0) return { status: 'disabled', message: 'no MCP servers in the agents manifest', servers }
+  const connected = snapshots.filter((server) => server.status === 'connected').length
+  const down = snapshots.filter((server) => server.status === 'down').length
+  const others = snapshots.filter((server) => server.status !== 'connected').map((server) => `${server.id} ${server.status}${server.error ? ` (${server.error})` : ''}`)
+  const message = `${connected} of ${snapshots.length} MCP servers connected${others.length > 0 ? `: ${others.join(', ')}` : ''}`
+  const status = down === 0 ? 'up' : down === snapshots.length ? 'down' : 'degraded'
+  return { status, message, servers }
 }

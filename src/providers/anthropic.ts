@@ -1,8 +1,8 @@
 import Anthropic, { APIConnectionError, APIConnectionTimeoutError, APIError } from '@anthropic-ai/sdk'
-import { alternatingTurns, callController, NO_SDK_TIMEOUT_MS, singleCall, type ConversationTurns } from './call.js'
+import { alternatingTurns, callController, NO_SDK_TIMEOUT_MS, singleCall, toolCallFromJson, toolCallFromValue, type AlternatingTurn } from './call.js'
 import { providerFetch } from './http.js'
 import { failure, fromHttpFailure, fromStreamError, fromTransportError, invalidResponse, streamEndedEarly, timedOut, type CallContext } from './errors.js'
-import type { ChatChunk, ChatRequest, ProbeRequest, Provider, ProviderError } from './provider.js'
+import type { ChatChunk, ChatRequest, ProbeRequest, Provider, ProviderError, ToolCallRequest, ToolDefinition } from './provider.js'
 
 export { ANTHROPIC_DEFAULT_BASE_URL } from './call.js'
 
@@ -35,7 +35,8 @@ interface Usage {
 /**
  * Anthropic's Messages API through the official `@anthropic-ai/sdk`, streamed: text from
  * `content_block_delta` (text_delta) events, usage from `message_start` and `message_delta`, and
- * `message_stop` as the end of the reply. The manifest's temperature is not sent: API version
+ * `message_stop` as the end of the reply; tool calls from `tool_use` blocks, their input assembled
+ * from `input_json_delta` pieces. The manifest's temperature is not sent: API version
  * 2026-10-21 (the one SDK 1.x speaks) removed the sampling parameters and answers 400 to any of them.
  */
 export class AnthropicProvider implements Provider {
@@ -54,8 +55,15 @@ export class AnthropicProvider implements Provider {
     const context = this.context(request.model, request.signal)
     request.signal.throwIfAborted()
     const { system, turns } = alternatingTurns(request.systemPrompt, request.messages)
+    const params: Params = {
+      model: request.model,
+      max_tokens: request.maxTokens,
+      ...(system === '' ? {} : { system }),
+      messages: turns.map(anthropicMessage),
+      ...anthropicTools(request.tools)
+    }
     if (request.stream === false) {
-      yield * this.whole(request, system, turns, context)
+      yield * this.whole(request, params, context)
       return
     }
 
@@ -64,25 +72,25 @@ export class AnthropicProvider implements Provider {
     let stopped = false
     let read = false
     const usage: Usage = { input: 0, cacheCreation: 0, cacheRead: 0, output: 0 }
+    // tool_use blocks by their index: id and name from content_block_start, the input as JSON pieces.
+    const toolBlocks = new Map<number, { id: string; name: string; json: string }>()
     try {
-      const stream = await this.client.messages.create(
-        {
-          model: request.model,
-          max_tokens: request.maxTokens,
-          ...(system === '' ? {} : { system }),
-          messages: turns,
-          stream: true
-        },
-        { signal: call.signal }
-      )
+      const stream = await this.client.messages.create({ ...params, stream: true }, { signal: call.signal })
       for await (const event of stream) {
         events++
         switch (event.type) {
           case 'message_start':
             addUsage(usage, event.message.usage)
             break
+          case 'content_block_start':
+            if (event.content_block.type === 'tool_use') toolBlocks.set(event.index, { id: event.content_block.id, name: event.content_block.name, json: '' })
+            break
           case 'content_block_delta':
             if (event.delta.type === 'text_delta' && event.delta.text !== '') yield { type: 'delta', text: event.delta.text }
+            else if (event.delta.type === 'input_json_delta') {
+              const block = toolBlocks.get(event.index)
+              if (block) block.json += event.delta.partial_json
+            }
             break
           case 'message_delta':
             addUsage(usage, event.usage)
@@ -100,20 +108,28 @@ export class AnthropicProvider implements Provider {
     }
     if (request.signal.aborted) throw request.signal.reason
     if (!stopped) throw events === 0 ? invalidResponse(context, 'an empty event stream') : streamEndedEarly(context, 'message_stop')
+    // A tool_use block with no input_json_delta is a call without parameters: its input is {}.
+    const calls = [...toolBlocks.entries()].sort(([a], [b]) => a - b).map(([, block]) => toolCallFromJson(block.id, block.name, block.json))
+    if (calls.length > 0) yield { type: 'tool_calls', calls }
     yield { type: 'usage', inputTokens: usage.input + usage.cacheCreation + usage.cacheRead, outputTokens: usage.output }
   }
 
-  /** The message in one response (`stream: false`): its text blocks as one delta, then its usage. */
-  private async * whole (request: ChatRequest, system: string, turns: ConversationTurns['turns'], context: CallContext): AsyncGenerator<ChatChunk> {
+  /** The message in one response (`stream: false`): its text blocks as one delta, its tool_use blocks, then its usage. */
+  private async * whole (request: ChatRequest, params: Params, context: CallContext): AsyncGenerator<ChatChunk> {
     const message: Anthropic.Message = await singleCall(
       request.signal,
-      (signal) => this.client.messages.create({ model: request.model, max_tokens: request.maxTokens, ...(system === '' ? {} : { system }), messages: turns, stream: false }, { signal }),
+      (signal) => this.client.messages.create({ ...params, stream: false }, { signal }),
       (err) => failure(err, context, (e) => this.toProviderError(e, context))
     )
     if (!message?.stop_reason || !Array.isArray(message.content)) throw invalidResponse(context, 'a message without content or stop_reason')
     let text = ''
-    for (const block of message.content) if (block.type === 'text') text += block.text
+    const calls: ToolCallRequest[] = []
+    for (const block of message.content) {
+      if (block.type === 'text') text += block.text
+      else if (block.type === 'tool_use') calls.push(toolCallFromValue(block.id, block.name, block.input))
+    }
     if (text !== '') yield { type: 'delta', text }
+    if (calls.length > 0) yield { type: 'tool_calls', calls }
     const usage: Usage = { input: 0, cacheCreation: 0, cacheRead: 0, output: 0 }
     addUsage(usage, message.usage)
     yield { type: 'usage', inputTokens: usage.input + usage.cacheCreation + usage.cacheRead, outputTokens: usage.output }
@@ -151,6 +167,30 @@ export class AnthropicProvider implements Provider {
     }
     return fromTransportError(err, context)
   }
+}
+
+/** The request without its `stream` flag: the same for a token stream and a whole answer. */
+type Params = Omit<Anthropic.MessageCreateParamsNonStreaming, 'stream'>
+
+/** The offered tools in Anthropic's format; no `tools` field at all when none are offered. */
+function anthropicTools (tools: ToolDefinition[] | undefined): { tools: Anthropic.Tool[] } | Record<string, never> {
+  if (!tools?.length) return {}
+  return { tools: tools.map((tool) => ({ name: tool.name, description: tool.description, input_schema: tool.inputSchema as Anthropic.Tool.InputSchema })) }
+}
+
+/**
+ * A plain turn keeps its text as a string; a turn of a tool exchange is content blocks: the text
+ * then the tool_use blocks (assistant), or every tool_result block then the text (user): Anthropic
+ * wants all the results of a step in the one user turn that follows it.
+ */
+function anthropicMessage (turn: AlternatingTurn): Anthropic.MessageParam {
+  if (turn.toolCalls.length === 0 && turn.toolResults.length === 0) return { role: turn.role, content: turn.text }
+  const text: Anthropic.TextBlockParam[] = turn.text === '' ? [] : [{ type: 'text', text: turn.text }]
+  if (turn.role === 'assistant') {
+    return { role: 'assistant', content: [...text, ...turn.toolCalls.map((call): Anthropic.ToolUseBlockParam => ({ type: 'tool_use', id: call.id, name: call.name, input: call.arguments }))] }
+  }
+  const results = turn.toolResults.map((result): Anthropic.ToolResultBlockParam => ({ type: 'tool_result', tool_use_id: result.callId, content: result.content, is_error: result.isError }))
+  return { role: 'user', content: [...results, ...text] }
 }
 
 /**

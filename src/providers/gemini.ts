@@ -1,8 +1,8 @@
-import { GoogleGenAI, type Content, type GenerateContentConfig, type GenerateContentResponse } from '@google/genai'
-import { alternatingTurns, callController, singleCall } from './call.js'
+import { GoogleGenAI, type Content, type GenerateContentConfig, type GenerateContentResponse, type Part, type Tool } from '@google/genai'
+import { alternatingTurns, callController, singleCall, toolCallFromValue, type AlternatingTurn } from './call.js'
 import { providerFetch } from './http.js'
 import { failure, fromHttpFailure, fromStreamError, fromTransportError, invalidResponse, streamEndedEarly, type CallContext } from './errors.js'
-import type { ChatChunk, ChatRequest, ProbeRequest, Provider, ProviderError } from './provider.js'
+import type { ChatChunk, ChatRequest, ProbeRequest, Provider, ProviderError, ToolCallRequest, ToolDefinition } from './provider.js'
 
 export { GEMINI_DEFAULT_BASE_URL } from './call.js'
 
@@ -57,7 +57,8 @@ export interface GeminiProviderOptions {
 
 /**
  * Gemini through Google's official `@google/genai` SDK: models.generateContentStream (SSE), text from
- * the candidate's parts, usage from usageMetadata, a finishReason as the end of the reply. The SDK's
+ * the candidate's parts, tool calls from its functionCall parts, usage from usageMetadata, a
+ * finishReason as the end of the reply. The SDK's
  * automatic continuation (it reopens a broken stream by itself) is off: that would be a retry.
  */
 export class GeminiProvider implements Provider {
@@ -76,12 +77,13 @@ export class GeminiProvider implements Provider {
     const context = this.context(request.model, request.signal)
     request.signal.throwIfAborted()
     const { system, turns } = alternatingTurns(request.systemPrompt, request.messages)
-    const contents = turns.map((turn) => ({ role: turn.role === 'assistant' ? 'model' : 'user', parts: [{ text: turn.content }] }))
+    const contents = turns.map(geminiContent)
 
     const config: GenerateContentConfig = {
       temperature: request.temperature,
       maxOutputTokens: request.maxTokens,
       ...(system === '' ? {} : { systemInstruction: system }),
+      ...geminiTools(request.tools),
       automaticContinuation: false
     }
     if (request.stream === false) {
@@ -93,6 +95,7 @@ export class GeminiProvider implements Provider {
     let finished = false
     let usage: ChatChunk | undefined
     let read = false
+    const calls: ToolCallRequest[] = []
     try {
       const stream = await this.client.models.generateContentStream({ model: request.model, contents, config: { ...config, abortSignal: call.signal } })
       for await (const chunk of stream) {
@@ -100,6 +103,7 @@ export class GeminiProvider implements Provider {
         const candidate = chunk.candidates?.[0]
         const text = textOf(chunk)
         if (text !== '') yield { type: 'delta', text }
+        addCalls(calls, chunk)
         if (candidate?.finishReason) finished = true
         if (chunk.usageMetadata) usage = usageOf(chunk)
       }
@@ -111,10 +115,11 @@ export class GeminiProvider implements Provider {
     }
     if (request.signal.aborted) throw request.signal.reason
     if (!finished) throw events === 0 ? invalidResponse(context, 'an empty event stream') : streamEndedEarly(context, 'a finishReason')
+    if (calls.length > 0) yield { type: 'tool_calls', calls }
     if (usage) yield usage
   }
 
-  /** The answer in one response (`stream: false`, generateContent): its text as one delta, then its usage. */
+  /** The answer in one response (`stream: false`, generateContent): its text as one delta, its calls, then its usage. */
   private async * whole (request: ChatRequest, contents: Content[], config: GenerateContentConfig, context: CallContext): AsyncGenerator<ChatChunk> {
     const response: GenerateContentResponse = await singleCall(
       request.signal,
@@ -124,6 +129,9 @@ export class GeminiProvider implements Provider {
     if (!response?.candidates?.[0]?.finishReason) throw invalidResponse(context, 'an answer without a candidate finishReason')
     const text = textOf(response)
     if (text !== '') yield { type: 'delta', text }
+    const calls: ToolCallRequest[] = []
+    addCalls(calls, response)
+    if (calls.length > 0) yield { type: 'tool_calls', calls }
     yield usageOf(response) ?? { type: 'usage', inputTokens: 0, outputTokens: 0 }
   }
 
@@ -172,7 +180,6 @@ export class GeminiProvider implements Provider {
   }
 }
 
-/** The text parts of the first candidate (thought summaries left out). */
 function usageOf (chunk: GenerateContentResponse): ChatChunk | undefined {
   const metadata = chunk.usageMetadata
   if (!metadata) return undefined
@@ -184,11 +191,53 @@ function usageOf (chunk: GenerateContentResponse): ChatChunk | undefined {
   }
 }
 
+/** The text parts of the first candidate (thought summaries left out). */
 function textOf (chunk: GenerateContentResponse): string {
   const parts = chunk.candidates?.[0]?.content?.parts ?? []
   let text = ''
   for (const part of parts) if (typeof part.text === 'string' && !part.thought) text += part.text
   return text
+}
+
+/**
+ * The functionCall parts of the first candidate, added to `calls`. Gemini often gives a call no id:
+ * it gets `call_<n>`, n its place among the answer's calls, so ids are unique within the answer.
+ */
+function addCalls (calls: ToolCallRequest[], chunk: GenerateContentResponse): void {
+  for (const part of chunk.candidates?.[0]?.content?.parts ?? []) {
+    const call = part.functionCall
+    if (!call) continue
+    calls.push(toolCallFromValue(call.id || `call_${calls.length + 1}`, call.name ?? '', call.args))
+  }
+}
+
+/** The offered tools as one Gemini tool of function declarations; no `tools` at all when none are offered. */
+function geminiTools (tools: ToolDefinition[] | undefined): { tools: Tool[] } | Record<string, never> {
+  if (!tools?.length) return {}
+  return { tools: [{ functionDeclarations: tools.map((tool) => ({ name: tool.name, description: tool.description, parametersJsonSchema: tool.inputSchema })) }] }
+}
+
+/**
+ * Gemini 3 models refuse a history whose functionCall part lacks the thought signature they sent
+ * with it. The contract keeps no signature, so the first call of each step carries the value
+ * Google documents for calls it did not sign ("thought signatures" FAQ); older models ignore it.
+ */
+const UNSIGNED_CALL = 'skip_thought_signature_validator'
+
+/** A turn as Gemini content: model text then functionCall parts, or user functionResponse parts then text. */
+function geminiContent (turn: AlternatingTurn): Content {
+  const text: Part[] = turn.text === '' && (turn.toolCalls.length > 0 || turn.toolResults.length > 0) ? [] : [{ text: turn.text }]
+  if (turn.role === 'assistant') {
+    const calls = turn.toolCalls.map((call, i): Part => ({
+      functionCall: { id: call.id, name: call.name, args: call.arguments },
+      ...(i === 0 ? { thoughtSignature: UNSIGNED_CALL } : {})
+    }))
+    return { role: 'model', parts: [...text, ...calls] }
+  }
+  const results = turn.toolResults.map((result): Part => ({
+    functionResponse: { id: result.callId, name: result.name, response: result.isError ? { error: result.content } : { result: result.content } }
+  }))
+  return { role: 'user', parts: [...results, ...text] }
 }
 
 function parseJson (text: string): unknown {

@@ -1,9 +1,9 @@
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError } from 'openai'
-import type { ChatCompletion, ChatCompletionCreateParamsStreaming, ChatCompletionMessageParam } from 'openai/resources/chat/completions'
-import { callController, NO_SDK_TIMEOUT_MS, singleCall } from './call.js'
+import type { ChatCompletion, ChatCompletionCreateParamsStreaming, ChatCompletionFunctionTool, ChatCompletionMessageParam } from 'openai/resources/chat/completions'
+import { callController, NO_SDK_TIMEOUT_MS, pairedToolTurns, singleCall, toolCallFromJson } from './call.js'
 import { providerFetch } from './http.js'
 import { failure, fromHttpFailure, fromStreamError, fromTransportError, invalidResponse, streamEndedEarly, timedOut, type CallContext } from './errors.js'
-import type { ChatChunk, ChatRequest, ProbeRequest, Provider, ProviderError } from './provider.js'
+import type { ChatChunk, ChatRequest, ChatTurn, ProbeRequest, Provider, ProviderError, ToolCallRequest, ToolDefinition } from './provider.js'
 
 export { OPENAI_DEFAULT_BASE_URL } from './call.js'
 
@@ -41,7 +41,8 @@ export interface OpenAiProviderOptions {
 /**
  * OpenAI chat completions through the official `openai` SDK, streamed with usage
  * (`stream_options.include_usage`). The same adapter serves any OpenAI-compatible server through
- * its base URL.
+ * its base URL. Offered tools go as function tools; the calls of an answer come back from
+ * `tool_calls` (assembled from their deltas when streamed) as one tool_calls chunk.
  */
 export class OpenAiProvider implements Provider {
   readonly name: 'openai' | 'openai-compatible'
@@ -61,16 +62,16 @@ export class OpenAiProvider implements Provider {
     request.signal.throwIfAborted()
     const messages: ChatCompletionMessageParam[] = []
     if (request.systemPrompt !== '') messages.push({ role: 'system', content: request.systemPrompt })
-    for (const turn of request.messages) {
-      messages.push(turn.name !== undefined && turn.role === 'user' ? { role: 'user', content: turn.content, name: openAiName(turn.name) } : { role: turn.role as 'user' | 'assistant' | 'system', content: turn.content })
-    }
+    for (const turn of pairedToolTurns(request.messages)) messages.push(openAiMessage(turn))
+    const tools = openAiTools(request.tools)
     if (request.stream === false) {
-      yield * this.whole(request, messages, context)
+      yield * this.whole(request, messages, tools, context)
       return
     }
     const body: ChatCompletionCreateParamsStreaming = {
       model: request.model,
       messages,
+      ...tools,
       temperature: request.temperature,
       ...this.maxTokens(request.maxTokens),
       stream: true,
@@ -82,6 +83,7 @@ export class OpenAiProvider implements Provider {
     let finished = false
     let usage: ChatChunk | undefined
     let read = false
+    const calls = new StreamedToolCalls()
     try {
       const stream = await this.client.chat.completions.create(body, { signal: call.signal })
       for await (const chunk of stream) {
@@ -89,6 +91,7 @@ export class OpenAiProvider implements Provider {
         const choice = chunk.choices?.[0]
         const text = choice?.delta?.content
         if (typeof text === 'string' && text !== '') yield { type: 'delta', text }
+        for (const piece of choice?.delta?.tool_calls ?? []) calls.add(piece)
         if (choice?.finish_reason) finished = true
         if (chunk.usage) usage = { type: 'usage', inputTokens: chunk.usage.prompt_tokens ?? 0, outputTokens: chunk.usage.completion_tokens ?? 0 }
       }
@@ -101,20 +104,27 @@ export class OpenAiProvider implements Provider {
     // The SDK ends a stream quietly when its signal aborts: the caller still gets the reason.
     if (request.signal.aborted) throw request.signal.reason
     if (!finished) throw events === 0 ? invalidResponse(context, 'an empty event stream') : streamEndedEarly(context, 'a finish_reason')
+    const assembled = calls.assembled()
+    if (assembled.length > 0) yield { type: 'tool_calls', calls: assembled }
     if (usage) yield usage
   }
 
-  /** The completion in one response (`stream: false`): its text as one delta, then its usage. */
-  private async * whole (request: ChatRequest, messages: ChatCompletionMessageParam[], context: CallContext): AsyncGenerator<ChatChunk> {
+  /** The completion in one response (`stream: false`): its text as one delta, its tool calls, then its usage. */
+  private async * whole (request: ChatRequest, messages: ChatCompletionMessageParam[], tools: OpenAiTools, context: CallContext): AsyncGenerator<ChatChunk> {
     const completion: ChatCompletion = await singleCall(
       request.signal,
-      (signal) => this.client.chat.completions.create({ model: request.model, messages, temperature: request.temperature, ...this.maxTokens(request.maxTokens), stream: false }, { signal }),
+      (signal) => this.client.chat.completions.create({ model: request.model, messages, ...tools, temperature: request.temperature, ...this.maxTokens(request.maxTokens), stream: false }, { signal }),
       (err) => failure(err, context, (e) => this.toProviderError(e, context))
     )
     const choice = completion.choices?.[0]
     if (!choice?.finish_reason) throw invalidResponse(context, choice ? 'a choice without a finish_reason' : 'a completion without choices')
     const text = choice.message?.content
     if (typeof text === 'string' && text !== '') yield { type: 'delta', text }
+    const calls: ToolCallRequest[] = []
+    for (const toolCall of choice.message?.tool_calls ?? []) {
+      if (toolCall.type === 'function') calls.push(toolCallFromJson(toolCall.id || `call_${calls.length + 1}`, toolCall.function.name, toolCall.function.arguments))
+    }
+    if (calls.length > 0) yield { type: 'tool_calls', calls }
     yield { type: 'usage', inputTokens: completion.usage?.prompt_tokens ?? 0, outputTokens: completion.usage?.completion_tokens ?? 0 }
   }
 
@@ -159,6 +169,54 @@ export class OpenAiProvider implements Provider {
       return fromHttpFailure({ status: err.status, headers: err.headers, message, type }, context, err)
     }
     return fromTransportError(err, context)
+  }
+}
+
+type OpenAiTools = { tools: ChatCompletionFunctionTool[] } | Record<string, never>
+
+/** The offered tools as OpenAI function tools; no `tools` field at all when none are offered. */
+function openAiTools (tools: ToolDefinition[] | undefined): OpenAiTools {
+  if (!tools?.length) return {}
+  return { tools: tools.map((tool) => ({ type: 'function', function: { name: tool.name, description: tool.description, parameters: tool.inputSchema } })) }
+}
+
+function openAiMessage (turn: ChatTurn): ChatCompletionMessageParam {
+  // A tool message has no error flag in this format: an error result's text says it is one.
+  if (turn.role === 'tool') return { role: 'tool', tool_call_id: turn.toolResult!.callId, content: turn.toolResult!.isError ? `Error: ${turn.content}` : turn.content }
+  if (turn.role === 'assistant' && turn.toolCalls?.length) {
+    return {
+      role: 'assistant',
+      content: turn.content === '' ? null : turn.content,
+      tool_calls: turn.toolCalls.map((call) => ({ id: call.id, type: 'function', function: { name: call.name, arguments: JSON.stringify(call.arguments) } }))
+    }
+  }
+  if (turn.role === 'user' && turn.name !== undefined) return { role: 'user', content: turn.content, name: openAiName(turn.name) }
+  return { role: turn.role, content: turn.content }
+}
+
+/**
+ * Streamed tool calls arrive as pieces keyed by `index`: the first piece of a call has its id and
+ * name, the arguments come as JSON text in fragments (a call's pieces need not be contiguous). Some
+ * OpenAI-compatible servers repeat the id and name in every piece, or send each call whole in one
+ * piece without an index: both are read as the calls they are.
+ */
+class StreamedToolCalls {
+  private readonly byIndex = new Map<number, { id: string; name: string; arguments: string }>()
+
+  add (piece: { index?: number; id?: string; function?: { name?: string; arguments?: string } }): void {
+    const index = typeof piece.index === 'number' ? piece.index : this.byIndex.size
+    let call = this.byIndex.get(index)
+    if (!call) this.byIndex.set(index, (call = { id: '', name: '', arguments: '' }))
+    if (piece.id) call.id = piece.id
+    if (piece.function?.name) call.name = piece.function.name
+    if (piece.function?.arguments) call.arguments += piece.function.arguments
+  }
+
+  /** The calls in index order; a server that sent no id gets one (`call_<n>`, unique in the answer). */
+  assembled (): ToolCallRequest[] {
+    return [...this.byIndex.entries()]
+      .sort(([a], [b]) => a - b)
+      .map(([, call], i) => toolCallFromJson(call.id || `call_${i + 1}`, call.name, call.arguments))
   }
 }
 

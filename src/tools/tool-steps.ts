@@ -99,7 +99,8 @@ export function renderTurns (turns: ContextTurn[], agentId: string, toolset: Age
       step.push(next)
       i++
     }
-    const names = step.map(({ exchange }) => toolset.find((tool) => tool.server === exchange.server && tool.tool === exchange.tool)?.definition.name)
+    // A refused call (server '') keeps the name the model used: the model sees its own call answered.
+    const names = step.map(({ exchange }) => exchange.server === '' ? exchange.tool : toolset.find((tool) => tool.server === exchange.server && tool.tool === exchange.tool)?.definition.name)
     if (turn.agent === agentId && names.every((name) => name !== undefined)) {
       const ids = step.map(({ exchange }) => uniqueId(exchange.callId))
       out.push({ role: 'assistant', content: '', toolCalls: step.map(({ exchange }, j) => ({ id: ids[j] as string, name: names[j] as string, arguments: exchange.arguments })) })
@@ -136,7 +137,7 @@ export async function runCalls (catalog: ToolCatalog, planned: PlannedCall[], st
       return { ...named, content: `The arguments were not a JSON object (${request.argumentsError}); the tool was not called`, isError: true, outcome: 'invalid_arguments', latencyMs: 0 }
     }
     const outcome = await catalog.call(target.server, target.tool, request.arguments, signal)
-    return { ...named, content: outcome.content, isError: outcome.isError, outcome: outcome.outcome, latencyMs: outcome.latencyMs }
+    return { ...named, content: outcome.content, isError: outcome.isError, outcome: outcome.outcome, latencyMs: Math.round(outcome.latencyMs) }
   }))
 }
 

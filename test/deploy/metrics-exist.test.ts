@@ -1,5 +1,5 @@
 import t from 'tap'
-import { REDIS_URL, REQUIRE_SERVICES, createTestDatabase } from '../helper.js'
+import { REDIS_URL, REQUIRE_SERVICES, createTestDatabase, eventually } from '../helper.js'
 import { startServerProcess } from '../support/server-process.js'
 import {
   allPanels,
@@ -107,6 +107,18 @@ t.test('every metric used by the dashboard and the alerts is exported by a runni
   })
   t.equal(posted.status, 201, 'POST /v1/sessions/:id/messages answers with the reply', { body: posted.status === 201 ? undefined : await posted.text() })
   t.equal((await fetch(`${server.apiUrl}/v1/sessions/${session.id}`)).status, 200, 'GET /v1/sessions/:id (a session cache lookup)')
+  // A tool call of the default team (the built-in MCP server, echo asking for it), for the tool series.
+  const connected = await eventually(async () => {
+    const tools = (await (await fetch(`${server.apiUrl}/v1/tools`)).json()) as { servers: Array<{ status: string }> }
+    return tools.servers.length > 0 && tools.servers.every((s) => s.status === 'connected')
+  }, 20_000)
+  t.ok(connected, 'the built-in MCP server is connected')
+  const tooled = await fetch(`${server.apiUrl}/v1/sessions/${session.id}/messages`, {
+    method: 'POST',
+    headers: json,
+    body: JSON.stringify({ agent: 'assistant', content: '/tool calculator {"expression":"1+1"}' })
+  })
+  t.equal(tooled.status, 201, 'a reply with a tool call', { body: tooled.status === 201 ? undefined : await tooled.text() })
 
   const scrape = await fetch(`${server.opsUrl}/metrics`)
   t.equal(scrape.status, 200, 'the ops port serves /metrics')
@@ -120,9 +132,12 @@ t.test('every metric used by the dashboard and the alerts is exported by a runni
   // series; these say the conversation path is really instrumented).
   const sample = (name: string, labels: Record<string, string> = {}) => sampleValue(body, name, labels)
   t.equal(sample('smalltalk_sessions_created_total'), 1, 'one session created')
-  t.equal(sample('smalltalk_messages_total', { role: 'user' }), 1, 'one user message')
-  t.equal(sample('smalltalk_messages_total', { role: 'assistant' }), 1, 'one assistant reply')
-  t.equal(sample('smalltalk_reply_duration_seconds_count', { outcome: 'ok' }), 1, 'one reply observed, outcome ok')
+  t.equal(sample('smalltalk_messages_total', { role: 'user' }), 2, 'two user messages')
+  t.equal(sample('smalltalk_messages_total', { role: 'assistant' }), 2, 'two assistant replies')
+  t.equal(sample('smalltalk_messages_total', { role: 'tool' }), 1, 'one tool message')
+  t.equal(sample('smalltalk_tool_calls_total', { server: 'builtin', tool: 'calculator', outcome: 'ok' }), 1, 'one tool call, outcome ok')
+  t.equal(sample('smalltalk_mcp_server_up', { server: 'builtin' }), 1, 'the built-in server is up')
+  t.equal(sample('smalltalk_reply_duration_seconds_count', { outcome: 'ok' }), 2, 'two replies observed, outcome ok')
   t.ok((exportedValues.get('smalltalk_reply_duration_seconds_bucket')?.get('agent')?.size ?? 0) > 0, 'the reply histogram is labelled by agent')
   t.ok((sample('smalltalk_active_sessions') ?? 0) >= 1, 'the active sessions gauge counts it')
   t.equal(sample('smalltalk_dependency_up', { dependency: 'postgres' }), 1, 'smalltalk_dependency_up{dependency="postgres"} is 1 on a ready instance')

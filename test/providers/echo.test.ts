@@ -127,3 +127,73 @@ t.test('split and countWords', async (t) => {
   t.equal(EchoProvider.countWords(' a  b\nc '), 3)
   t.equal(EchoProvider.countWords(''), 0)
 })
+
+const TOOLS = [
+  { name: 'calculator__evaluate', description: 'Evaluates an arithmetic expression', inputSchema: { type: 'object', properties: { expression: { type: 'string' } } } },
+  { name: 'clock__now', description: 'The current time', inputSchema: { type: 'object', properties: {} } }
+]
+
+const toolCalls = (chunks: ChatChunk[]) => chunks.flatMap((chunk) => (chunk.type === 'tool_calls' ? [chunk.calls] : []))
+
+t.test('tools offered and a /tool line: one text-less tool_calls chunk, then usage', async (t) => {
+  const chunks = await collect(new EchoProvider().stream(request('/tool calculator__evaluate {"expression":"2+3"}', { tools: TOOLS })))
+  t.same(chunks.map((chunk) => chunk.type), ['tool_calls', 'usage'], 'no text')
+  t.same(toolCalls(chunks), [[{ id: 'echo_call_1', name: 'calculator__evaluate', arguments: { expression: '2+3' } }]])
+})
+
+t.test('several /tool lines ask for parallel calls; a name without its server prefix is the offered one; arguments are optional', async (t) => {
+  const message = '/tool evaluate {"expression": "6*7"}\n\n  /tool clock/now  \n/tool clock__now {}\n/tool weather {"city":"Paris"}'
+  const [calls] = toolCalls(await collect(new EchoProvider().stream(request(message, { tools: TOOLS }))))
+  t.same(calls, [
+    { id: 'echo_call_1', name: 'calculator__evaluate', arguments: { expression: '6*7' } },
+    { id: 'echo_call_2', name: 'clock__now', arguments: {} },
+    { id: 'echo_call_3', name: 'clock__now', arguments: {} },
+    { id: 'echo_call_4', name: 'weather', arguments: { city: 'Paris' } }
+  ], 'an unknown tool is asked for as given: the service refuses it with an error result')
+  t.same(EchoProvider.toolCalls(request(message, { tools: TOOLS })), calls, 'toolCalls agrees with the stream')
+})
+
+t.test('/tool arguments that are not a JSON object give argumentsError', async (t) => {
+  const [calls] = toolCalls(await collect(new EchoProvider().stream(request('/tool evaluate {"expression":\n/tool evaluate [1]', { tools: TOOLS }))))
+  t.match(calls, [
+    { id: 'echo_call_1', name: 'calculator__evaluate', arguments: {}, argumentsError: /not valid JSON/ },
+    { id: 'echo_call_2', name: 'calculator__evaluate', arguments: {}, argumentsError: /an array, not a JSON object/ }
+  ])
+})
+
+t.test('no tools offered, a line that is not a /tool line, or a last turn that is not the user\'s: a plain echo', async (t) => {
+  for (const [label, extra] of [
+    ['no tools', { messages: [{ role: 'user', content: '/tool clock__now' }] }],
+    ['empty tools', { tools: [], messages: [{ role: 'user', content: '/tool clock__now' }] }],
+    ['a line that is not a /tool line', { tools: TOOLS, messages: [{ role: 'user', content: '/tool clock__now\nand tell me a joke' }] }],
+    ['a tool word mid-sentence', { tools: TOOLS, messages: [{ role: 'user', content: 'please /tool clock__now' }] }]
+  ] as [string, Partial<ChatRequest>][]) {
+    const chunks = await collect(new EchoProvider().stream(request('unused', extra)))
+    t.same(toolCalls(chunks), [], `${label}: no tool call`)
+    t.equal(deltas(chunks).join(''), `Echo (gpt-4o-mini): ${extra.messages!.at(-1)!.content}`, label)
+  }
+})
+
+t.test('after the results: one line per result of the last step, as word deltas', async (t) => {
+  const messages: ChatRequest['messages'] = [
+    { role: 'user', content: '/tool clock__now' },
+    { role: 'assistant', content: '', toolCalls: [{ id: 'echo_call_1', name: 'clock__now', arguments: {} }] },
+    { role: 'tool', content: '12:00', toolResult: { callId: 'echo_call_1', name: 'clock__now', isError: false } },
+    { role: 'assistant', content: '', toolCalls: [{ id: 'echo_call_1', name: 'calculator__evaluate', arguments: {} }, { id: 'echo_call_2', name: 'weather', arguments: {} }] },
+    { role: 'tool', content: '5', toolResult: { callId: 'echo_call_1', name: 'calculator__evaluate', isError: false } },
+    { role: 'tool', content: 'unknown tool weather', toolResult: { callId: 'echo_call_2', name: 'weather', isError: true } }
+  ]
+  const chunks = await collect(new EchoProvider().stream(request('unused', { tools: TOOLS, messages })))
+  const text = 'Echo (gpt-4o-mini): calculator__evaluate -> 5\nweather -> unknown tool weather'
+  t.equal(deltas(chunks).join(''), text, 'the last step only')
+  t.ok(deltas(chunks).length > 1, 'word deltas')
+  t.same(toolCalls(chunks), [])
+  t.equal(EchoProvider.replyText({ model: 'gpt-4o-mini', messages }), text, 'replyText agrees')
+  t.match(chunks.at(-1), { type: 'usage', outputTokens: EchoProvider.countWords(text) })
+})
+
+t.test('a tool call respects an aborted signal', async (t) => {
+  const controller = new AbortController()
+  controller.abort(new Error('shutting down'))
+  await t.rejects(collect(new EchoProvider().stream(request('/tool clock__now', { tools: TOOLS, signal: controller.signal }))), { message: 'shutting down' })
+})

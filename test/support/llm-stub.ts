@@ -26,11 +26,21 @@
  *   stub.setDefault({ text: ['a', 'b'] })  or  stub.setDefault((request) => ({ text: request.model }))
  *   stub.reset()                                          empties the queue, the default and the records
  *   stub.enqueue({ until: gate })                         answers once the test resolves `gate`
- * A script (StubScript below): text, usage, noUsage, delayMs, until, firstTokenDelayMs, deltaDelayMs, status + headers +
+ * A script (StubScript below): text, toolCalls, usage, noUsage, delayMs, until, firstTokenDelayMs, deltaDelayMs, status + headers +
  * errorMessage/errorBody, hang, hangAfter, cutAfter, endAfter, streamError, models, raw.
  *
+ * Tool calls: stub.enqueue({ text: 'Let me look.', toolCalls: [{ name: 'add', arguments: { a: 1 } }, { name: 'now', arguments: '{"broken' }] })
+ * answers (after the text, if any) with the calls in each wire format, streamed and whole, with the
+ * provider's finish reason: OpenAI tool_calls (streamed by index, the arguments in 2+ fragments),
+ * Anthropic tool_use blocks (streamed as input_json_delta pieces), Gemini functionCall parts (no id
+ * unless the script gives one). A string `arguments` is sent as it is (to test broken JSON).
+ *
  * Recording: stub.requests (every request, in arrival order: protocol, kind, path, headers, parsed body,
- * and normalised apiKey, model, system, messages, temperature, maxTokens, stream); stub.chatRequests();
+ * and normalised apiKey, model, system, messages, tools, temperature, maxTokens, stream); stub.chatRequests();
+ * `tools` is what was offered, as { name, description, inputSchema } whatever the format (undefined when
+ * the body has no tools field); each message has its text as `content` and, in a tool exchange,
+ * `toolCalls` ({ id, name, arguments }) or `toolResults` ({ callId, name, content, isError }: OpenAI
+ * role tool has one, an Anthropic or Gemini user turn has every result it carries);
  * stub.inFlight (responses not finished); await stub.idle() (no response in flight, e.g. after an abort);
  * await stub.waitForRequests(n).
  */
@@ -44,8 +54,10 @@ export type StubProtocol = 'openai' | 'anthropic' | 'gemini'
 export type StubKind = 'chat' | 'models' | 'model'
 
 export interface StubScript {
-  /** The reply: a string is split into word deltas (each with its leading space), an array is the deltas. Default: `Stub reply from <model>`. */
+  /** The reply: a string is split into word deltas (each with its leading space), an array is the deltas. Default: `Stub reply from <model>` (none when toolCalls are given). */
   text?: string | string[]
+  /** Tool calls the model asks for, after the text: arguments an object, or a string sent as it is. */
+  toolCalls?: StubToolCall[]
   /** Default: input = words of the system prompt and messages, output = words of the reply. */
   usage?: { inputTokens: number; outputTokens: number }
   /** Before anything is sent (headers included). */
@@ -80,6 +92,30 @@ export interface StubScript {
   models?: string[]
 }
 
+export interface StubToolCall {
+  /** Default: call_stub_<n> (OpenAI), toolu_stub_<n> (Anthropic), none (Gemini). */
+  id?: string
+  name: string
+  arguments: unknown
+}
+
+export interface StubTool {
+  name: string
+  description: string | undefined
+  inputSchema: unknown
+}
+
+/** A message as the request sent it, normalised across the wire formats. */
+export interface StubMessage {
+  role: string
+  /** The text parts, joined. */
+  content: string
+  /** Calls the (assistant or model) turn asked for; arguments parsed when they are JSON text. */
+  toolCalls?: { id: string | undefined; name: string; arguments: unknown }[]
+  /** Results the turn carries (OpenAI role tool, Anthropic tool_result blocks, Gemini functionResponse parts). */
+  toolResults?: { callId: string | undefined; name: string | undefined; content: string; isError: boolean }[]
+}
+
 export type StubHandler = StubScript | ((request: StubRequest) => StubScript)
 
 export interface StubRequest {
@@ -99,7 +135,9 @@ export interface StubRequest {
   model: string | undefined
   stream: boolean
   system: string | undefined
-  messages: { role: string; content: string }[]
+  messages: StubMessage[]
+  /** The tools offered (undefined: the body has no tools field). */
+  tools: StubTool[] | undefined
   temperature: number | undefined
   maxTokens: number | undefined
   receivedAt: number
@@ -288,15 +326,40 @@ export async function refusedUrl (): Promise<string> {
 interface Reply {
   model: string
   deltas: string[]
+  toolCalls: ReplyToolCall[]
   usage: { inputTokens: number; outputTokens: number }
+}
+
+interface ReplyToolCall {
+  /** undefined: Gemini's calls have no id unless the script gives one. */
+  id: string | undefined
+  name: string
+  /** The arguments as JSON text (OpenAI, Anthropic's stream). */
+  json: string
+  /** The arguments as a value (Anthropic's whole input, Gemini's args): parsed, or the text itself when it is not JSON. */
+  value: unknown
 }
 
 function replyOf (request: StubRequest, script: StubScript): Reply {
   const model = request.model ?? 'stub-model'
-  const text = script.text ?? `Stub reply from ${model}`
+  const text = script.text ?? (script.toolCalls ? [] : `Stub reply from ${model}`)
   const deltas = typeof text === 'string' ? EchoProvider.split(text) : text
+  const toolCalls = (script.toolCalls ?? []).map((call, i): ReplyToolCall => {
+    const json = typeof call.arguments === 'string' ? call.arguments : JSON.stringify(call.arguments ?? {})
+    const id = call.id ?? (request.protocol === 'openai' ? `call_stub_${i + 1}` : request.protocol === 'anthropic' ? `toolu_stub_${i + 1}` : undefined)
+    return { id, name: call.name, json, value: parsedOrText(json) }
+  })
   const inputWords = [request.system ?? '', ...request.messages.map((m) => m.content)].reduce((sum, part) => sum + EchoProvider.countWords(part), 0)
-  return { model, deltas, usage: script.usage ?? { inputTokens: inputWords, outputTokens: EchoProvider.countWords(deltas.join('')) } }
+  return { model, deltas, toolCalls, usage: script.usage ?? { inputTokens: inputWords, outputTokens: EchoProvider.countWords(deltas.join('')) } }
+}
+
+/** JSON text in 2 or 3 fragments (1 when shorter than 2 characters), so that clients must assemble it. */
+function fragments (json: string): string[] {
+  if (json.length < 2) return [json]
+  const size = Math.ceil(json.length / 3)
+  const pieces: string[] = []
+  for (let i = 0; i < json.length; i += size) pieces.push(json.slice(i, i + size))
+  return pieces
 }
 
 async function pause (ms: number | undefined, signal: AbortSignal): Promise<void> {
@@ -344,7 +407,6 @@ function parseRequest (req: IncomingMessage, raw: string): StubRequest | undefin
   if (method === 'POST' && (match = GEMINI_GENERATE.exec(path))) {
     const config = (b.generationConfig ?? {}) as Record<string, unknown>
     const system = b.systemInstruction as { parts?: { text?: string }[] } | undefined
-    const contents = (b.contents ?? []) as { role?: string; parts?: { text?: string }[] }[]
     return {
       ...base,
       protocol: 'gemini',
@@ -354,7 +416,8 @@ function parseRequest (req: IncomingMessage, raw: string): StubRequest | undefin
       apiKey: String(headers['x-goog-api-key'] ?? url.searchParams.get('key') ?? '') || undefined,
       stream: match[3] === 'streamGenerateContent',
       system: system?.parts?.map((p) => p.text ?? '').join(''),
-      messages: contents.map((c) => ({ role: c.role ?? 'user', content: (c.parts ?? []).map((p) => p.text ?? '').join('') })),
+      messages: geminiMessages(b.contents),
+      tools: geminiTools(b.tools),
       temperature: config.temperature as number | undefined,
       maxTokens: config.maxOutputTokens as number | undefined
     }
@@ -370,6 +433,7 @@ function parseRequest (req: IncomingMessage, raw: string): StubRequest | undefin
       stream: false,
       system: undefined,
       messages: [],
+      tools: undefined,
       temperature: undefined,
       maxTokens: undefined
     }
@@ -385,7 +449,8 @@ function parseRequest (req: IncomingMessage, raw: string): StubRequest | undefin
       apiKey: (headers['x-api-key'] as string | undefined) ?? bearer,
       stream: b.stream === true,
       system,
-      messages: chatMessages(b.messages),
+      messages: anthropicMessages(b.messages),
+      tools: b.tools === undefined ? undefined : (b.tools as { name: string; description?: string; input_schema?: unknown }[]).map((tool) => ({ name: tool.name, description: tool.description, inputSchema: tool.input_schema })),
       temperature: b.temperature as number | undefined,
       maxTokens: b.max_tokens as number | undefined
     }
@@ -402,12 +467,13 @@ function parseRequest (req: IncomingMessage, raw: string): StubRequest | undefin
       stream: false,
       system: undefined,
       messages: [],
+      tools: undefined,
       temperature: undefined,
       maxTokens: undefined
     }
   }
   if (method === 'POST' && (match = OPENAI_CHAT.exec(path))) {
-    const all = chatMessages(b.messages)
+    const all = openAiMessages(b.messages)
     const system = all.filter((m) => m.role === 'system' || m.role === 'developer').map((m) => m.content).join('\n\n')
     return {
       ...base,
@@ -419,6 +485,7 @@ function parseRequest (req: IncomingMessage, raw: string): StubRequest | undefin
       stream: b.stream === true,
       system: system === '' ? undefined : system,
       messages: all.filter((m) => m.role !== 'system' && m.role !== 'developer'),
+      tools: b.tools === undefined ? undefined : (b.tools as { function: { name: string; description?: string; parameters?: unknown } }[]).map((tool) => ({ name: tool.function.name, description: tool.function.description, inputSchema: tool.function.parameters })),
       temperature: b.temperature as number | undefined,
       maxTokens: (b.max_completion_tokens ?? b.max_tokens) as number | undefined
     }
@@ -426,12 +493,94 @@ function parseRequest (req: IncomingMessage, raw: string): StubRequest | undefin
   return undefined
 }
 
-function chatMessages (value: unknown): { role: string; content: string }[] {
+/** JSON text parsed, or the text itself when it is not JSON (broken arguments stay visible). */
+function parsedOrText (text: unknown): unknown {
+  if (typeof text !== 'string') return text
+  try {
+    return JSON.parse(text)
+  } catch {
+    return text
+  }
+}
+
+/** Text of a content that is a string or an array of parts with `text`. */
+function textOf (content: unknown): string {
+  if (typeof content === 'string') return content
+  if (!Array.isArray(content)) return ''
+  return content.map((part: { type?: string; text?: string }) => (part.type === undefined || part.type === 'text' ? part.text ?? '' : '')).join('')
+}
+
+interface OpenAiWireMessage {
+  role?: string
+  content?: unknown
+  tool_calls?: { id?: string; function?: { name?: string; arguments?: string } }[]
+  tool_call_id?: string
+}
+
+function openAiMessages (value: unknown): StubMessage[] {
   if (!Array.isArray(value)) return []
-  return value.map((m: { role?: string; content?: unknown }) => ({
-    role: m.role ?? '',
-    content: typeof m.content === 'string' ? m.content : Array.isArray(m.content) ? m.content.map((p: { text?: string }) => p.text ?? '').join('') : ''
-  }))
+  return value.map((m: OpenAiWireMessage) => {
+    const message: StubMessage = { role: m.role ?? '', content: textOf(m.content) }
+    if (m.tool_calls) message.toolCalls = m.tool_calls.map((call) => ({ id: call.id, name: call.function?.name ?? '', arguments: parsedOrText(call.function?.arguments) }))
+    if (m.role === 'tool') message.toolResults = [{ callId: m.tool_call_id, name: undefined, content: textOf(m.content), isError: false }]
+    return message
+  })
+}
+
+interface AnthropicBlock {
+  type?: string
+  text?: string
+  id?: string
+  name?: string
+  input?: unknown
+  tool_use_id?: string
+  content?: unknown
+  is_error?: boolean
+}
+
+function anthropicMessages (value: unknown): StubMessage[] {
+  if (!Array.isArray(value)) return []
+  return value.map((m: { role?: string; content?: unknown }) => {
+    const message: StubMessage = { role: m.role ?? '', content: textOf(m.content) }
+    if (!Array.isArray(m.content)) return message
+    const blocks = m.content as AnthropicBlock[]
+    const calls = blocks.filter((block) => block.type === 'tool_use')
+    const results = blocks.filter((block) => block.type === 'tool_result')
+    if (calls.length > 0) message.toolCalls = calls.map((block) => ({ id: block.id, name: block.name ?? '', arguments: block.input }))
+    if (results.length > 0) message.toolResults = results.map((block) => ({ callId: block.tool_use_id, name: undefined, content: textOf(block.content), isError: block.is_error === true }))
+    return message
+  })
+}
+
+interface GeminiPart {
+  text?: string
+  functionCall?: { id?: string; name?: string; args?: unknown }
+  functionResponse?: { id?: string; name?: string; response?: { result?: unknown; error?: unknown } }
+}
+
+function geminiMessages (value: unknown): StubMessage[] {
+  if (!Array.isArray(value)) return []
+  return value.map((c: { role?: string; parts?: GeminiPart[] }) => {
+    const parts = c.parts ?? []
+    const message: StubMessage = { role: c.role ?? 'user', content: parts.map((p) => p.text ?? '').join('') }
+    const calls = parts.flatMap((p) => (p.functionCall ? [p.functionCall] : []))
+    const results = parts.flatMap((p) => (p.functionResponse ? [p.functionResponse] : []))
+    if (calls.length > 0) message.toolCalls = calls.map((call) => ({ id: call.id, name: call.name ?? '', arguments: call.args }))
+    if (results.length > 0) {
+      message.toolResults = results.map((result) => {
+        const isError = result.response !== undefined && 'error' in result.response
+        const content = isError ? result.response!.error : result.response?.result
+        return { callId: result.id, name: result.name, content: typeof content === 'string' ? content : JSON.stringify(content), isError }
+      })
+    }
+    return message
+  })
+}
+
+function geminiTools (value: unknown): StubTool[] | undefined {
+  if (!Array.isArray(value)) return undefined
+  return (value as { functionDeclarations?: { name: string; description?: string; parametersJsonSchema?: unknown; parameters?: unknown }[] }[]).flatMap((tool) =>
+    (tool.functionDeclarations ?? []).map((declaration) => ({ name: declaration.name, description: declaration.description, inputSchema: declaration.parametersJsonSchema ?? declaration.parameters })))
 }
 
 // --- Errors -------------------------------------------------------------------------------------
@@ -509,7 +658,7 @@ function sendJsonReply (res: ServerResponse, request: StubRequest, reply: Reply)
         created: Math.floor(Date.now() / 1000),
         model: reply.model,
         system_fingerprint: 'fp_stub',
-        choices: [{ index: 0, message: { role: 'assistant', content: text, refusal: null }, logprobs: null, finish_reason: 'stop' }],
+        choices: [{ index: 0, message: openAiAnswer(text, reply.toolCalls), logprobs: null, finish_reason: reply.toolCalls.length > 0 ? 'tool_calls' : 'stop' }],
         usage: { prompt_tokens: inputTokens, completion_tokens: outputTokens, total_tokens: inputTokens + outputTokens }
       })
     case 'anthropic':
@@ -518,19 +667,36 @@ function sendJsonReply (res: ServerResponse, request: StubRequest, reply: Reply)
         type: 'message',
         role: 'assistant',
         model: reply.model,
-        content: [{ type: 'text', text }],
-        stop_reason: 'end_turn',
+        content: [
+          ...(text !== '' || reply.toolCalls.length === 0 ? [{ type: 'text', text }] : []),
+          ...reply.toolCalls.map((call) => ({ type: 'tool_use', id: call.id, name: call.name, input: call.value }))
+        ],
+        stop_reason: reply.toolCalls.length > 0 ? 'tool_use' : 'end_turn',
         stop_sequence: null,
         usage: { input_tokens: inputTokens, output_tokens: outputTokens }
       })
     case 'gemini':
       return sendJson(res, {
-        candidates: [{ content: { parts: [{ text }], role: 'model' }, finishReason: 'STOP', index: 0 }],
+        candidates: [{ content: { parts: [...(text !== '' || reply.toolCalls.length === 0 ? [{ text }] : []), ...reply.toolCalls.map(geminiCallPart)], role: 'model' }, finishReason: 'STOP', index: 0 }],
         usageMetadata: { promptTokenCount: inputTokens, candidatesTokenCount: outputTokens, totalTokenCount: inputTokens + outputTokens },
         modelVersion: reply.model,
         responseId: 'stub'
       })
   }
+}
+
+function openAiAnswer (text: string, calls: ReplyToolCall[]): unknown {
+  if (calls.length === 0) return { role: 'assistant', content: text, refusal: null }
+  return {
+    role: 'assistant',
+    content: text === '' ? null : text,
+    refusal: null,
+    tool_calls: calls.map((call) => ({ id: call.id, type: 'function', function: { name: call.name, arguments: call.json } }))
+  }
+}
+
+function geminiCallPart (call: ReplyToolCall): unknown {
+  return { functionCall: { ...(call.id === undefined ? {} : { id: call.id }), name: call.name, args: call.value } }
 }
 
 /** One wire format's stream: the events around and between the deltas. */
@@ -553,7 +719,11 @@ function formatFor (request: StubRequest, reply: Reply, script: StubScript): Str
         start: () => chunk([{ index: 0, delta: { role: 'assistant', content: '', refusal: null }, logprobs: null, finish_reason: null }]),
         delta: (text) => chunk([{ index: 0, delta: { content: text }, logprobs: null, finish_reason: null }]),
         end: () =>
-          chunk([{ index: 0, delta: {}, logprobs: null, finish_reason: 'stop' }]) +
+          reply.toolCalls.map((call, index) =>
+            chunk([{ index: 0, delta: { tool_calls: [{ index, id: call.id, type: 'function', function: { name: call.name, arguments: '' } }] }, logprobs: null, finish_reason: null }]) +
+            fragments(call.json).map((piece) => chunk([{ index: 0, delta: { tool_calls: [{ index, function: { arguments: piece } }] }, logprobs: null, finish_reason: null }])).join('')
+          ).join('') +
+          chunk([{ index: 0, delta: {}, logprobs: null, finish_reason: reply.toolCalls.length > 0 ? 'tool_calls' : 'stop' }]) +
           (includeUsage ? chunk([], { prompt_tokens: inputTokens, completion_tokens: outputTokens, total_tokens: inputTokens + outputTokens }) : '') +
           'data: [DONE]\n\n',
         error: (status, message) => `data: ${JSON.stringify(errorBody('openai', status, message))}\n\n`
@@ -561,18 +731,26 @@ function formatFor (request: StubRequest, reply: Reply, script: StubScript): Str
     }
     case 'anthropic': {
       const event = (type: string, data: unknown) => `event: ${type}\ndata: ${JSON.stringify(data)}\n\n`
+      // Like the API, no text block when the answer is only tool calls.
+      const textBlock = reply.deltas.length > 0 || reply.toolCalls.length === 0
+      const first = textBlock ? 1 : 0
       return {
         start: () =>
           event('message_start', {
             type: 'message_start',
             message: { id: 'msg_stub', type: 'message', role: 'assistant', model: reply.model, content: [], stop_reason: null, stop_sequence: null, usage: { input_tokens: inputTokens, output_tokens: 1 } }
           }) +
-          event('content_block_start', { type: 'content_block_start', index: 0, content_block: { type: 'text', text: '' } }) +
+          (textBlock ? event('content_block_start', { type: 'content_block_start', index: 0, content_block: { type: 'text', text: '' } }) : '') +
           event('ping', { type: 'ping' }),
         delta: (text) => event('content_block_delta', { type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text } }),
         end: () =>
-          event('content_block_stop', { type: 'content_block_stop', index: 0 }) +
-          event('message_delta', { type: 'message_delta', delta: { stop_reason: 'end_turn', stop_sequence: null }, usage: { output_tokens: outputTokens } }) +
+          (textBlock ? event('content_block_stop', { type: 'content_block_stop', index: 0 }) : '') +
+          reply.toolCalls.map((call, i) =>
+            event('content_block_start', { type: 'content_block_start', index: first + i, content_block: { type: 'tool_use', id: call.id, name: call.name, input: {} } }) +
+            fragments(call.json).map((piece) => event('content_block_delta', { type: 'content_block_delta', index: first + i, delta: { type: 'input_json_delta', partial_json: piece } })).join('') +
+            event('content_block_stop', { type: 'content_block_stop', index: first + i })
+          ).join('') +
+          event('message_delta', { type: 'message_delta', delta: { stop_reason: reply.toolCalls.length > 0 ? 'tool_use' : 'end_turn', stop_sequence: null }, usage: { output_tokens: outputTokens } }) +
           event('message_stop', { type: 'message_stop' }),
         error: (status, message) => event('error', errorBody('anthropic', status, message))
       }
@@ -584,6 +762,7 @@ function formatFor (request: StubRequest, reply: Reply, script: StubScript): Str
         start: () => '',
         delta: (text) => chunk({ content: { parts: [{ text }], role: 'model' } }, { promptTokenCount: inputTokens, totalTokenCount: inputTokens }),
         end: () =>
+          reply.toolCalls.map((call) => chunk({ content: { parts: [geminiCallPart(call)], role: 'model' } }, { promptTokenCount: inputTokens, totalTokenCount: inputTokens })).join('') +
           chunk({ content: { parts: [{ text: '' }], role: 'model' }, finishReason: 'STOP' }, { promptTokenCount: inputTokens, candidatesTokenCount: outputTokens, totalTokenCount: inputTokens + outputTokens }),
         error: (status, message) => `data: ${JSON.stringify(errorBody('gemini', status, message))}\r\n\r\n`
       }
