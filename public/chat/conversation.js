@@ -6,7 +6,7 @@
 // are shown in its article, before its text.
 
 import { renderMarkdown } from './markdown.js'
-import { abandonToolCalls, addStoredToolCall, addToolCall, findToolCall, setToolResult } from './tool-calls.js'
+import { abandonToolCalls, addStoredToolCall, addToolCall, findRunningToolCall, setToolResult } from './tool-calls.js'
 
 let nextId = 0
 
@@ -153,7 +153,7 @@ export class Conversation {
       if (!this.pending || this.pending.finished) return
       addToolCall(this.pending.article, data)
     } else if (event === 'tool_result') {
-      const call = findToolCall(this.log, data.callId)
+      const call = findRunningToolCall(this.pending?.article ?? this.log, data.callId)
       if (call) setToolResult(call, data)
     } else if (event === 'delta') {
       if (!this.pending || this.pending.finished) return

@@ -96,8 +96,11 @@ export function addStoredToolCall (article, message) {
   return details
 }
 
-/** The call of that id in the log, the latest if a replay showed it twice. */
-export function findToolCall (log, callId) {
-  const calls = [...log.querySelectorAll('.tool-call')].filter((details) => details.dataset.callId === callId)
+/**
+ * The running call of that id: the latest, as ids are only unique within a model step (a provider
+ * may number each step's calls from 1 again).
+ */
+export function findRunningToolCall (scope, callId) {
+  const calls = [...scope.querySelectorAll('.tool-call.running')].filter((details) => details.dataset.callId === callId)
   return calls.at(-1)
 }

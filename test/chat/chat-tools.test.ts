@@ -354,8 +354,19 @@ t.test("the page's renderer: calls stay with the agent that made them when anoth
       { id: 't1', seq: 2, role: 'tool', agent: 'calc', content: '1', createdAt: at, metadata: { callId: 'c1', tool: 'calculator', server: 'builtin', arguments: {}, isError: false } },
       { id: 'a1', seq: 3, role: 'assistant', agent: 'plain', content: 'answer', createdAt: at }
     ])
-    return { live: draw(live), stored: draw(stored) }
+    // Two model steps whose calls have the same id (echo numbers each step's calls from 1): each result finds its own call.
+    const steps = document.createElement('div')
+    const stepsConversation = conversation(steps)
+    stepsConversation.apply('message', { id: 'u9', seq: 1, role: 'user', content: 'go', createdAt: at })
+    stepsConversation.apply('agent', { agent: 'calc' })
+    for (const value of ['first', 'second']) {
+      stepsConversation.apply('tool_call', { callId: 'echo_call_1', tool: 'calculator', server: 'builtin', arguments: {} })
+      stepsConversation.apply('tool_result', { callId: 'echo_call_1', isError: false, content: value })
+    }
+    const results = [...steps.querySelectorAll('.tool-call')].map((call) => [call.className, call.querySelector('.tool-result')!.textContent])
+    return { live: draw(live), stored: draw(stored), results }
   })
+  t.same(result.results, [['tool-call ok', 'first'], ['tool-call ok', 'second']], 'a step\'s result goes to its own call when ids repeat across steps')
   const expected = [
     { who: 'You', classes: ['user'], calls: 0, text: 'go' },
     { who: 'CALC', classes: ['assistant', 'tools-only'], calls: 1, text: '' },
