@@ -181,8 +181,6 @@ export class ConversationService {
       answer = await this.producer.produce(selection.agent, context.map(contextTurnOf), sink, { ...input.overrides, toolSteps })
     } catch (err) {
       await cacheWrites
-      // Tool messages were stored: the cached record no longer knows the session's last seq.
-      if (toolSteps.stored) await sessions.forget(cached.id).catch(() => undefined)
       const agent = selection?.agent ?? this.candidates(lease.session)[0] as AgentDefinition
       const failure = describeReplyFailure(err, { agent, messageId: message.id, llmTimeoutMs: this.options.llmTimeoutMs, shuttingDown: this.options.shutdownSignal.aborted, log: this.options.log })
       const events: NewEvent[] = [{ type: 'agent.failed', tenant, sessionId: cached.id, agentId: agent.id, data: { code: failure.code, message: failure.message, ...(failure.details as object) } }]
@@ -215,7 +213,6 @@ export class ConversationService {
     })
     await cacheWrites
     if (!stored) {
-      if (toolSteps.stored) await sessions.forget(cached.id).catch(() => undefined)
       // The session was deleted or expired meanwhile, or the lease was lost: nothing is stored.
       const failure = DomainError.from(await this.replies.whyNotStored(lease))
       const events: NewEvent[] = [{ type: 'reply.discarded', tenant, sessionId: cached.id, agentId: answer.agent.id, data: { messageId: message.id, code: failure.code, message: failure.message } }]
@@ -229,10 +226,15 @@ export class ConversationService {
     return { message, reply: stored.reply, toolCalls }
   }
 
-  /** A tool step's messages into the cached history, in seq order (after the user message's write). */
+  /**
+   * A tool step's messages into the cached history, in seq order (after the user message's write).
+   * The cached session record no longer knows the session's last seq: it is dropped (the reply's
+   * own write puts it back; a reply that fails after a tool step must not leave it stale).
+   */
   private async cacheToolMessages (sessionId: string, messages: Message[]): Promise<void> {
     this.options.metrics.messages.inc({ role: 'tool' }, messages.length)
     for (const message of messages) await this.options.history.append(sessionId, message)
+    await this.options.sessions.forget(sessionId)
   }
 
   /**

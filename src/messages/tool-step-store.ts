@@ -18,11 +18,9 @@ export interface ToolMessageRepository {
  * The tool steps of a reply under `lease`: tool.called events before the calls, the results stored
  * as tool messages after them (then `onStored`, the cache writes, in order); a step that cannot be
  * stored (the lease lost, the session ended) throws why, and nothing more is called.
- * `stored` tells whether any was (a failed reply's cached session record is stale then).
  */
-export function leaseToolSteps (repository: ToolMessageRepository, tenant: string, lease: Lease, onStored: (messages: Message[]) => Promise<void>): ToolStepStore & { stored: boolean } {
-  const store = {
-    stored: false,
+export function leaseToolSteps (repository: ToolMessageRepository, tenant: string, lease: Lease, onStored: (messages: Message[]) => Promise<void>): ToolStepStore {
+  return {
     called: (agent: AgentDefinition, calls: PlannedCall[]) => repository.record(calls.map(({ request, target }): NewEvent => ({
       type: 'tool.called',
       tenant,
@@ -33,12 +31,10 @@ export function leaseToolSteps (repository: ToolMessageRepository, tenant: strin
     finished: async (agent: AgentDefinition, exchanges: ToolExchange[]) => {
       const messages = await repository.storeToolMessages(lease, agent.id, exchanges)
       if (!messages) throw DomainError.from(await repository.whyNotStored(lease))
-      store.stored = true
       await onStored(messages)
       return messages
     }
   }
-  return store
 }
 
 /** Tool messages kept nowhere (a stateless request): they exist only in the answer. */

@@ -290,11 +290,43 @@ t.test('an idempotent retry replays the tool calls without running them again', 
   t.equal((await history(app, id)).length, 3, 'nothing new stored')
 })
 
-t.test('the OpenAI-compatible route runs the agent\'s tools and answers the final text', async (t) => {
-  const { stub, base } = await world(t)
+t.test('the OpenAI-compatible route runs the agent\'s tools and answers the final text; a stored session keeps them', async (t) => {
+  const { stub, base, app } = await world(t)
   stub.enqueue({ toolCalls: [{ name: 'add', arguments: { a: 1, b: 1 } }] }, { when: chat })
   stub.enqueue({ text: 'Two.' }, { when: chat })
   const res = await fetch(`${base}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'assistant', messages: [{ role: 'user', content: '1+1' }] }) })
   t.equal(res.status, 200)
   t.equal((await res.json()).choices[0].message.content, 'Two.')
+
+  // store: true keeps the exchange in a session, tool messages included; a continuation sees them.
+  stub.reset()
+  stub.enqueue({ toolCalls: [{ name: 'add', arguments: { a: 2, b: 2 } }] }, { when: chat })
+  stub.enqueue({ text: 'Four.' }, { when: chat })
+  const stored = await fetch(`${base}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'assistant', store: true, messages: [{ role: 'user', content: '2+2' }] }) })
+  t.equal(stored.status, 200)
+  const sessionId = stored.headers.get('x-smalltalk-session-id')!
+  t.same((await history(app, sessionId)).map((m) => m.role), ['user', 'tool', 'assistant'])
+  stub.reset()
+  stub.setDefault({ text: 'Still four.' })
+  const continued = await fetch(`${base}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-smalltalk-session-id': sessionId }, body: JSON.stringify({ model: 'assistant', messages: [{ role: 'user', content: 'sure?' }] }) })
+  t.equal(continued.status, 200)
+  t.ok(stub.chatRequests().at(-1)!.messages.some((m) => m.toolResults?.[0]?.content === '4'), 'the continuation\'s context has the stored tool result')
+})
+
+t.test('a reply that fails after a tool step: the stored call stays, the history shows it, the next reply sees it', async (t) => {
+  const { stub, app } = await world(t)
+  const id = await createSession(app, ['assistant'])
+  t.equal((await post(app, id, { content: 'warm the cache' })).statusCode, 201)
+  await history(app, id)
+  stub.reset()
+  stub.enqueue({ toolCalls: [{ name: 'add', arguments: { a: 1, b: 2 } }] }, { when: chat })
+  stub.enqueue({ status: 400, errorMessage: 'context too long' }, { when: chat })
+  const failed = await post(app, id, { content: 'add then fail' })
+  t.equal(failed.statusCode, 502, failed.body)
+  t.same((await history(app, id)).map((m) => m.role), ['user', 'assistant', 'user', 'tool'], 'the tool message is read back at once (no stale cached record)')
+  stub.reset()
+  stub.setDefault({ text: 'ok' })
+  t.equal((await post(app, id, { content: 'go on' })).statusCode, 201)
+  const sent = stub.chatRequests().at(-1)!
+  t.ok(sent.messages.some((m) => m.toolResults?.[0]?.content === '3'), 'the next reply\'s context has the stored result')
 })
