@@ -2,8 +2,11 @@
 // and streamed replies go through the same code: a single reply is a round of one turn, so the
 // events of a single reply (message, agent, delta..., done) and of a group round (message, then per
 // turn agent, delta..., turn, and done with { replies, round }) are applied by one function.
+// A reply's tool calls (tool_call, tool_result; stored as role "tool" messages before the reply)
+// are shown in its article, before its text.
 
 import { renderMarkdown } from './markdown.js'
+import { abandonToolCalls, addStoredToolCall, addToolCall, findRunningToolCall, setToolResult } from './tool-calls.js'
 
 let nextId = 0
 
@@ -54,20 +57,53 @@ export class Conversation {
 
   /** Stored messages, appended in seq order (one already shown is left as it is). */
   append (messages) {
-    for (const message of messages) {
-      if (!this.articles.has(message.id)) this.log.append(this.storedArticle(message))
-    }
+    const { articles, unanswered } = this.storedArticles(messages)
+    this.log.append(...articles)
+    // Calls with no reply after them (it failed, or is still being written): an article of their own.
+    if (unanswered.length > 0) this.log.append(this.toolsArticle(unanswered))
   }
 
   /** An older page of stored messages, put before the first message shown. */
   prepend (messages) {
     const first = this.log.querySelector('article')
+    const { articles, unanswered } = this.storedArticles(messages)
+    if (first) first.before(...articles)
+    else this.log.append(...articles)
+    if (unanswered.length === 0) return
+    // The page ends inside an exchange: its calls belong to the reply already shown after them.
+    if (first?.classList.contains('assistant') && first.dataset.agent === unanswered[0].agent) {
+      const calls = unanswered.map((message) => this.trackTool(addStoredToolCall(first, message), message))
+      first.querySelector(':scope > .tools').prepend(...calls)
+    } else if (first) {
+      first.before(this.toolsArticle(unanswered))
+    } else {
+      this.log.append(this.toolsArticle(unanswered))
+    }
+  }
+
+  /**
+   * The articles of stored messages not shown yet, in order, each reply with the tool calls stored
+   * before it (since the previous message that was not a tool call); `unanswered`: the calls after
+   * the last reply.
+   */
+  storedArticles (messages) {
+    const articles = []
+    let calls = []
     for (const message of messages) {
       if (this.articles.has(message.id)) continue
-      const article = this.storedArticle(message)
-      if (first) first.before(article)
-      else this.log.append(article)
+      // Calls that no reply of their agent follows (a failed turn, a fallback that answered): on their own.
+      if (calls.length > 0 && (message.role === 'user' || message.agent !== calls[0].agent)) {
+        articles.push(this.toolsArticle(calls))
+        calls = []
+      }
+      if (message.role === 'tool') {
+        calls.push(message)
+        continue
+      }
+      articles.push(this.storedArticle(message, message.role === 'assistant' ? calls : []))
+      calls = []
     }
+    return { articles, unanswered: calls }
   }
 
   /** The user's message as sent, shown at once; the `message` event replaces it with the stored one. */
@@ -97,19 +133,28 @@ export class Conversation {
         this.append([data])
       }
     } else if (event === 'agent') {
-      // The same turn announced again (the agent's fallback took over): that turn's article changes speaker.
-      if (this.pending && !this.pending.finished && this.pending.turn === data.turn) {
-        this.pending.text = ''
-        this.pending.agent = data.agent
-        this.setSpeaker(this.pending.article, data.name ?? this.speakerName(data.agent), data.agent)
-      } else {
-        const article = this.article(data.name ?? this.speakerName(data.agent), 'assistant', data.agent)
-        article.classList.add('streaming')
-        article.setAttribute('aria-busy', 'true')
-        if (data.turn !== undefined) article.querySelector('.meta').textContent = `turn ${data.turn}`
-        this.log.append(article)
-        this.pending = { article, agent: data.agent, turn: data.turn, text: '', finished: false }
+      const again = this.pending && !this.pending.finished && this.pending.turn === data.turn ? this.pending : undefined
+      if (again && !again.article.querySelector(':scope > .tools')) {
+        // The same turn announced again (the agent's fallback took over): that turn's article changes speaker.
+        again.text = ''
+        again.agent = data.agent
+        this.setSpeaker(again.article, data.name ?? this.speakerName(data.agent), data.agent)
+        return
       }
+      // The first agent's tool calls stay under its name, as the history shows them; the fallback gets an article.
+      if (again) this.settle(again, 'tools-only')
+      const article = this.article(data.name ?? this.speakerName(data.agent), 'assistant', data.agent)
+      article.classList.add('streaming')
+      article.setAttribute('aria-busy', 'true')
+      if (data.turn !== undefined) article.querySelector('.meta').textContent = `turn ${data.turn}`
+      this.log.append(article)
+      this.pending = { article, agent: data.agent, turn: data.turn, text: '', finished: false }
+    } else if (event === 'tool_call') {
+      if (!this.pending || this.pending.finished) return
+      addToolCall(this.pending.article, data)
+    } else if (event === 'tool_result') {
+      const call = findRunningToolCall(this.pending?.article ?? this.log, data.callId)
+      if (call) setToolResult(call, data)
     } else if (event === 'delta') {
       if (!this.pending || this.pending.finished) return
       this.pending.text += data.text
@@ -132,10 +177,7 @@ export class Conversation {
   finish (message) {
     const pending = this.pending && !this.pending.finished ? this.pending : undefined
     if (pending) {
-      pending.finished = true
-      this.pending = undefined
-      pending.article.classList.remove('streaming')
-      pending.article.removeAttribute('aria-busy')
+      this.settle(pending)
       this.adopt(pending.article, message)
       if (message.agent !== pending.agent) this.setSpeaker(pending.article, this.speakerName(message.agent), message.agent)
       this.setContent(pending.article, message.content, true)
@@ -148,16 +190,22 @@ export class Conversation {
   fail (error) {
     const pending = this.pending && !this.pending.finished && (error.turn === undefined || this.pending.turn === error.turn) ? this.pending : undefined
     if (!pending) return undefined
-    pending.finished = true
-    this.pending = undefined
-    pending.article.classList.remove('streaming')
-    pending.article.classList.add('failed')
-    pending.article.removeAttribute('aria-busy')
+    this.settle(pending, 'failed')
+    abandonToolCalls(pending.article)
     const note = this.doc.createElement('p')
     note.className = 'failure'
     note.textContent = `No reply: ${error.message ?? 'the reply failed'}`
     pending.article.querySelector('.body').append(note)
     return pending.agent
+  }
+
+  /** The streaming article is done streaming (finished, failed, or left with its tool calls only). */
+  settle (pending, state) {
+    pending.finished = true
+    if (this.pending === pending) this.pending = undefined
+    pending.article.classList.remove('streaming')
+    if (state) pending.article.classList.add(state)
+    pending.article.removeAttribute('aria-busy')
   }
 
   roundNote (round) {
@@ -168,12 +216,30 @@ export class Conversation {
     this.log.append(note)
   }
 
-  storedArticle (message) {
+  /** A stored message's article; a reply's shows the tool calls stored before it first. */
+  storedArticle (message, toolMessages = []) {
     const user = message.role === 'user'
     const article = this.article(user ? 'You' : this.speakerName(message.agent), user ? 'user' : 'assistant', message.agent)
     this.adopt(article, message)
+    for (const call of toolMessages) this.trackTool(addStoredToolCall(article, call), call)
     this.setContent(article, message.content, !user)
     return article
+  }
+
+  /** Tool calls stored with no reply after them: shown under the agent that made them, with no text. */
+  toolsArticle (toolMessages) {
+    const last = toolMessages.at(-1)
+    const article = this.article(this.speakerName(last.agent), 'assistant', last.agent)
+    article.classList.add('tools-only')
+    this.stamp(article, last.createdAt)
+    for (const call of toolMessages) this.trackTool(addStoredToolCall(article, call), call)
+    return article
+  }
+
+  /** A stored call shown: its message counts as shown (a later page does not show it again). */
+  trackTool (details, message) {
+    this.articles.set(message.id, details)
+    return details
   }
 
   /** An article whose accessible name is its speaker (the header's name element labels it). */
@@ -193,12 +259,16 @@ export class Conversation {
     body.className = 'body'
     article.append(header, body)
     article.setAttribute('aria-labelledby', who.id)
-    if (agent) article.style.setProperty('--hue', String(this.hue(agent)))
+    if (agent) {
+      article.dataset.agent = agent
+      article.style.setProperty('--hue', String(this.hue(agent)))
+    }
     return article
   }
 
   setSpeaker (article, speaker, agent) {
     article.querySelector('.who').textContent = speaker
+    article.dataset.agent = agent
     article.style.setProperty('--hue', String(this.hue(agent)))
   }
 
@@ -207,10 +277,15 @@ export class Conversation {
     article.dataset.id = message.id
     article.dataset.seq = String(message.seq)
     this.articles.set(message.id, article)
+    this.stamp(article, message.createdAt)
+  }
+
+  /** The time on an article's meta line, after its turn when it has one. */
+  stamp (article, createdAt) {
     const meta = article.querySelector('.meta')
     const time = this.doc.createElement('time')
-    time.dateTime = message.createdAt
-    time.textContent = timeFormat.format(new Date(message.createdAt))
+    time.dateTime = createdAt
+    time.textContent = timeFormat.format(new Date(createdAt))
     meta.replaceChildren(...(meta.textContent ? [`${meta.textContent} · `] : []), time)
   }
 
