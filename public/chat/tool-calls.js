@@ -44,7 +44,7 @@ export function addToolCall (article, call) {
   const details = element(doc, 'details', 'tool-call running')
   details.dataset.callId = call.callId
   const summary = doc.createElement('summary')
-  const icon = element(doc, 'span', 'tool-icon', '🔧')
+  const icon = element(doc, 'span', 'tool-icon', 'Tool')
   icon.setAttribute('aria-hidden', 'true')
   const name = element(doc, 'span', 'tool-name', call.tool)
   const server = element(doc, 'span', 'tool-server', call.server ? `· ${call.server}` : '· no such tool')
