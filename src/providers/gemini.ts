@@ -56,6 +56,13 @@ export interface GeminiProviderOptions {
 }
 
 /**
+ * Gemini ends an answer whose function call it could not form with this finishReason and no parts:
+ * an empty reply is not an answer, so it is a failure (a fallback agent may answer it).
+ */
+const MALFORMED_CALL = 'MALFORMED_FUNCTION_CALL'
+const MALFORMED_CALL_TEXT = 'finishReason MALFORMED_FUNCTION_CALL (the model could not form its tool call)'
+
+/**
  * Gemini through Google's official `@google/genai` SDK: models.generateContentStream (SSE), text from
  * the candidate's parts, tool calls from its functionCall parts, usage from usageMetadata, a
  * finishReason as the end of the reply. The SDK's
@@ -96,6 +103,7 @@ export class GeminiProvider implements Provider {
     let usage: ChatChunk | undefined
     let read = false
     const calls: ToolCallRequest[] = []
+    let malformed = false
     try {
       const stream = await this.client.models.generateContentStream({ model: request.model, contents, config: { ...config, abortSignal: call.signal } })
       for await (const chunk of stream) {
@@ -105,6 +113,7 @@ export class GeminiProvider implements Provider {
         if (text !== '') yield { type: 'delta', text }
         addCalls(calls, chunk)
         if (candidate?.finishReason) finished = true
+        if (candidate?.finishReason === MALFORMED_CALL) malformed = true
         if (chunk.usageMetadata) usage = usageOf(chunk)
       }
       read = true
@@ -115,6 +124,7 @@ export class GeminiProvider implements Provider {
     }
     if (request.signal.aborted) throw request.signal.reason
     if (!finished) throw events === 0 ? invalidResponse(context, 'an empty event stream') : streamEndedEarly(context, 'a finishReason')
+    if (malformed) throw invalidResponse(context, MALFORMED_CALL_TEXT)
     if (calls.length > 0) yield { type: 'tool_calls', calls }
     if (usage) yield usage
   }
@@ -127,6 +137,7 @@ export class GeminiProvider implements Provider {
       (err) => failure(err, context, (e) => this.toProviderError(e, context))
     )
     if (!response?.candidates?.[0]?.finishReason) throw invalidResponse(context, 'an answer without a candidate finishReason')
+    if (response.candidates[0].finishReason === MALFORMED_CALL) throw invalidResponse(context, MALFORMED_CALL_TEXT)
     const text = textOf(response)
     if (text !== '') yield { type: 'delta', text }
     const calls: ToolCallRequest[] = []

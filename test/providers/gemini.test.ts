@@ -52,3 +52,15 @@ t.test('gemini: the models probe gets the model; the completion probe asks for o
   t.equal(stub.requests[1]!.path, '/v1beta/models/model-1:generateContent')
   t.match(stub.requests[1]!.body, { generationConfig: { maxOutputTokens: 1 } })
 })
+
+t.test('gemini: finishReason MALFORMED_FUNCTION_CALL (no parts) is an invalid response, streamed and whole, not an empty answer', async (t) => {
+  const answer = { candidates: [{ content: { role: 'model', parts: [] }, finishReason: 'MALFORMED_FUNCTION_CALL', index: 0 }], usageMetadata: { promptTokenCount: 5, candidatesTokenCount: 0, totalTokenCount: 5 } }
+  for (const stream of [true, false]) {
+    const stub = await startStub(t)
+    stub.enqueue(stream ? { raw: { contentType: 'text/event-stream', body: `data: ${JSON.stringify(answer)}\r\n\r\n` } } : { raw: { contentType: 'application/json', body: JSON.stringify(answer) } })
+    const { deltas, error } = await collect(providerFor(t, stub, definition('gemini')).stream({ ...chat(), stream }))
+    t.same(deltas, [], `stream ${stream}: no text`)
+    t.ok(error instanceof ProviderError, `stream ${stream}: ${String(error)}`)
+    t.match(error, { kind: 'invalid_response', message: /MALFORMED_FUNCTION_CALL/ })
+  }
+})
