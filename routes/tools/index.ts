@@ -1,25 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import type { ServerSnapshot } from '../../src/tools/tools.js'
+import { toolRefsOf } from '../../src/tools/agent-tools.js'
 import { ErrorBody, ToolList } from './schemas.js'
-
-/**
- * An agent's `tools:` references over what the servers offer now: `<server>` is every tool that server
- * offers, `<server>/<tool>` that one tool if it is offered. A server that is down offers nothing.
- */
-export function expandToolRefs (refs: readonly string[], servers: readonly ServerSnapshot[]): string[] {
-  const expanded: string[] = []
-  for (const ref of refs) {
-    const slash = ref.indexOf('/')
-    const serverId = slash === -1 ? ref : ref.slice(0, slash)
-    const offered = servers.find((server) => server.id === serverId)?.tools.map((tool) => tool.name) ?? []
-    const names = slash === -1 ? offered : offered.filter((name) => name === ref.slice(slash + 1))
-    for (const name of names) {
-      const qualified = `${serverId}/${name}`
-      if (!expanded.includes(qualified)) expanded.push(qualified)
-    }
-  }
-  return expanded
-}
 
 /** The MCP servers of the manifest and the tools each agent can call now. Registered with prefix /v1/tools. */
 const toolsRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -37,7 +18,7 @@ const toolsRoutes: FastifyPluginAsyncTypebox = async (fastify) => {
     async () => {
       const servers = fastify.tools.servers()
       const agents: Record<string, string[]> = {}
-      for (const agent of fastify.agents.list()) agents[agent.id] = expandToolRefs(agent.tools ?? [], servers)
+      for (const agent of fastify.agents.list()) agents[agent.id] = toolRefsOf(agent.tools ?? [], servers)
       return { servers, agents }
     }
   )

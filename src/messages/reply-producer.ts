@@ -54,7 +54,7 @@ export interface ToolStepStore {
   /** The calls about to run: their tool.called events. */
   called(agent: AgentDefinition, calls: PlannedCall[]): Promise<void>
   /** A step's results, stored in order as `role: "tool"` messages, before the model is asked again. */
-  finished(agent: AgentDefinition, exchanges: ToolExchange[]): Promise<Message[]>
+  finished(agent: AgentDefinition, exchanges: ToolExchange[]): Promise<void>
 }
 
 /** What the model answered, and which agent it was (a fallback when the chosen one failed). */
@@ -65,14 +65,13 @@ export interface Answer {
   usage: { inputTokens: number; outputTokens: number }
   /** The agent that was selected and failed before its first delta, when a fallback answered. */
   fallbackFrom: AgentDefinition | undefined
-  /** The reply's tool calls in order, each with its stored message (empty: no tool was called). */
+  /** The reply's tool calls in order, each with the agent that made it (empty: no tool was called). */
   toolCalls: StoredToolCall[]
 }
 
 export interface StoredToolCall {
   agent: string
   exchange: ToolExchange
-  message: Message
 }
 
 /** How one reply departs from an agent's defaults (a group turn's, an OpenAI-compatible request's). */
@@ -183,7 +182,8 @@ export class ReplyProducer {
     const { agents, guard, tools: catalog } = this.options
     const provider = agents.providerFor(agent)
     const store = options.toolSteps
-    const toolset = store && catalog ? agentToolset(agent.tools ?? [], catalog.servers()) : []
+    // An agent without tools (most replies) never reads the servers' snapshots.
+    const toolset = store && catalog && agent.tools?.length ? agentToolset(agent.tools, catalog.servers()) : []
     const maxSteps = agent.maxToolSteps ?? DEFAULT_MAX_TOOL_STEPS
     const onDelta = (text: string) => {
       progress.sent = true
@@ -225,10 +225,10 @@ export class ReplyProducer {
       await store.called(agent, planned)
       for (const { request, target } of planned) await sink.toolCall?.({ callId: request.id, tool: target?.tool ?? request.name, server: target?.server ?? '', arguments: request.arguments })
       const exchanges = await runCalls(catalog, planned, steps, replyDeadline.signal)
-      const messages = await store.finished(agent, exchanges).catch((err: unknown) => {
+      await store.finished(agent, exchanges).catch((err: unknown) => {
         throw new ToolStepsNotStored(err)
       })
-      exchanges.forEach((exchange, i) => toolCalls.push({ agent: agent.id, exchange, message: messages[i] as Message }))
+      for (const exchange of exchanges) toolCalls.push({ agent: agent.id, exchange })
       for (const exchange of exchanges) await sink.toolResult?.({ callId: exchange.callId, isError: exchange.isError, content: exchange.content })
     }
     if (toolset.length > 0) this.options.toolMetrics?.observeSteps(steps)

@@ -32,7 +32,6 @@ export function leaseToolSteps (repository: ToolMessageRepository, tenant: strin
       const messages = await repository.storeToolMessages(lease, agent.id, exchanges)
       if (!messages) throw DomainError.from(await repository.whyNotStored(lease))
       await onStored(messages)
-      return messages
     }
   }
 }
@@ -53,12 +52,6 @@ export function transientToolMessages (agentId: string, exchanges: ToolExchange[
 
 /**
  * Tool steps kept nowhere (a stateless OpenAI-compatible request): the calls still run and their
- * results reach the model; the messages exist only in the answer.
+ * results reach the model; they exist only for this reply.
  */
-export function ephemeralToolSteps (now: () => number): ToolStepStore {
-  let seq = 0
-  return {
-    called: async () => undefined,
-    finished: async (agent, exchanges) => transientToolMessages(agent.id, exchanges, () => ++seq, now)
-  }
-}
+export const EPHEMERAL_TOOL_STEPS: ToolStepStore = { called: async () => undefined, finished: async () => undefined }

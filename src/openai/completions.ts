@@ -5,7 +5,7 @@ import { DomainError, assertMetadataSize, assertStorable } from '../domain-error
 import type { ConversationService, PostResult, RoundResult } from '../messages/conversation.js'
 import type { StoredOutcome } from '../messages/idempotency.js'
 import { describeReplyFailure } from '../messages/reply-failure.js'
-import { ephemeralToolSteps } from '../messages/tool-step-store.js'
+import { EPHEMERAL_TOOL_STEPS } from '../messages/tool-step-store.js'
 import type { ProduceOptions, ReplyProducer, ReplySink } from '../messages/reply-producer.js'
 import type { ChatTurn } from '../providers/provider.js'
 import type { SessionStore } from '../sessions/session-store.js'
@@ -177,7 +177,7 @@ export class OpenAiCompletions {
     const { producer, llmTimeoutMs, shutdownSignal, log } = this.options
     try {
       // The agent's tools run here too; their calls are kept nowhere, like the rest of the exchange.
-      const answer = await producer.produce(agent, turns, sinkOf(call), { ...overrides, toolSteps: ephemeralToolSteps(Date.now) })
+      const answer = await producer.produce(agent, turns, sinkOf(call), { ...overrides, toolSteps: EPHEMERAL_TOOL_STEPS })
       return { text: answer.text, usage: answer.usage, agent: answer.agent.id, replayed: false }
     } catch (err) {
       throw describeReplyFailure(err, { agent, llmTimeoutMs, shuttingDown: shutdownSignal.aborted, log })

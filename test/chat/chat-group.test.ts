@@ -1,9 +1,8 @@
 import t from 'tap'
-import { createParser } from 'eventsource-parser'
-import type { Page, Response } from 'playwright-core'
+import type { Page } from 'playwright-core'
 import { LlmStub } from '../support/llm-stub.js'
 import { sse } from '../support/sse.js'
-import { launchBrowser, openPage, PHONE, startChatServer } from './support.js'
+import { launchBrowser, nextPost, openPage, parseEvents, PHONE, startChatServer, type SseEventData } from './support.js'
 
 // Group rounds on the chat page (DESIGN sections 9 and 11) in real headless Chromium against a real
 // app: three echo agents and one agent whose provider (a loopback OpenAI stub) refuses every reply
@@ -33,23 +32,10 @@ const server = await startChatServer(t, {
 }, TEAM)
 
 interface Stored { id: string; seq: number; role: string; agent?: string; content: string }
-interface Event { event: string; data: any }
+type Event = SseEventData
 
 const articles = (page: Page) => page.getByRole('log').getByRole('article')
 const roundNote = (page: Page) => page.locator('[role=log] .round-note')
-
-/** The events of an SSE answer's whole body. */
-function parseEvents (text: string): Event[] {
-  const events: Event[] = []
-  const parser = createParser({ onEvent: (message) => events.push({ event: message.event ?? 'message', data: JSON.parse(message.data) }) })
-  parser.feed(text)
-  return events
-}
-
-/** The answer to the page's next message post (its SSE body is read once the round is over). */
-function nextPost (page: Page): Promise<Response> {
-  return page.waitForResponse((response) => response.request().method() === 'POST' && /\/v1\/sessions\/[^/]+\/messages$/.test(response.url()))
-}
 
 async function storedMessages (id: string): Promise<Stored[]> {
   return (await server.app.inject(`/v1/sessions/${id}/messages`)).json().messages

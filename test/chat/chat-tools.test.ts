@@ -1,10 +1,9 @@
 import { join } from 'node:path'
 import t from 'tap'
-import { createParser } from 'eventsource-parser'
-import type { Locator, Page, Response } from 'playwright-core'
+import type { Locator, Page } from 'playwright-core'
 import { PROJECT_ROOT } from '../../src/paths.js'
 import { eventually } from '../helper.js'
-import { launchBrowser, openPage, PHONE, startChatServer } from './support.js'
+import { launchBrowser, nextPost, openPage, parseEvents, PHONE, startChatServer, type SseEventData } from './support.js'
 
 // Tool calls on the chat page (DESIGN sections 11 and 14) in real headless Chromium against a real
 // app whose echo agent has the built-in MCP server's tools (calculator, current_time), started over
@@ -33,22 +32,11 @@ const connected = await eventually(async () => {
 t.ok(connected, 'the built-in MCP server is connected (GET /v1/tools)')
 
 interface Stored { id: string; seq: number; role: string; agent?: string; content: string; metadata?: Record<string, unknown> }
-interface Event { event: string; data: any }
+type Event = SseEventData
 interface CallShown { open: boolean; summary: string; args: string; resultLabel: string; result: string; error: boolean; detailVisible: boolean; id: string | undefined }
 
 const log = (page: Page) => page.getByRole('log')
 const finished = (page: Page, n: number) => page.waitForFunction((count) => document.querySelectorAll('[role=log] article.assistant:not(.streaming)').length >= count, n)
-
-function parseEvents (text: string): Event[] {
-  const events: Event[] = []
-  const parser = createParser({ onEvent: (message) => events.push({ event: message.event ?? 'message', data: JSON.parse(message.data) }) })
-  parser.feed(text)
-  return events
-}
-
-function nextPost (page: Page): Promise<Response> {
-  return page.waitForResponse((response) => response.request().method() === 'POST' && /\/v1\/sessions\/[^/]+\/messages$/.test(response.url()))
-}
 
 async function storedMessages (id: string): Promise<Stored[]> {
   return (await server.app.inject(`/v1/sessions/${id}/messages`)).json().messages

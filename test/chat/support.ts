@@ -2,7 +2,8 @@ import { existsSync } from 'node:fs'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { AddressInfo } from 'node:net'
-import { chromium, type Browser, type BrowserContextOptions, type Page } from 'playwright-core'
+import { createParser } from 'eventsource-parser'
+import { chromium, type Browser, type BrowserContextOptions, type Page, type Response } from 'playwright-core'
 import type { Test } from 'tap'
 import type { Environment } from '../../src/config.js'
 import { buildService, tempDir, testEnv, type TestService } from '../helper.js'
@@ -88,4 +89,20 @@ export async function openPage (t: Test, browser: Browser, options: BrowserConte
 /** The test's output folder (tap's testdirName: not cleaned up, not committed, as .tap/ is ignored). */
 function screenshotDir (t: Test): string {
   return join(t.testdirName, 'screenshots')
+}
+
+/** One event of an SSE answer, its data parsed. */
+export interface SseEventData { event: string; data: any }
+
+/** The events of an SSE answer's whole body. */
+export function parseEvents (text: string): SseEventData[] {
+  const events: SseEventData[] = []
+  const parser = createParser({ onEvent: (message) => events.push({ event: message.event ?? 'message', data: JSON.parse(message.data) }) })
+  parser.feed(text)
+  return events
+}
+
+/** The answer to the page's next message post (its SSE body can be read once the reply is over). */
+export function nextPost (page: Page): Promise<Response> {
+  return page.waitForResponse((response) => response.request().method() === 'POST' && /\/v1\/sessions\/[^/]+\/messages$/.test(response.url()))
 }
